@@ -1,0 +1,107 @@
+"""Atomic, line-checked file I/O: a crash never leaves a half-written artifact behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class MalformedInputError(ValueError):
+    """Input file is unreadable or has bad lines; the message names the file and line numbers."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one record and fsync, so a kill loses at most the line being written.
+
+    A torn last line (no trailing newline) is detected and dropped by ``read_jsonl(..., repair_tail=True)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_jsonl(path: str | os.PathLike, *, repair_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, record); malformed lines raise with every bad line number listed."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    raw = path.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    torn_tail = bool(raw) and not raw.endswith("\n")
+    errors: list[str] = []
+    good: list[tuple[int, dict]] = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if torn_tail and i == len(lines) and repair_tail:
+            continue  # an interrupted append; the record was never complete
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"line {i}: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            errors.append(f"line {i}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        good.append((i, obj))
+    if errors:
+        shown = "; ".join(errors[:20]) + (f"; ... {len(errors) - 20} more" if len(errors) > 20 else "")
+        raise MalformedInputError(f"{path}: {len(errors)} malformed JSONL line(s): {shown}. Fix or remove those lines.")
+    yield from good
+
+
+def read_jsonl(path: str | os.PathLike, *, repair_tail: bool = False) -> list[dict]:
+    return [r for _, r in iter_jsonl(path, repair_tail=repair_tail)]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

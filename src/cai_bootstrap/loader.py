@@ -1,0 +1,501 @@
+"""The one clean loader for base models and their tokenizers.
+
+A base model must see exactly the text we give it. The first attempt at this method
+let the tokenizer wrap prompts in a chat template, so the "base" model behaved like an
+instruct model and every later number was meaningless. Everything here exists to make
+that impossible and visible:
+
+- templates are removed at load and ``apply_chat_template`` is replaced by a refusal (CG-01);
+- there is one encode path, ``add_special_tokens=False``, BOS prepended explicitly where
+  the family needs it (CG-02);
+- every input is scanned for special/role tokens before any forward pass, by the encode
+  path and by a forward pre-hook on the model itself (CG-03);
+- the tokenizer's own special-token behaviour is diffed on the sentinel prompts (CG-04);
+- the sentinel suite runs at every load (CG-05) and everything is recorded (CG-06).
+
+No other module may call ``from_pretrained`` on tokenizers or models (CG-07).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cai_bootstrap.profiles import ModelProfile, detect_profile, get_profile
+from cai_bootstrap.sentinels import SENTINELS, evaluate_sentinels, raise_on_failure
+
+LOADER_NAME = "cai_bootstrap.loader"
+# Added tokens that look like chat/role markup are forbidden even when a tokenizer
+# forgets to flag them as special.
+_ROLE_TOKEN_RE = re.compile(
+    r"^(<\|?(im_start|im_end|start_of_turn|end_of_turn|system|user|assistant|eot_id|start_header_id|end_header_id)\|?>"
+    r"|\[/?INST\]|<</?SYS>>|<\|(system|user|assistant|end)\|>)$"
+)
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Folders below this total size get a full sha256 of their weight files.
+FULL_HASH_LIMIT_BYTES = 4 * 1024**3
+
+
+class ContaminationError(RuntimeError):
+    """An input or tokenizer would leak chat/role markup into a base-model prompt."""
+
+
+@dataclass
+class Generation:
+    text: str
+    n_tokens: int
+    hit_limit: bool
+    stopped_on_eos: bool
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+def loader_version() -> str:
+    from cai_bootstrap.provenance import git_info
+
+    return git_info()["commit"]
+
+
+def _source_path(source: str | os.PathLike) -> tuple[str, bool]:
+    """Return (source, is_local). Path-looking sources must exist; others are hub ids."""
+    s = str(source)
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: a model source must be a folder (Hugging Face layout) or a hub id")
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{p}: no config.json; not a Hugging Face model folder")
+        return str(p.resolve()), True
+    if not _HUB_ID_RE.match(s):
+        raise FileNotFoundError(f"model path {s!r} does not exist; give an existing folder or a hub id like 'org/name'")
+    return s, False
+
+
+def _disable_templates(tokenizer) -> None:
+    """CG-01: strip every template and make template use an error rather than a silent wrap."""
+    tokenizer.chat_template = None
+    if hasattr(tokenizer, "default_chat_template"):
+        try:
+            tokenizer.default_chat_template = None
+        except (AttributeError, TypeError):
+            pass
+
+    def _refuse(*_a, **_k):
+        raise ContaminationError("apply_chat_template is disabled on base-model tokenizers (CG-01)")
+
+    tokenizer.apply_chat_template = _refuse
+
+
+def forbidden_token_ids(tokenizer) -> dict[int, str]:
+    """Every special or role-like token id the tokenizer knows, mapped to its text."""
+    ids: dict[int, str] = {}
+    for tid in getattr(tokenizer, "all_special_ids", []) or []:
+        if tid is not None:
+            ids[int(tid)] = tokenizer.convert_ids_to_tokens(int(tid))
+    for tid, tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        content = getattr(tok, "content", str(tok))
+        if getattr(tok, "special", False) or _ROLE_TOKEN_RE.match(content):
+            ids[int(tid)] = content
+    return ids
+
+
+def check_token_ids(
+    ids: Sequence[int],
+    forbidden: dict[int, str],
+    *,
+    bos_id: int | None,
+    eos_id: int | None = None,
+    allow_trailing_eos: bool = False,
+) -> None:
+    """CG-03: abort on any special token except one leading BOS (and, for training targets, one final EOS)."""
+    n = len(ids)
+    for pos, tid in enumerate(ids):
+        tid = int(tid)
+        if tid not in forbidden:
+            continue
+        if pos == 0 and bos_id is not None and tid == bos_id:
+            continue
+        if allow_trailing_eos and pos == n - 1 and eos_id is not None and tid == eos_id:
+            continue
+        raise ContaminationError(
+            f"forbidden special token {forbidden[tid]!r} (id {tid}) at position {pos} of {n}: "
+            "base-model inputs may contain no chat/role/special tokens except one leading BOS"
+        )
+
+
+def _hash_weights(folder: Path) -> dict:
+    from cai_bootstrap.io_utils import sha256_file, sha256_text
+
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt") and p.is_file()
+    )
+    total = sum(p.stat().st_size for p in files)
+    if total <= FULL_HASH_LIMIT_BYTES:
+        per_file = {p.name: sha256_file(p) for p in files}
+        mode = "sha256"
+    else:
+        # Hashing tens of GB at every load is not acceptable; fingerprint and say so.
+        per_file = {p.name: f"size={p.stat().st_size}" for p in files}
+        mode = "fingerprint(size)"
+    combined = sha256_text(json.dumps(per_file, sort_keys=True))
+    return {"mode": mode, "combined": combined, "files": per_file, "total_bytes": total}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    profile: ModelProfile
+    provenance: dict
+    bos_token_id: int | None
+    eos_token_id: int
+    pad_token_id: int
+    forbidden_ids: dict[int, str]
+
+    # -- the one encode path (CG-02) -------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.profile.needs_bos:
+            ids = [self.bos_token_id] + ids
+        self.check_ids(ids)
+        return ids
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Tokens of text that follows a prompt: never a BOS, still checked."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        check_token_ids(ids, self.forbidden_ids, bos_id=None)
+        return ids
+
+    def check_ids(self, ids: Sequence[int], *, allow_trailing_eos: bool = False) -> None:
+        check_token_ids(
+            ids,
+            self.forbidden_ids,
+            bos_id=self.bos_token_id if self.profile.needs_bos else None,
+            eos_id=self.eos_token_id,
+            allow_trailing_eos=allow_trailing_eos,
+        )
+
+    def pad_left(self, rows: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                input_ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return input_ids, mask
+
+    def encode_batch(self, texts: Sequence[str]):
+        return self.pad_left([self.encode(t) for t in texts])
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # -- generation -------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        progress: bool | None = None,
+        desc: str = "generate",
+    ) -> list[Generation]:
+        """Batched, left-padded generation; reproducible for a fixed seed and batch size."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if not prompts:
+            return []
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        encoded = [self.encode(p) for p in prompts]
+        # Sort by length so batches waste little padding; restore order afterwards.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        out: list[Generation | None] = [None] * len(prompts)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            repetition_penalty=repetition_penalty,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        show = progress if progress is not None else len(prompts) > batch_size
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show, dynamic_ncols=True)
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, len(order), batch_size)):
+                idx = order[start : start + batch_size]
+                input_ids, mask = self.pad_left([encoded[i] for i in idx])
+                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                torch.manual_seed(seed + b)
+                seq = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+                new = seq[:, input_ids.shape[1] :].tolist()
+                for row, i in zip(new, idx):
+                    out[i] = self._finish(row, max_new_tokens)
+                bar.update(len(idx))
+        bar.close()
+        return [g for g in out if g is not None]
+
+    def _finish(self, row: list[int], max_new_tokens: int) -> Generation:
+        stopped = self.eos_token_id in row
+        ids = row[: row.index(self.eos_token_id)] if stopped else row
+        # Trailing pads after EOS are not generated text.
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Generation(
+            text=text,
+            n_tokens=len(ids),
+            hit_limit=not stopped and len(row) >= max_new_tokens,
+            stopped_on_eos=stopped,
+            token_ids=ids,
+        )
+
+    def release(self) -> None:
+        """Free the weights now (EV-07: never two models resident)."""
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def delta_check(tokenizer, profile: ModelProfile, bos_id: int | None, texts: Iterable[str]) -> dict:
+    """CG-04: the tokenizer may add nothing but the recorded BOS, and must round-trip text."""
+    checked = []
+    for text in texts:
+        plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        with_special = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        allowed = [plain]
+        if bos_id is not None:
+            allowed.append([bos_id] + plain)
+        if with_special not in allowed:
+            extra = [tokenizer.convert_ids_to_tokens(int(t)) for t in with_special if t not in plain] or with_special
+            raise ContaminationError(
+                f"delta check: tokenizing {text!r} with add_special_tokens=True adds {extra} beyond the recorded BOS; "
+                "the tokenizer is configured to inject special tokens (fix its post-processor or config)"
+            )
+        round_trip = tokenizer.decode(plain, skip_special_tokens=False)
+        if round_trip != text:
+            raise ContaminationError(f"delta check: text round-trip changed {text!r} into {round_trip!r}")
+        checked.append({"text": text, "n_tokens": len(plain), "added_with_special": len(with_special) - len(plain)})
+    return {"ok": True, "checked": checked}
+
+
+def _install_forward_guard(lm: LoadedModel) -> None:
+    """CG-03 at the model itself: a pre-hook checks the first (prefill) pass of every forward.
+
+    Later decoding steps carry tokens the model generated itself (an EOS, say), so only
+    the pass without a filled cache is checked. Padding is excluded through the mask;
+    training batches (labels present) may end each row with one EOS.
+    """
+
+    def hook(module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            return None
+        past = kwargs.get("past_key_values")
+        if past is not None:
+            try:
+                if past.get_seq_length() > 0:
+                    return None
+            except AttributeError:
+                return None
+        mask = kwargs.get("attention_mask")
+        training = kwargs.get("labels") is not None
+        for r in range(input_ids.shape[0]):
+            row = input_ids[r]
+            if mask is not None:
+                row = row[mask[r].bool()]
+            lm.check_ids(row.tolist(), allow_trailing_eos=training)
+        return None
+
+    lm.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _token_id(tokenizer, token: str | None) -> int | None:
+    if token is None:
+        return None
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return None
+    return int(tid)
+
+
+def _resolve_ids(tokenizer, profile: ModelProfile) -> tuple[int | None, int]:
+    bos_id = None
+    if profile.needs_bos:
+        bos_id = _token_id(tokenizer, profile.bos_token) if profile.bos_token else tokenizer.bos_token_id
+        if bos_id is None:
+            bos_id = tokenizer.bos_token_id
+        if bos_id is None:
+            raise ContaminationError(f"profile {profile.name!r} needs a BOS token but the tokenizer has none")
+    eos_id = _token_id(tokenizer, profile.eos_token) if profile.eos_token else None
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("tokenizer defines no EOS token; training could not teach the model to stop")
+    return bos_id, int(eos_id)
+
+
+def load_tokenizer(source: str | os.PathLike, *, profile: str | None = None):
+    """Load only the tokenizer, cleaned exactly as for a full load (for data-side tools)."""
+    from transformers import AutoTokenizer
+
+    src, _ = _source_path(source)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    _disable_templates(tokenizer)
+    return tokenizer
+
+
+def load_base_model(
+    source: str | os.PathLike,
+    *,
+    profile: str | ModelProfile | None = None,
+    dtype: str | None = None,
+    quantization: str | None = None,
+    device: str | None = None,
+    run_sentinels: bool = True,
+    sentinel_max_new_tokens: int = 24,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a base model cleanly, run the guards, and return it with its provenance."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    src, is_local = _source_path(source)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if quantization not in (None, "none", "nf4"):
+        raise ValueError(f"quantization must be None or 'nf4', got {quantization!r}")
+    if quantization == "nf4" and not str(device).startswith("cuda"):
+        raise ValueError("4-bit nf4 quantization needs CUDA; use quantization=None on CPU")
+    if dtype is None:
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    torch_dtype = getattr(torch, dtype)
+
+    tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
+    _disable_templates(tokenizer)
+    config = AutoConfig.from_pretrained(src, revision=revision)
+    is_test_model = is_local and (Path(src) / "cai_bootstrap_testmodel.json").exists()
+    prof = (
+        profile
+        if isinstance(profile, ModelProfile)
+        else get_profile(profile)
+        if profile
+        else detect_profile(
+            getattr(config, "model_type", ""),
+            is_test_model=is_test_model,
+            tokenizer_bos=tokenizer.bos_token,
+            tokenizer_eos=tokenizer.eos_token,
+        )
+    )
+    bos_id, eos_id = _resolve_ids(tokenizer, prof)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+
+    sentinel_texts = [s.prompt for s in SENTINELS]
+    delta = delta_check(tokenizer, prof, bos_id, sentinel_texts)
+
+    load_kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        load_kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(src, **load_kwargs)
+    if quantization != "nf4":
+        model.to(device)
+    model.eval()
+    model.generation_config.pad_token_id = pad_id
+    model.generation_config.eos_token_id = eos_id
+
+    lm = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        profile=prof,
+        provenance={},
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        forbidden_ids=forbidden_token_ids(tokenizer),
+    )
+    _install_forward_guard(lm)
+
+    weights = _hash_weights(Path(src)) if is_local else {"mode": "revision", "revision": revision or getattr(config, "_commit_hash", None)}
+    lm.provenance = {
+        "loader": LOADER_NAME,
+        "loader_version": loader_version(),
+        "model_name": str(source),
+        "model_path": src,
+        "is_local": is_local,
+        "weights": weights,
+        "dtype": dtype,
+        "quantization": quantization or "none",
+        "device": str(device),
+        "profile": prof.to_dict(),
+        "template_disabled": tokenizer.chat_template is None,
+        "add_special_tokens": False,
+        "bos_prepended": prof.needs_bos,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "n_forbidden_special_tokens": len(lm.forbidden_ids),
+        "delta_check": delta,
+        "sentinels": None,
+    }
+    if run_sentinels:
+        lm.provenance["sentinels"] = run_sentinel_suite(lm, max_new_tokens=sentinel_max_new_tokens)
+    else:
+        lm.provenance["sentinels"] = {"skipped": True, "reason": "run_sentinels=False"}
+    lm.provenance["load_seconds"] = round(time.time() - t0, 3)
+    return lm
+
+
+def run_sentinel_suite(lm: LoadedModel, *, max_new_tokens: int = 24) -> dict:
+    """CG-05: raw-mode greedy sentinels; aborts on contamination or a broken load."""
+    gens = lm.generate(
+        [s.prompt for s in SENTINELS],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        batch_size=len(SENTINELS),
+        progress=False,
+    )
+    summary = evaluate_sentinels({s.name: g.text for s, g in zip(SENTINELS, gens)}, lm.profile)
+    summary["decoding"] = {"do_sample": False, "max_new_tokens": max_new_tokens}
+    raise_on_failure(summary)
+    return summary
+
+
+def _load_raw_from_gguf(gguf_dir: str | os.PathLike, gguf_file: str):
+    """Load a GGUF checkpoint (dequantized) for one-time conversion to a safetensors folder.
+
+    Lives here because only the loader may call ``from_pretrained``; the caller converts
+    and saves, and every real use then goes through ``load_base_model`` on the folder.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
+    return model, tokenizer
