@@ -1,0 +1,59 @@
+"""`generate` (a pilot or one shard) and `merge` (join shards) subcommands."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate Stage-1 SFT data (pilot or one shard of a scale run)")
+    p.add_argument("--config", help="YAML run file (see src/cai_bootstrap/configs/)")
+    p.add_argument("--model", help="model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
+    p.add_argument("--profile", help="model profile (default: detected)")
+    p.add_argument("--out", dest="out_dir", help="run directory")
+    p.add_argument("--mode", choices=["pilot", "scale"])
+    p.add_argument("--target", type=int, help="instruction-response pairs to aim for")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--shard", help="'i/N': this process makes shard i of N (scale mode)")
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("merge", help="merge finished shards: re-deduplicate and recompute QC over the union")
+    p.add_argument("shards", nargs="+", help="shard run directories")
+    p.add_argument("--out", required=True, help="merged run directory (new)")
+    p.set_defaults(func=_merge)
+
+
+def _print_qc(summary: dict) -> int:
+    acc, counts = summary["acceptance"], summary["counts"]
+    print(json.dumps({
+        "kept": counts["kept"], "generated_responses": counts["generated"],
+        "instruction_acceptance": round(acc["instruction_acceptance_rate"], 3),
+        "pair_acceptance": round(acc["pair_acceptance_rate"], 3),
+        "runaway_rate": round(summary["rates"]["runaway_rate"], 3),
+        "token_limit_rate": round(summary["rates"]["token_limit_rate"], 3),
+        "median_tokens": summary["token_stats"]["median"],
+        "thresholds_passed": summary["thresholds_passed"],
+        "failed_reasons": summary["failed_reasons"],
+    }, indent=2))
+    return 0 if summary["thresholds_passed"] else 1
+
+
+def _generate(args) -> int:
+    from cai_bootstrap.datagen.config import load_config
+    from cai_bootstrap.datagen.pipeline import run_generation
+
+    cfg = load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
+                      target=args.target, seed=args.seed, shard=args.shard, device=args.device, quiet=args.quiet)
+    summary = run_generation(cfg)
+    print(f"run directory: {cfg.out_dir}")
+    return _print_qc(summary)
+
+
+def _merge(args) -> int:
+    from cai_bootstrap.datagen.merge import merge_shards
+
+    summary = merge_shards(args.shards, args.out)
+    print(f"merged into: {args.out}")
+    return _print_qc(summary)

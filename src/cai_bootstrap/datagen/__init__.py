@@ -1,0 +1,1 @@
+"""Stage-1 data generation (DG clauses): config, resumable phase stores, pipeline, merge."""

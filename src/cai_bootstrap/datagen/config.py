@@ -1,0 +1,140 @@
+"""Typed run configuration for data generation: bad values fail before any model loads (OPS-01)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cai_bootstrap.qc import QCThresholds
+
+_SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
+
+
+class ConfigError(ValueError):
+    """A run configuration is invalid; the message names each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstructionGen(_Strict):
+    temperature: float = Field(0.7, gt=0, le=2.0)
+    top_p: float = Field(0.9, gt=0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    max_new_tokens: int = Field(160, ge=8, le=1024)
+    oversample: float = Field(2.0, ge=1.5, le=2.0)
+    batch_size: int = Field(8, ge=1, le=512)
+
+
+class ResponseGen(_Strict):
+    temperature: float = Field(0.4, ge=0.3, le=0.5)
+    top_p: float = Field(0.9, gt=0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    max_new_tokens: int = Field(80, ge=8, le=1024)
+    batch_size: int = Field(16, ge=1, le=512)
+
+
+class CriticCfg(_Strict):
+    threshold: float = Field(1.0, ge=0)
+    batch_size: int = Field(16, ge=1, le=512)
+    prefix_reuse: bool = True
+
+
+class QCCfg(_Strict):
+    max_runaway_rate: float = Field(0.05, ge=0, le=1)
+    max_token_limit_rate: float = Field(0.10, ge=0, le=1)
+    max_delimiter_leaks: int = Field(0, ge=0)
+    max_median_tokens: float = Field(40.0, gt=0)
+    min_instruction_acceptance: float = Field(0.5, ge=0, le=1)
+    min_pair_acceptance: float = Field(0.5, ge=0, le=1)
+    require_sentinels: bool = True
+
+    def thresholds(self) -> QCThresholds:
+        return QCThresholds(**self.model_dump())
+
+
+class GenerateConfig(_Strict):
+    """One data-generation run (a pilot, or one shard of a scale run)."""
+
+    model: str = "gemma-3-270m"
+    profile: str | None = None
+    out_dir: Path = Path("runs/stage1/pilot")
+    mode: Literal["pilot", "scale"] = "pilot"
+    target: int = Field(100, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0)
+    shard: str = "0/1"
+    device: str | None = None
+    dtype: str | None = None
+    quiet: bool = False
+    instructions: InstructionGen = InstructionGen()
+    responses: ResponseGen = ResponseGen()
+    critic: CriticCfg = CriticCfg()
+    qc: QCCfg = QCCfg()
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        m = _SHARD_RE.match(v)
+        if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
+            raise ValueError("shard must be 'i/N' with 0 <= i < N, e.g. '0/4'")
+        return v
+
+    @model_validator(mode="after")
+    def _pilot_size(self):
+        if self.mode == "pilot" and self.shard != "0/1":
+            raise ValueError("a pilot is not sharded: use mode 'scale' with --shard")
+        return self
+
+    @property
+    def shard_index(self) -> int:
+        return int(self.shard.split("/")[0])
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.shard.split("/")[1])
+
+    def shard_target(self) -> int:
+        """This shard's share of the target; shares differ by at most one."""
+        base, extra = divmod(self.target, self.n_shards)
+        return base + (1 if self.shard_index < extra else 0)
+
+
+def _format_errors(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> GenerateConfig:
+    """Read YAML (if given), apply non-None overrides (dotted keys allowed), validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of settings")
+        data = loaded.get("generate", loaded)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    try:
+        return GenerateConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid generation config{' ' + str(path) if path else ''}: {_format_errors(e)}") from None

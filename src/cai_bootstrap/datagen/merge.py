@@ -1,0 +1,98 @@
+"""DG-05 merge: join finished shards, re-deduplicate across them, recompute QC over the union.
+
+Shards are verified against their own manifests first (PV-05) and are never modified or
+deleted; the merged run records each shard manifest's hash as an input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from cai_bootstrap.datagen import pipeline as P
+from cai_bootstrap.dedup import DuplicateIndex
+from cai_bootstrap.io_utils import read_jsonl, sha256_file
+from cai_bootstrap.provenance import utc_now, verify_inputs
+from cai_bootstrap.qc import QCThresholds
+
+
+class MergeError(ValueError):
+    pass
+
+
+def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thresholds: QCThresholds | None = None) -> dict:
+    shard_dirs = [Path(d) for d in shard_dirs]
+    if not shard_dirs:
+        raise MergeError("no shard directories given")
+    out = Path(out_dir)
+    if any(out.resolve() == d.resolve() for d in shard_dirs):
+        raise MergeError("the merge output must be a new directory, not one of the shards")
+    rows = P.RunRows([], [], [], [])
+    metadata: dict[str, dict] = {}
+    inputs, configs, sentinel_flags = [], [], []
+    seen_shards: set[str] = set()
+    for d in shard_dirs:
+        manifest_path = d / P.SESSION_MANIFEST
+        verify_inputs(manifest_path, required=[P.DATASET, P.REJECTS, P.QC_SUMMARY])
+        manifest = json.loads(manifest_path.read_text())
+        cfg = manifest.get("config") or {}
+        shard = cfg.get("shard", "?")
+        if shard in seen_shards:
+            raise MergeError(f"shard {shard} given twice ({d})")
+        seen_shards.add(shard)
+        configs.append(cfg)
+        sentinel_flags.append((manifest.get("load_provenance") or {}).get("sentinels", {}).get("ok"))
+        inputs.append({"path": str(manifest_path.resolve()), "sha256": sha256_file(manifest_path), "shard": shard})
+        r = P.load_rows(d)
+        rows.instruction_verdicts += r.instruction_verdicts
+        rows.responses += r.responses
+        rows.pair_verdicts += r.pair_verdicts
+        rows.pre_rejects += [{**x, "shard": shard} for x in r.pre_rejects]
+        for rec in read_jsonl(d / P.DATASET):
+            metadata[rec["metadata"]["record_id"]] = rec["metadata"]
+    models = {c.get("model") for c in configs}
+    if len(models) > 1:
+        raise MergeError(f"shards come from different models {sorted(models)}; merge only shards of one run")
+    ids = [v["id"] for v in rows.instruction_verdicts]
+    if len(ids) != len(set(ids)):
+        raise MergeError("shards share item ids: they were not made with distinct --shard values of one run")
+
+    # Re-deduplicate across shards in shard order; a duplicate's downstream rows leave the union.
+    index = DuplicateIndex()
+    kept_ids, cross = set(), []
+    for v in rows.instruction_verdicts:
+        hit = index.add_if_new(v["instruction"])
+        if hit is None:
+            kept_ids.add(v["id"])
+        else:
+            cross.append({"stage": "merge_dedup", "reason": P.REASON_CROSS_SHARD_DUP, "id": v["id"],
+                          "instruction": v["instruction"], "matched": hit[1], "rouge_l": round(hit[2], 4), "kind": hit[0]})
+    union = P.RunRows(
+        [v for v in rows.instruction_verdicts if v["id"] in kept_ids],
+        [r for r in rows.responses if r["id"] in kept_ids],
+        [p for p in rows.pair_verdicts if p["id"] in kept_ids],
+        rows.pre_rejects + cross,
+    )
+    max_new = {c.get("responses", {}).get("max_new_tokens", 80) for c in configs}
+    if len(max_new) > 1:
+        raise MergeError(f"shards used different response max_new_tokens {sorted(max_new)}")
+    if thresholds is None:
+        qc_cfg = configs[0].get("qc") or {}
+        thresholds = QCThresholds(**qc_cfg) if qc_cfg else QCThresholds()
+
+    def no_tokenizer(text: str) -> int:
+        raise MergeError("a pair verdict lacks clean_tokens; the shard was made by an older version, rerun it")
+
+    sentinels_ok = all(f is True for f in sentinel_flags)
+    dataset, rejects, summary = P.finalize(
+        union, config_max_new_tokens=max_new.pop(), metadata_for=lambda r: metadata[r["id"]],
+        count_tokens=no_tokenizer, sentinels_ok=sentinels_ok, thresholds=thresholds,
+    )
+    summary["run"] = {"mode": "merge", "shards": sorted(seen_shards), "target": sum(c.get("target", 0) for c in configs[:1])}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / P.WORK).mkdir(exist_ok=True)
+    P.write_artifacts(out, dataset, rejects, summary, state={"started_at": utc_now()},
+                      budgets={"shards": len(shard_dirs)}, config={"merge_of": [str(d) for d in shard_dirs], **configs[0], "shard": "merged"},
+                      load_provenance=None, inputs=inputs, notes=[f"merge of {len(shard_dirs)} shards"])
+    return summary

@@ -1,0 +1,358 @@
+"""Stage-1 data generation: instructions -> parse -> dedup -> instruction critic ->
+responses -> clean -> pair critic -> QC -> artifacts (DG-02).
+
+Each phase is a plain function over plain records. The run function wires them with
+resumable work files (``work/*.jsonl``): a run killed at any point is rerun with the
+same command and finishes without redoing finished batches, without duplicates, and
+with the same result as an uninterrupted run (DG-06). Sampling is seeded per fixed
+batch, and instruction prompts are seeded per global prompt index, so shards of a scale
+run draw disjoint, reproducible prompts whatever the number of shards (DG-05).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from cai_bootstrap import cleaning, parsing, prompts
+from cai_bootstrap.datagen.config import GenerateConfig
+from cai_bootstrap.datagen.store import PhaseStore
+from cai_bootstrap.dedup import DuplicateIndex
+from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
+from cai_bootstrap.provenance import (
+    SFT_RECORDS,
+    add_generated_artifact,
+    new_session_manifest,
+    record_metadata,
+    sft_record,
+    utc_now,
+    write_manifest,
+)
+from cai_bootstrap.qc import compute_qc_summary
+
+SCRIPT_NAME = "cai_bootstrap.datagen"
+WORK = "work"
+RAW_INSTRUCTIONS = "raw_instructions.jsonl"
+INSTRUCTION_VERDICTS = "instruction_verdicts.jsonl"
+RESPONSES = "responses.jsonl"
+PAIR_VERDICTS = "pair_verdicts.jsonl"
+DATASET = "dataset.jsonl"
+REJECTS = "rejects.jsonl"
+QC_SUMMARY = "qc_summary.json"
+SESSION_MANIFEST = "session_manifest.json"
+SESSION_STATE = "session.json"
+
+# Stable drop reasons of this module (cleaning and parsing own theirs).
+REASON_SURPLUS = "oversample_surplus"
+REASON_CRITIC_BAD = "critic_bad"
+REASON_CRITIC_LOW_CONFIDENCE = "critic_low_confidence"
+REASON_CROSS_SHARD_DUP = "cross_shard_duplicate"
+
+
+# -- pure phases -------------------------------------------------------------------------------
+
+
+def prompt_indices(shard_index: int, n_shards: int, start: int, count: int) -> list[int]:
+    """Global instruction-prompt indices of a shard: interleaved, so shards never share a prompt."""
+    return [shard_index + n_shards * k for k in range(start, start + count)]
+
+
+def parse_raw(raw_rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """Parse every raw list continuation into candidate instructions with stable ids."""
+    candidates, rejects = [], []
+    for row in sorted(raw_rows, key=lambda r: r["prompt_index"]):
+        res = parsing.parse_instruction_list(row["text"], continues_item=row["next_number"], truncated=row["hit_limit"])
+        for ins in res.instructions:
+            candidates.append({"id": f"p{row['prompt_index']}-l{ins.line}", "instruction": ins.text, "prompt_index": row["prompt_index"]})
+        for rej in res.rejects:
+            rejects.append({"stage": "parse", "reason": rej.reason, "text": rej.text, "prompt_index": row["prompt_index"], "line": rej.line})
+    return candidates, rejects
+
+
+def dedup_candidates(candidates: Sequence[dict], index: DuplicateIndex | None = None) -> tuple[list[dict], list[dict]]:
+    """DG-04: drop exact, normalized and ROUGE-L > 0.7 duplicates against the kept pool."""
+    index = index or DuplicateIndex()
+    kept, rejects = [], []
+    for c in candidates:
+        hit = index.add_if_new(c["instruction"])
+        if hit is None:
+            kept.append(c)
+        else:
+            reason, matched, score = hit
+            rejects.append({"stage": "dedup", "reason": reason, "id": c["id"], "instruction": c["instruction"],
+                            "matched": matched, "rouge_l": round(score, 4)})
+    return kept, rejects
+
+
+def verdict_reason(critique: dict) -> str | None:
+    if critique["is_good"]:
+        return None
+    return REASON_CRITIC_LOW_CONFIDENCE if not critique["confident"] else REASON_CRITIC_BAD
+
+
+@dataclass
+class RunRows:
+    """Everything a run's artifacts are computed from; shards concatenate into a merge."""
+
+    instruction_verdicts: list[dict]
+    responses: list[dict]
+    pair_verdicts: list[dict]
+    pre_rejects: list[dict]
+
+
+def finalize(rows: RunRows, *, config_max_new_tokens: int, metadata_for: Callable[[dict], dict],
+             count_tokens: Callable[[str], int], sentinels_ok: bool | None, thresholds) -> tuple[list[dict], list[dict], dict]:
+    """Dataset, rejects and QC summary from a run's rows. Pure given its callables."""
+    rejects = list(rows.pre_rejects)
+    by_id_instr = {v["id"]: v for v in rows.instruction_verdicts}
+    for v in rows.instruction_verdicts:
+        reason = verdict_reason(v["critique"])
+        if reason:
+            rejects.append({"stage": "instruction_critic", "reason": reason, "id": v["id"], "instruction": v["instruction"],
+                            "critique": v["critique"]})
+    pair_by_id = {p["id"]: p for p in rows.pair_verdicts}
+    response_flags, kept_texts, kept_tokens, dataset = [], [], [], []
+    for r in rows.responses:
+        res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=config_max_new_tokens)
+        response_flags.append({"id": r["id"], "reason": res.reason, "delimiter_found": res.delimiter_found,
+                               "heuristic_cutoff": res.heuristic_cutoff, "hit_token_limit": res.hit_token_limit})
+        if not res.kept:
+            rejects.append({**cleaning.reject_record(res, r["raw"], id=r["id"], instruction=r["instruction"])})
+            continue
+        pv = pair_by_id.get(r["id"])
+        if pv is None:
+            raise ValueError(f"response {r['id']} was kept by cleaning but has no pair verdict; rerun to finish the pair critic")
+        reason = verdict_reason(pv["critique"])
+        if reason:
+            rejects.append({"stage": "pair_critic", "reason": reason, "id": r["id"], "instruction": r["instruction"],
+                            "response": res.text, "critique": pv["critique"]})
+            continue
+        kept_texts.append(res.text)
+        kept_tokens.append(pv["clean_tokens"] if "clean_tokens" in pv else count_tokens(res.text))
+        dataset.append(sft_record(
+            r["instruction"], res.text,
+            instruction_critique=by_id_instr[r["id"]]["critique"], pair_critique=pv["critique"],
+            metadata=metadata_for(r),
+            prompt=prompts.render_response_prompt(r["instruction"]), completion=" " + res.text,
+        ))
+    drop_counts = Counter(f"{x['stage']}:{x['reason']}" for x in rejects)
+    summary = compute_qc_summary(
+        instruction_verdicts=[v["critique"] for v in rows.instruction_verdicts],
+        responses=response_flags,
+        pair_verdicts=[p["critique"] for p in rows.pair_verdicts],
+        kept_response_tokens=kept_tokens,
+        kept_responses=kept_texts,
+        drop_reasons=dict(drop_counts),
+        sentinels_ok=sentinels_ok,
+        thresholds=thresholds,
+    )
+    summary["counts"]["instructions_judged"] = len(rows.instruction_verdicts)
+    summary["counts"]["rejects"] = len(rejects)
+    return dataset, rejects, summary
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def _bar(total: int, desc: str, quiet: bool, unit: str = "item"):
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, mininterval=0.5)
+
+
+def _batches(items: Sequence, size: int):
+    for b, start in enumerate(range(0, len(items), size)):
+        yield b, items[start : start + size]
+
+
+def _load_model(cfg: GenerateConfig):
+    from cai_bootstrap.loader import load_base_model
+    from cai_bootstrap.model_sources import resolve_model
+
+    resolved = resolve_model(cfg.model, profile=cfg.profile)
+    lm = load_base_model(resolved.source, profile=resolved.profile, device=cfg.device, dtype=cfg.dtype)
+    lm.provenance["model_source"] = resolved.to_dict()
+    return lm
+
+
+def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[list[dict], list[dict]]:
+    """Continue few-shot lists until enough unique candidates exist (DG-01 oversampling)."""
+    ic = cfg.instructions
+    need = math.ceil(cfg.shard_target() * ic.oversample)
+    max_prompts = max(8, need)  # a model that yields nothing must not loop forever
+    bar = _bar(need, "instructions", cfg.quiet, "instr")
+    rnd = 0
+    while True:
+        candidates, parse_rejects = parse_raw(store.records())
+        kept, dedup_rejects = dedup_candidates(candidates)
+        bar.n = min(len(kept), need)
+        bar.refresh()
+        if len(kept) >= need or len(store) >= max_prompts:
+            break
+        idx = prompt_indices(cfg.shard_index, cfg.n_shards, rnd * ic.batch_size, ic.batch_size)
+        rnd += 1
+        todo = [i for i in idx if f"prompt-{i}" not in store]
+        if not todo:
+            continue
+        built = [prompts.build_instruction_generation_prompt(cfg.seed + i) for i in idx]
+        gens = lm.generate([b.text for b in built], max_new_tokens=ic.max_new_tokens, do_sample=True,
+                           temperature=ic.temperature, top_p=ic.top_p, repetition_penalty=ic.repetition_penalty,
+                           seed=cfg.seed + 7919 * (idx[0] + 1), batch_size=len(idx), progress=False)
+        store.append_batch(
+            {"id": f"prompt-{i}", "prompt_index": i, "seed": cfg.seed + i, "next_number": b.next_number,
+             "prompt_provenance": b.provenance(), "text": g.text, "n_tokens": g.n_tokens, "hit_limit": g.hit_limit}
+            for i, b, g in zip(idx, built, gens)
+        )
+    bar.close()
+    surplus = [{"stage": "dedup", "reason": REASON_SURPLUS, "id": c["id"], "instruction": c["instruction"]} for c in kept[need:]]
+    return kept[:need], parse_rejects + dedup_rejects + surplus
+
+
+def judge(critic, items: Sequence[dict], render: Callable[[dict], dict], store: PhaseStore, batch: int,
+          desc: str, quiet: bool, extra: Callable[[dict], dict] = lambda _: {}) -> None:
+    todo_batches = [(b, chunk) for b, chunk in _batches(list(items), batch) if any(c["id"] not in store for c in chunk)]
+    bar = _bar(len(items), desc, quiet)
+    bar.update(len(items) - sum(len(c) for _, c in todo_batches))
+    for _, chunk in todo_batches:
+        results = critic.score([render(c) for c in chunk])
+        store.append_batch({"id": c["id"], **extra(c), "critique": r.to_dict()} for c, r in zip(chunk, results))
+        bar.update(len(chunk))
+    bar.close()
+
+
+def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store: PhaseStore) -> None:
+    rc = cfg.responses
+    batches = list(_batches(list(accepted), rc.batch_size))
+    bar = _bar(len(accepted), "responses", cfg.quiet)
+    for b, chunk in batches:
+        if all(c["id"] in store for c in chunk):
+            bar.update(len(chunk))
+            continue
+        seed = cfg.seed + 104729 * (b + 1) + cfg.shard_index
+        texts = [prompts.render_response_prompt(c["instruction"]) for c in chunk]
+        gens = lm.generate(texts, max_new_tokens=rc.max_new_tokens, do_sample=True, temperature=rc.temperature,
+                           top_p=rc.top_p, repetition_penalty=rc.repetition_penalty, seed=seed,
+                           batch_size=len(chunk), progress=False)
+        store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": t, "raw": g.text,
+                            "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed}
+                           for c, t, g in zip(chunk, texts, gens))
+        bar.update(len(chunk))
+    bar.close()
+
+
+def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
+    """Run (or resume) one pilot or shard into ``cfg.out_dir``; return the QC summary."""
+    from cai_bootstrap.critic import instruction_critic, pair_critic
+
+    out = Path(cfg.out_dir)
+    work = out / WORK
+    _check_writable(out)
+    state_path = work / SESSION_STATE
+    cfg_dump = cfg.model_dump(mode="json")
+    if state_path.exists():
+        import json
+
+        state = json.loads(state_path.read_text())
+        if state["config"] != cfg_dump:
+            changed = sorted(k for k in set(cfg_dump) | set(state["config"]) if cfg_dump.get(k) != state["config"].get(k) and k != "quiet")
+            if changed:
+                raise ValueError(f"{out} holds a run with a different configuration (changed: {changed}); "
+                                 "use a new --out directory or the original settings to resume")
+    else:
+        state = {"config": cfg_dump, "started_at": utc_now()}
+        atomic_write_json(state_path, state)
+
+    own_model = lm is None
+    if own_model:
+        lm = _load_model(cfg)
+    raw_store = PhaseStore(work / RAW_INSTRUCTIONS)
+    kept, pre_rejects = generate_instructions(lm, cfg, raw_store)
+
+    icritic = instruction_critic(lm, threshold=cfg.critic.threshold, batch_size=cfg.critic.batch_size, prefix_reuse=cfg.critic.prefix_reuse)
+    iv_store = PhaseStore(work / INSTRUCTION_VERDICTS)
+    judge(icritic, kept, lambda c: {"instruction": c["instruction"]}, iv_store, cfg.critic.batch_size,
+          "instruction critic", cfg.quiet, extra=lambda c: {"instruction": c["instruction"]})
+    verdicts = [iv_store.get(c["id"]) for c in kept]
+    accepted = [c for c, v in zip(kept, verdicts) if v["critique"]["is_good"]]
+
+    resp_store = PhaseStore(work / RESPONSES)
+    generate_responses(lm, cfg, accepted, resp_store)
+    responses = [resp_store.get(c["id"]) for c in accepted]
+
+    to_judge = []
+    for r in responses:
+        res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=cfg.responses.max_new_tokens)
+        if res.kept:
+            to_judge.append({"id": r["id"], "instruction": r["instruction"], "response": res.text,
+                             "clean_tokens": len(lm.encode_continuation(res.text))})
+    pcritic = pair_critic(lm, threshold=cfg.critic.threshold, batch_size=cfg.critic.batch_size, prefix_reuse=cfg.critic.prefix_reuse)
+    pv_store = PhaseStore(work / PAIR_VERDICTS)
+    judge(pcritic, to_judge, lambda c: {"instruction": c["instruction"], "response": c["response"]}, pv_store,
+          cfg.critic.batch_size, "pair critic", cfg.quiet, extra=lambda c: {"clean_tokens": c["clean_tokens"]})
+
+    rows = RunRows(verdicts, responses, [pv_store.get(c["id"]) for c in to_judge], pre_rejects)
+    gen_params = {"seed": cfg.seed, **cfg.responses.model_dump(), "do_sample": True}
+    gen_params.pop("batch_size")
+
+    def metadata_for(r: dict) -> dict:
+        return record_metadata(script_name=SCRIPT_NAME, generation={**gen_params, "sample_seed": r["seed"]},
+                               artifact_type=SFT_RECORDS, load_provenance=lm.provenance,
+                               extra={"record_id": r["id"], "shard": cfg.shard, "mode": cfg.mode})
+
+    dataset, rejects, summary = finalize(
+        rows, config_max_new_tokens=cfg.responses.max_new_tokens, metadata_for=metadata_for,
+        count_tokens=lambda t: len(lm.encode_continuation(t)),
+        sentinels_ok=(lm.provenance.get("sentinels") or {}).get("ok"), thresholds=cfg.qc.thresholds(),
+    )
+    summary["run"] = {"mode": cfg.mode, "shard": cfg.shard, "target": cfg.shard_target(), "seed": cfg.seed}
+    summary["critics"] = {"instruction": icritic.provenance, "pair": pcritic.provenance}
+    write_artifacts(out, dataset, rejects, summary, state=state, budgets={
+        "target": cfg.shard_target(), "oversample": cfg.instructions.oversample,
+        "instruction_prompts": len(raw_store)}, config=cfg_dump, load_provenance=lm.provenance)
+    if own_model:
+        lm.release()
+    return summary
+
+
+def write_artifacts(out: Path, dataset, rejects, summary, *, state: dict, budgets: dict, config: dict,
+                    load_provenance: dict | None, inputs: Sequence[dict] = (), notes: Sequence[str] = ()) -> dict:
+    """DG-03: the run's files, written atomically, then the manifest that pins their hashes."""
+    atomic_write_jsonl(out / DATASET, dataset)
+    atomic_write_jsonl(out / REJECTS, rejects)
+    atomic_write_json(out / QC_SUMMARY, summary)
+    manifest = new_session_manifest(
+        planned_artifacts=[DATASET, REJECTS, QC_SUMMARY], budgets=budgets,
+        notes=list(notes) or [f"qc thresholds_passed={summary['thresholds_passed']}"],
+        loader_version=(load_provenance or {}).get("loader_version"),
+        extra={"config": config, "load_provenance": load_provenance, "inputs": list(inputs),
+               "qc_passed": summary["thresholds_passed"], "n_records": len(dataset), "n_rejects": len(rejects)},
+    )
+    manifest["started_at"] = state.get("started_at", manifest["started_at"])
+    for name in (DATASET, REJECTS, QC_SUMMARY):
+        add_generated_artifact(manifest, out / name, out)
+    for p in sorted((out / WORK).glob("*.jsonl")):
+        add_generated_artifact(manifest, p, out, role="work")
+    manifest["finished_at"] = utc_now()
+    write_manifest(out / SESSION_MANIFEST, manifest)
+    return manifest
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        (out / WORK).mkdir(parents=True, exist_ok=True)
+        probe = out / WORK / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"output directory {out} is not writable ({e.strerror}); choose another --out") from None
+
+
+def load_rows(run_dir: Path) -> RunRows:
+    """Rows of a finished run, for merging; parse/dedup rejects come from its rejects file."""
+    work = run_dir / WORK
+    pre = [r for r in read_jsonl(run_dir / REJECTS) if r.get("stage") in ("parse", "dedup")]
+    return RunRows(read_jsonl(work / INSTRUCTION_VERDICTS), read_jsonl(work / RESPONSES),
+                   read_jsonl(work / PAIR_VERDICTS), pre)

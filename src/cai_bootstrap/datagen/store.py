@@ -1,0 +1,61 @@
+"""Append-only, resumable per-phase work files.
+
+Each phase processes items in fixed batches (fixed by position in a deterministic list)
+and appends a whole batch at a time with fsync. After a kill, the torn last line (if any)
+is dropped on read, finished ids are skipped, and an unfinished batch is recomputed with
+the same seed, so results equal an uninterrupted run and no id is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from cai_bootstrap.io_utils import iter_jsonl
+
+
+class PhaseStore:
+    def __init__(self, path: str | Path, key: str = "id") -> None:
+        self.path = Path(path)
+        self.key = key
+        self._records: dict = {}
+        if self.path.exists():
+            self._truncate_torn_tail()
+            for _, rec in iter_jsonl(self.path):
+                self._records.setdefault(rec[key], rec)
+
+    def _truncate_torn_tail(self) -> None:
+        """Cut an incomplete last line left by a kill mid-write, so appends stay line-aligned."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+
+    def __contains__(self, item_id) -> bool:
+        return item_id in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, item_id):
+        return self._records.get(item_id)
+
+    def records(self) -> list[dict]:
+        return list(self._records.values())
+
+    def append_batch(self, records: Iterable[dict]) -> int:
+        new = [r for r in records if r[self.key] not in self._records]
+        if not new:
+            return 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        for r in new:
+            self._records[r[self.key]] = r
+        return len(new)

@@ -1,0 +1,193 @@
+"""Quality control of a data-generation run: the pilot gate before scale (QC-01..QC-08).
+
+The summary is computed once, from the run's own per-item records, and written to
+``qc_summary.json`` together with the thresholds used. Every later decision reads that
+file (``read_qc_decision``) instead of recomputing with whatever thresholds happen to be
+in scope, so a gate can never be passed by loosening a number after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+MARGIN_BINS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, float("inf"))
+REQUIRED_KEYS = ("counts", "acceptance", "token_stats", "margins", "thresholds", "thresholds_passed", "failed_reasons")
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """QC-01..QC-06 defaults; configuration, recorded in the summary (QC-08)."""
+
+    max_runaway_rate: float = 0.05
+    max_token_limit_rate: float = 0.10
+    max_delimiter_leaks: int = 0
+    max_median_tokens: float = 40.0
+    min_instruction_acceptance: float = 0.50
+    min_pair_acceptance: float = 0.50
+    require_sentinels: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_runaway_rate", "max_token_limit_rate", "min_instruction_acceptance", "min_pair_acceptance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"QC threshold {name} must be a rate in [0, 1], got {v!r}")
+        if isinstance(self.max_delimiter_leaks, bool) or not isinstance(self.max_delimiter_leaks, int) or self.max_delimiter_leaks < 0:
+            raise ValueError(f"QC threshold max_delimiter_leaks must be a non-negative integer, got {self.max_delimiter_leaks!r}")
+        if not isinstance(self.max_median_tokens, (int, float)) or self.max_median_tokens <= 0:
+            raise ValueError(f"QC threshold max_median_tokens must be positive, got {self.max_median_tokens!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rate(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def distribution(values: Sequence[float]) -> dict:
+    vals = list(values)
+    if not vals:
+        return {"n": 0, "median": None, "mean": None, "p95": None, "min": None, "max": None}
+    return {
+        "n": len(vals),
+        "median": statistics.median(vals),
+        "mean": statistics.fmean(vals),
+        "p95": _percentile(vals, 0.95),
+        "min": min(vals),
+        "max": max(vals),
+    }
+
+
+def histogram(values: Iterable[float], bins: Sequence[float] = MARGIN_BINS) -> dict:
+    counts = {f"[{bins[i]}, {bins[i + 1]})": 0 for i in range(len(bins) - 1)}
+    keys = list(counts)
+    for v in values:
+        for i in range(len(bins) - 1):
+            if bins[i] <= v < bins[i + 1]:
+                counts[keys[i]] += 1
+                break
+    return counts
+
+
+def _acceptance(verdicts: Sequence[dict], prefix: str) -> dict:
+    good = sum(1 for v in verdicts if v["is_good"])
+    low = sum(1 for v in verdicts if not v["confident"])
+    bad = len(verdicts) - good - low
+    return {f"{prefix}_judged": len(verdicts), f"{prefix}_good": good, f"{prefix}_bad": bad, f"{prefix}_low_confidence": low}
+
+
+def compute_qc_summary(
+    *,
+    instruction_verdicts: Sequence[dict],
+    responses: Sequence[dict],
+    pair_verdicts: Sequence[dict],
+    kept_response_tokens: Sequence[int],
+    kept_responses: Sequence[str],
+    drop_reasons: dict[str, int],
+    sentinels_ok: bool | None,
+    thresholds: QCThresholds,
+    delimiter: str = "###END###",
+) -> dict:
+    """Summarize a run and apply the thresholds.
+
+    ``instruction_verdicts`` / ``pair_verdicts``: critic results (CR-04 fields) for every
+    judged instruction / pair. ``responses``: one dict per generated response with the
+    cleaning flags (delimiter_found, heuristic_cutoff, hit_token_limit, reason).
+    """
+    n_resp = len(responses)
+    runaways = sum(1 for r in responses if r.get("reason") == "runaway")
+    limit_hits = sum(1 for r in responses if r.get("hit_token_limit"))
+    leaks = sum(1 for t in kept_responses if delimiter in t)
+    counts = {
+        "generated": n_resp,
+        "kept": len(kept_responses),
+        "delimiter_found": sum(1 for r in responses if r.get("delimiter_found")),
+        "delimiter_missing": sum(1 for r in responses if not r.get("delimiter_found")),
+        "heuristic_cutoff": sum(1 for r in responses if r.get("heuristic_cutoff")),
+        "hit_token_limit": limit_hits,
+        "runaway": runaways,
+        "delimiter_leak_in_kept": leaks,
+    }
+    acc = {**_acceptance(instruction_verdicts, "instructions"), **_acceptance(pair_verdicts, "pairs")}
+    acc["instruction_acceptance_rate"] = _rate(acc["instructions_good"], acc["instructions_judged"])
+    # Pairs are counted against every generated response: a response dropped by cleaning
+    # is a failed pair, not one that never existed (stricter than judged-only).
+    acc["pair_acceptance_rate"] = _rate(acc["pairs_good"], n_resp)
+    tok = distribution(kept_response_tokens)
+    rates = {"runaway_rate": _rate(runaways, n_resp), "token_limit_rate": _rate(limit_hits, n_resp)}
+    margins = {
+        "instruction": {**distribution([v["margin"] for v in instruction_verdicts]),
+                        "histogram": histogram(v["margin"] for v in instruction_verdicts)},
+        "pair": {**distribution([v["margin"] for v in pair_verdicts]), "histogram": histogram(v["margin"] for v in pair_verdicts)},
+    }
+    failed: list[str] = []
+    t = thresholds
+    if n_resp == 0:
+        failed.append("no responses were generated")
+    if rates["runaway_rate"] >= t.max_runaway_rate and n_resp:
+        failed.append(f"QC-01 runaway rate {rates['runaway_rate']:.3f} >= {t.max_runaway_rate}")
+    if rates["token_limit_rate"] >= t.max_token_limit_rate and n_resp:
+        failed.append(f"QC-02 token-limit hit rate {rates['token_limit_rate']:.3f} >= {t.max_token_limit_rate}")
+    if leaks > t.max_delimiter_leaks:
+        failed.append(f"QC-03 delimiter leaks in kept responses {leaks} > {t.max_delimiter_leaks}")
+    if tok["median"] is None:
+        failed.append("QC-04 no kept responses, median tokens undefined")
+    elif tok["median"] >= t.max_median_tokens:
+        failed.append(f"QC-04 median tokens of kept responses {tok['median']} >= {t.max_median_tokens}")
+    if acc["instruction_acceptance_rate"] < t.min_instruction_acceptance:
+        failed.append(f"QC-05 instruction acceptance {acc['instruction_acceptance_rate']:.3f} < {t.min_instruction_acceptance}")
+    if acc["pair_acceptance_rate"] < t.min_pair_acceptance:
+        failed.append(f"QC-05 pair acceptance {acc['pair_acceptance_rate']:.3f} < {t.min_pair_acceptance}")
+    if t.require_sentinels and sentinels_ok is not True:
+        failed.append(f"QC-06 contamination sentinels not passed (result: {sentinels_ok})")
+    return {
+        "counts": counts,
+        "rates": rates,
+        "acceptance": acc,
+        "token_stats": tok,
+        "margins": margins,
+        "drop_reasons": dict(sorted(drop_reasons.items())),
+        "sentinels_ok": sentinels_ok,
+        "thresholds": t.to_dict(),
+        "thresholds_passed": not failed,
+        "failed_reasons": failed,
+    }
+
+
+class QCSummaryError(ValueError):
+    """qc_summary.json is missing, unreadable or incomplete."""
+
+
+def read_qc_decision(path: str | Path) -> tuple[bool, list[str]]:
+    """The gate's view of a run: what the summary says, verified complete, never recomputed."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "qc_summary.json"
+    if not path.exists():
+        raise QCSummaryError(f"{path}: no QC summary; run data generation first (it writes qc_summary.json)")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise QCSummaryError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from e
+    missing = [k for k in REQUIRED_KEYS if k not in summary]
+    if missing:
+        raise QCSummaryError(f"{path}: missing keys {missing}; regenerate the summary")
+    passed = summary["thresholds_passed"]
+    if not isinstance(passed, bool):
+        raise QCSummaryError(f"{path}: thresholds_passed must be true/false, got {passed!r}")
+    if passed and summary["failed_reasons"]:
+        raise QCSummaryError(f"{path}: inconsistent summary: passed but failed_reasons={summary['failed_reasons']}")
+    return passed, list(summary["failed_reasons"])
