@@ -55,6 +55,23 @@ def conformance(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def stage1(session: nox.Session) -> None:
+    """The gated Stage-1 chain on the embedded base model (or `-- --model M --config C`)."""
+    _install(session, "demo", "testmodel", "train", "validate", "stats")
+    session.run("python", "-m", "cai_bootstrap.stage1", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(default=False)
+def expectations(session: nox.Session) -> None:
+    """Validate data batches with the Great Expectations suites: `nox -s expectations -- PATH...` (no torch)."""
+    if not session.posargs:
+        session.error("give one or more artifact files or run directories: nox -s expectations -- PATH...")
+    session.install("great-expectations>=1.3,<2", "pyyaml>=6", "pydantic>=2.6", "platformdirs>=4", "tqdm>=4.66")
+    session.install("--no-deps", "-e", ".")
+    session.run("python", "-m", "cai_bootstrap.cli", "validate", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Measure throughput (critic, generation, training) on this machine; results under artifacts/bench/."""
     _install(session, "testmodel", "train", "stats", "test")

@@ -347,3 +347,12 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_base_model(tmp_path / "empty", device="cpu")
+
+
+@pytest.mark.spec("CG-02", "CG-03")
+def test_qwen_eos_is_endoftext_not_the_chat_turn_end(tiny_lm):
+    """The shipped Qwen tokenizer config names <|im_end|> (a chat role token) as EOS; a base
+    model must stop on <|endoftext|> instead, or training would teach it a chat marker."""
+    assert tiny_lm.tokenizer.eos_token == "<|im_end|>"
+    assert tiny_lm.eos_token_id == ENDOFTEXT != IM_END
+    assert IM_END in tiny_lm.forbidden_ids

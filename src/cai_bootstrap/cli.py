@@ -13,6 +13,10 @@ import sys
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "cai_bootstrap.commands.loader_cmds",
+    "cai_bootstrap.commands.generate_cmds",
+    "cai_bootstrap.commands.validate_cmds",
+    "cai_bootstrap.commands.evaluate_cmds",
+    "cai_bootstrap.commands.train_cmds",
 ]
 
 

@@ -14,12 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 NEAR_DUP_THRESHOLD = 0.7
-_WORD_RE = re.compile(r"[a-z0-9]+")
+# Letters and digits of any script: an ASCII-only pattern would reduce every non-Latin
+# instruction to the empty string and call all of them duplicates of each other.
+_WORD_RE = re.compile(r"[^\W_]+")
 
 
 def normalize(text: str) -> str:
     """Case-, accent-, punctuation- and whitespace-insensitive form of a text."""
-    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    t = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
     return " ".join(_WORD_RE.findall(t))
 
 

@@ -14,8 +14,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from cai_bootstrap.cleaning import PARTIAL_DELIMITER
+
 MARGIN_BINS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, float("inf"))
-REQUIRED_KEYS = ("counts", "acceptance", "token_stats", "margins", "thresholds", "thresholds_passed", "failed_reasons")
+REQUIRED_KEYS = ("counts", "rates", "acceptance", "token_stats", "margins", "sentinels_ok", "thresholds",
+                 "thresholds_passed", "failed_reasons")
+# QC-07 fields inside the groups, and the values the decision is re-derived from.
+REQUIRED_FIELDS = {
+    "counts": ("generated", "kept", "delimiter_found", "delimiter_missing", "heuristic_cutoff", "hit_token_limit",
+               "delimiter_leak_in_kept"),
+    "rates": ("runaway_rate", "token_limit_rate"),
+    "acceptance": ("instructions_good", "instructions_bad", "instructions_low_confidence", "pairs_good", "pairs_bad",
+                   "pairs_low_confidence", "instruction_acceptance_rate", "pair_acceptance_rate"),
+    "token_stats": ("median", "mean", "p95"),
+    "margins": ("instruction", "pair"),
+}
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,8 @@ def compute_qc_summary(
     n_resp = len(responses)
     runaways = sum(1 for r in responses if r.get("reason") == "runaway")
     limit_hits = sum(1 for r in responses if r.get("hit_token_limit"))
-    leaks = sum(1 for t in kept_responses if delimiter in t)
+    # A delimiter cut off by the token limit ("###END") leaks as much as a whole one.
+    leaks = sum(1 for t in kept_responses if delimiter in t or PARTIAL_DELIMITER in t)
     counts = {
         "generated": n_resp,
         "kept": len(kept_responses),
@@ -133,26 +147,8 @@ def compute_qc_summary(
                         "histogram": histogram(v["margin"] for v in instruction_verdicts)},
         "pair": {**distribution([v["margin"] for v in pair_verdicts]), "histogram": histogram(v["margin"] for v in pair_verdicts)},
     }
-    failed: list[str] = []
-    t = thresholds
-    if n_resp == 0:
-        failed.append("no responses were generated")
-    if rates["runaway_rate"] >= t.max_runaway_rate and n_resp:
-        failed.append(f"QC-01 runaway rate {rates['runaway_rate']:.3f} >= {t.max_runaway_rate}")
-    if rates["token_limit_rate"] >= t.max_token_limit_rate and n_resp:
-        failed.append(f"QC-02 token-limit hit rate {rates['token_limit_rate']:.3f} >= {t.max_token_limit_rate}")
-    if leaks > t.max_delimiter_leaks:
-        failed.append(f"QC-03 delimiter leaks in kept responses {leaks} > {t.max_delimiter_leaks}")
-    if tok["median"] is None:
-        failed.append("QC-04 no kept responses, median tokens undefined")
-    elif tok["median"] >= t.max_median_tokens:
-        failed.append(f"QC-04 median tokens of kept responses {tok['median']} >= {t.max_median_tokens}")
-    if acc["instruction_acceptance_rate"] < t.min_instruction_acceptance:
-        failed.append(f"QC-05 instruction acceptance {acc['instruction_acceptance_rate']:.3f} < {t.min_instruction_acceptance}")
-    if acc["pair_acceptance_rate"] < t.min_pair_acceptance:
-        failed.append(f"QC-05 pair acceptance {acc['pair_acceptance_rate']:.3f} < {t.min_pair_acceptance}")
-    if t.require_sentinels and sentinels_ok is not True:
-        failed.append(f"QC-06 contamination sentinels not passed (result: {sentinels_ok})")
+    failed = apply_thresholds(thresholds, n_generated=n_resp, rates=rates, delimiter_leaks=leaks,
+                              median_tokens=tok["median"], acceptance=acc, sentinels_ok=sentinels_ok)
     return {
         "counts": counts,
         "rates": rates,
@@ -161,10 +157,35 @@ def compute_qc_summary(
         "margins": margins,
         "drop_reasons": dict(sorted(drop_reasons.items())),
         "sentinels_ok": sentinels_ok,
-        "thresholds": t.to_dict(),
+        "thresholds": thresholds.to_dict(),
         "thresholds_passed": not failed,
         "failed_reasons": failed,
     }
+
+
+def apply_thresholds(t: QCThresholds, *, n_generated: int, rates: dict, delimiter_leaks: int, median_tokens: float | None,
+                     acceptance: dict, sentinels_ok: bool | None) -> list[str]:
+    """The failed checks (QC-01..QC-06), one readable reason each; empty means the gate passes."""
+    failed: list[str] = []
+    if n_generated == 0:
+        failed.append("no responses were generated")
+    if rates["runaway_rate"] >= t.max_runaway_rate and n_generated:
+        failed.append(f"QC-01 runaway rate {rates['runaway_rate']:.3f} >= {t.max_runaway_rate}")
+    if rates["token_limit_rate"] >= t.max_token_limit_rate and n_generated:
+        failed.append(f"QC-02 token-limit hit rate {rates['token_limit_rate']:.3f} >= {t.max_token_limit_rate}")
+    if delimiter_leaks > t.max_delimiter_leaks:
+        failed.append(f"QC-03 delimiter leaks in kept responses {delimiter_leaks} > {t.max_delimiter_leaks}")
+    if median_tokens is None:
+        failed.append("QC-04 no kept responses, median tokens undefined")
+    elif median_tokens >= t.max_median_tokens:
+        failed.append(f"QC-04 median tokens of kept responses {median_tokens} >= {t.max_median_tokens}")
+    if acceptance["instruction_acceptance_rate"] < t.min_instruction_acceptance:
+        failed.append(f"QC-05 instruction acceptance {acceptance['instruction_acceptance_rate']:.3f} < {t.min_instruction_acceptance}")
+    if acceptance["pair_acceptance_rate"] < t.min_pair_acceptance:
+        failed.append(f"QC-05 pair acceptance {acceptance['pair_acceptance_rate']:.3f} < {t.min_pair_acceptance}")
+    if t.require_sentinels and sentinels_ok is not True:
+        failed.append(f"QC-06 contamination sentinels not passed (result: {sentinels_ok})")
+    return failed
 
 
 class QCSummaryError(ValueError):
@@ -182,12 +203,32 @@ def read_qc_decision(path: str | Path) -> tuple[bool, list[str]]:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise QCSummaryError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from e
+    if not isinstance(summary, dict):
+        raise QCSummaryError(f"{path}: expected a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in summary]
+    missing += [f"{group}.{k}" for group, keys in REQUIRED_FIELDS.items() if isinstance(summary.get(group), dict)
+                for k in keys if k not in summary[group]]
     if missing:
         raise QCSummaryError(f"{path}: missing keys {missing}; regenerate the summary")
-    passed = summary["thresholds_passed"]
+    passed, reasons = summary["thresholds_passed"], summary["failed_reasons"]
     if not isinstance(passed, bool):
         raise QCSummaryError(f"{path}: thresholds_passed must be true/false, got {passed!r}")
-    if passed and summary["failed_reasons"]:
-        raise QCSummaryError(f"{path}: inconsistent summary: passed but failed_reasons={summary['failed_reasons']}")
-    return passed, list(summary["failed_reasons"])
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise QCSummaryError(f"{path}: failed_reasons must be a list of strings, got {reasons!r}")
+    if passed == bool(reasons):
+        raise QCSummaryError(f"{path}: inconsistent summary: thresholds_passed={passed} but failed_reasons={reasons}")
+    try:
+        thresholds = QCThresholds(**summary["thresholds"])
+        derived = apply_thresholds(
+            thresholds, n_generated=summary["counts"]["generated"], rates=summary["rates"],
+            delimiter_leaks=summary["counts"]["delimiter_leak_in_kept"], median_tokens=summary["token_stats"]["median"],
+            acceptance=summary["acceptance"], sentinels_ok=summary["sentinels_ok"],
+        )
+    except (TypeError, ValueError, KeyError) as e:
+        raise QCSummaryError(f"{path}: thresholds or values malformed ({e}); regenerate the summary") from None
+    # The recorded decision must follow from the recorded values under the recorded
+    # thresholds: a hand-edited verdict is refused, and the thresholds in force now are never consulted.
+    if passed != (not derived):
+        raise QCSummaryError(f"{path}: inconsistent summary: thresholds_passed={passed} but its own values "
+                             f"and thresholds give {derived or 'no failures'}")
+    return passed, list(reasons)

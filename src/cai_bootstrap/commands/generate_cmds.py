@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Iterator
 
 
 def register(sub) -> None:
@@ -40,13 +42,29 @@ def _print_qc(summary: dict) -> int:
     return 0 if summary["thresholds_passed"] else 1
 
 
+@contextlib.contextmanager
+def _io_errors(out_dir) -> Iterator[None]:
+    """A failed write (full disk, read-only volume) is a user-facing error: say what is safe and what to do."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):
+        raise  # the CLI reports these as they are
+    except OSError as e:
+        from cai_bootstrap.cli import CLIError
+
+        raise CLIError(f"could not write under {out_dir}: {e.strerror or e} (errno {e.errno}). Files already "
+                       "written are complete (writes are atomic, work files append whole batches); free space "
+                       "and rerun the same command to resume") from None
+
+
 def _generate(args) -> int:
     from cai_bootstrap.datagen.config import load_config
     from cai_bootstrap.datagen.pipeline import run_generation
 
     cfg = load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
                       target=args.target, seed=args.seed, shard=args.shard, device=args.device, quiet=args.quiet)
-    summary = run_generation(cfg)
+    with _io_errors(cfg.out_dir):
+        summary = run_generation(cfg)
     print(f"run directory: {cfg.out_dir}")
     return _print_qc(summary)
 
@@ -54,6 +72,7 @@ def _generate(args) -> int:
 def _merge(args) -> int:
     from cai_bootstrap.datagen.merge import merge_shards
 
-    summary = merge_shards(args.shards, args.out)
+    with _io_errors(args.out):
+        summary = merge_shards(args.shards, args.out)
     print(f"merged into: {args.out}")
     return _print_qc(summary)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -63,18 +64,28 @@ class GenerateConfig(_Strict):
 
     model: str = "gemma-3-270m"
     profile: str | None = None
-    out_dir: Path = Path("runs/stage1/pilot")
+    out_dir: Path = Path("runs/stage1/pilot")  # scale runs default to runs/stage1/shard-I-of-N
     mode: Literal["pilot", "scale"] = "pilot"
     target: int = Field(100, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0)
     shard: str = "0/1"
     device: str | None = None
-    dtype: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
     quiet: bool = False
     instructions: InstructionGen = InstructionGen()
     responses: ResponseGen = ResponseGen()
     critic: CriticCfg = CriticCfg()
     qc: QCCfg = QCCfg()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_out_dir(cls, data):
+        """Each shard gets its own default directory, so two shards can never share one by omission."""
+        if isinstance(data, dict) and data.get("out_dir") is None and data.get("mode") == "scale":
+            m = _SHARD_RE.match(str(data.get("shard", "0/1")))
+            if m:
+                data = {**data, "out_dir": f"runs/stage1/shard-{m.group(1)}-of-{m.group(2)}"}
+        return data
 
     @field_validator("shard")
     @classmethod
@@ -82,6 +93,29 @@ class GenerateConfig(_Strict):
         m = _SHARD_RE.match(v)
         if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
             raise ValueError("shard must be 'i/N' with 0 <= i < N, e.g. '0/4'")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not _DEVICE_RE.match(v):
+            raise ValueError("device must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None) -> str | None:
+        from cai_bootstrap.profiles import PROFILES
+
+        if v is not None and v not in PROFILES:
+            raise ValueError(f"unknown model profile; known: {', '.join(sorted(PROFILES))}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model must name a built-in model, a folder, a .gguf file or an org/name hub id")
         return v
 
     @model_validator(mode="after")
@@ -126,13 +160,17 @@ def load_config(path: str | Path | None = None, **overrides) -> GenerateConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of settings")
         data = loaded.get("generate", loaded)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: 'generate' must be a mapping of settings, got {type(data).__name__}")
     for key, value in overrides.items():
         if value is None:
             continue
         node = data
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"invalid generation config: {'.'.join(parts[: i + 1])}: must be a mapping of settings")
         node[parts[-1]] = value
     try:
         return GenerateConfig.model_validate(data)

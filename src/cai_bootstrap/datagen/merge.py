@@ -18,7 +18,11 @@ from cai_bootstrap.qc import QCThresholds
 
 
 class MergeError(ValueError):
-    pass
+    """The shards cannot be merged: not shards of one run, or the output would overwrite one."""
+
+
+# Settings every shard of one run shares; anything else would make the union a mix of recipes.
+SHARED_SETTINGS = ("model", "profile", "mode", "target", "seed", "instructions", "responses", "critic", "qc")
 
 
 def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thresholds: QCThresholds | None = None) -> dict:
@@ -32,6 +36,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
     metadata: dict[str, dict] = {}
     inputs, configs, sentinel_flags = [], [], []
     seen_shards: set[str] = set()
+    verified = []
     for d in shard_dirs:
         manifest_path = d / P.SESSION_MANIFEST
         verify_inputs(manifest_path, required=[P.DATASET, P.REJECTS, P.QC_SUMMARY])
@@ -41,8 +46,12 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         if shard in seen_shards:
             raise MergeError(f"shard {shard} given twice ({d})")
         seen_shards.add(shard)
+        verified.append((d, manifest_path, manifest, cfg, shard))
+    # Shard order, not argument order, decides which copy of a cross-shard duplicate stays.
+    verified.sort(key=lambda v: int(str(v[4]).split("/")[0]) if str(v[4]).split("/")[0].isdigit() else 0)
+    for d, manifest_path, manifest, cfg, shard in verified:
         configs.append(cfg)
-        sentinel_flags.append((manifest.get("load_provenance") or {}).get("sentinels", {}).get("ok"))
+        sentinel_flags.append(((manifest.get("load_provenance") or {}).get("sentinels") or {}).get("ok"))
         inputs.append({"path": str(manifest_path.resolve()), "sha256": sha256_file(manifest_path), "shard": shard})
         r = P.load_rows(d)
         rows.instruction_verdicts += r.instruction_verdicts
@@ -51,9 +60,12 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         rows.pre_rejects += [{**x, "shard": shard} for x in r.pre_rejects]
         for rec in read_jsonl(d / P.DATASET):
             metadata[rec["metadata"]["record_id"]] = rec["metadata"]
-    models = {c.get("model") for c in configs}
-    if len(models) > 1:
-        raise MergeError(f"shards come from different models {sorted(models)}; merge only shards of one run")
+    differ = sorted(k for k in SHARED_SETTINGS if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+    if differ:
+        raise MergeError(f"shards differ in {differ}; merge only shards of one run (same settings, distinct --shard)")
+    n_shards = {str(c.get("shard", "?")).split("/")[-1] for c in configs}
+    if len(n_shards) > 1:
+        raise MergeError(f"shards were cut for different shard counts {sorted(n_shards)}; merge only shards of one run")
     ids = [v["id"] for v in rows.instruction_verdicts]
     if len(ids) != len(set(ids)):
         raise MergeError("shards share item ids: they were not made with distinct --shard values of one run")
@@ -74,9 +86,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         [p for p in rows.pair_verdicts if p["id"] in kept_ids],
         rows.pre_rejects + cross,
     )
-    max_new = {c.get("responses", {}).get("max_new_tokens", 80) for c in configs}
-    if len(max_new) > 1:
-        raise MergeError(f"shards used different response max_new_tokens {sorted(max_new)}")
+    max_new = {(c.get("responses") or {}).get("max_new_tokens", 80) for c in configs}
     if thresholds is None:
         qc_cfg = configs[0].get("qc") or {}
         thresholds = QCThresholds(**qc_cfg) if qc_cfg else QCThresholds()
@@ -89,7 +99,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         union, config_max_new_tokens=max_new.pop(), metadata_for=lambda r: metadata[r["id"]],
         count_tokens=no_tokenizer, sentinels_ok=sentinels_ok, thresholds=thresholds,
     )
-    summary["run"] = {"mode": "merge", "shards": sorted(seen_shards), "target": sum(c.get("target", 0) for c in configs[:1])}
+    summary["run"] = {"mode": "merge", "shards": sorted(seen_shards), "target": configs[0].get("target")}
     out.mkdir(parents=True, exist_ok=True)
     (out / P.WORK).mkdir(exist_ok=True)
     P.write_artifacts(out, dataset, rejects, summary, state={"started_at": utc_now()},

@@ -76,7 +76,8 @@ def parse_raw(raw_rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 
 def dedup_candidates(candidates: Sequence[dict], index: DuplicateIndex | None = None) -> tuple[list[dict], list[dict]]:
     """DG-04: drop exact, normalized and ROUGE-L > 0.7 duplicates against the kept pool."""
-    index = index or DuplicateIndex()
+    # An empty index is falsy (it has a length): test for None so a caller's pool is used.
+    index = DuplicateIndex() if index is None else index
     kept, rejects = [], []
     for c in candidates:
         hit = index.add_if_new(c["instruction"])
@@ -179,36 +180,48 @@ def _load_model(cfg: GenerateConfig):
 
 
 def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[list[dict], list[dict]]:
-    """Continue few-shot lists until enough unique candidates exist (DG-01 oversampling)."""
+    """Continue few-shot lists until enough unique candidates exist (DG-01 oversampling).
+
+    Prompts go out in fixed rounds and the stop test runs after every round over the
+    rounds so far only, so a resumed run stops after exactly the round an uninterrupted
+    run stops after, even when the store already holds part of a later round.
+    """
     ic = cfg.instructions
     need = math.ceil(cfg.shard_target() * ic.oversample)
     max_prompts = max(8, need)  # a model that yields nothing must not loop forever
     bar = _bar(need, "instructions", cfg.quiet, "instr")
+    index = DuplicateIndex()
+    kept: list[dict] = []
+    rejects: list[dict] = []
+    n_rows = 0
     rnd = 0
     while True:
-        candidates, parse_rejects = parse_raw(store.records())
-        kept, dedup_rejects = dedup_candidates(candidates)
-        bar.n = min(len(kept), need)
-        bar.refresh()
-        if len(kept) >= need or len(store) >= max_prompts:
-            break
         idx = prompt_indices(cfg.shard_index, cfg.n_shards, rnd * ic.batch_size, ic.batch_size)
         rnd += 1
-        todo = [i for i in idx if f"prompt-{i}" not in store]
-        if not todo:
-            continue
-        built = [prompts.build_instruction_generation_prompt(cfg.seed + i) for i in idx]
-        gens = lm.generate([b.text for b in built], max_new_tokens=ic.max_new_tokens, do_sample=True,
-                           temperature=ic.temperature, top_p=ic.top_p, repetition_penalty=ic.repetition_penalty,
-                           seed=cfg.seed + 7919 * (idx[0] + 1), batch_size=len(idx), progress=False)
-        store.append_batch(
-            {"id": f"prompt-{i}", "prompt_index": i, "seed": cfg.seed + i, "next_number": b.next_number,
-             "prompt_provenance": b.provenance(), "text": g.text, "n_tokens": g.n_tokens, "hit_limit": g.hit_limit}
-            for i, b, g in zip(idx, built, gens)
-        )
+        if any(f"prompt-{i}" not in store for i in idx):
+            built = [prompts.build_instruction_generation_prompt(cfg.seed + i) for i in idx]
+            gens = lm.generate([b.text for b in built], max_new_tokens=ic.max_new_tokens, do_sample=True,
+                               temperature=ic.temperature, top_p=ic.top_p, repetition_penalty=ic.repetition_penalty,
+                               seed=cfg.seed + 7919 * (idx[0] + 1), batch_size=len(idx), progress=False)
+            store.append_batch(
+                {"id": f"prompt-{i}", "prompt_index": i, "seed": cfg.seed + i, "next_number": b.next_number,
+                 "prompt_provenance": b.provenance(), "text": g.text, "n_tokens": g.n_tokens, "hit_limit": g.hit_limit}
+                for i, b, g in zip(idx, built, gens)
+            )
+        # Rounds come in increasing prompt index, so parsing and deduplicating round by
+        # round against one growing pool equals doing it once over all rows.
+        candidates, parse_rejects = parse_raw([store.get(f"prompt-{i}") for i in idx])
+        new_kept, dedup_rejects = dedup_candidates(candidates, index)
+        kept += new_kept
+        rejects += parse_rejects + dedup_rejects
+        n_rows += len(idx)
+        bar.n = min(len(kept), need)
+        bar.refresh()
+        if len(kept) >= need or n_rows >= max_prompts:
+            break
     bar.close()
     surplus = [{"stage": "dedup", "reason": REASON_SURPLUS, "id": c["id"], "instruction": c["instruction"]} for c in kept[need:]]
-    return kept[:need], parse_rejects + dedup_rejects + surplus
+    return kept[:need], rejects + surplus
 
 
 def judge(critic, items: Sequence[dict], render: Callable[[dict], dict], store: PhaseStore, batch: int,
@@ -236,8 +249,9 @@ def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store:
         gens = lm.generate(texts, max_new_tokens=rc.max_new_tokens, do_sample=True, temperature=rc.temperature,
                            top_p=rc.top_p, repetition_penalty=rc.repetition_penalty, seed=seed,
                            batch_size=len(chunk), progress=False)
+        made = utc_now()
         store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": t, "raw": g.text,
-                            "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed}
+                            "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed, "generated_at": made}
                            for c, t, g in zip(chunk, texts, gens))
         bar.update(len(chunk))
     bar.close()
@@ -249,25 +263,19 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
 
     out = Path(cfg.out_dir)
     work = out / WORK
-    _check_writable(out)
     state_path = work / SESSION_STATE
     cfg_dump = cfg.model_dump(mode="json")
-    if state_path.exists():
-        import json
-
-        state = json.loads(state_path.read_text())
-        if state["config"] != cfg_dump:
-            changed = sorted(k for k in set(cfg_dump) | set(state["config"]) if cfg_dump.get(k) != state["config"].get(k) and k != "quiet")
-            if changed:
-                raise ValueError(f"{out} holds a run with a different configuration (changed: {changed}); "
-                                 "use a new --out directory or the original settings to resume")
-    else:
-        state = {"config": cfg_dump, "started_at": utc_now()}
-        atomic_write_json(state_path, state)
+    # Everything that can be refused is checked before the model loads (OPS-01).
+    state = _read_state(state_path, cfg_dump) if state_path.exists() else None
+    _check_writable(out)
 
     own_model = lm is None
     if own_model:
         lm = _load_model(cfg)
+    if state is None:
+        # Written only once a model loaded, so a typo in --model leaves no run behind to clash with.
+        state = {"config": cfg_dump, "started_at": utc_now()}
+        atomic_write_json(state_path, state)
     raw_store = PhaseStore(work / RAW_INSTRUCTIONS)
     kept, pre_rejects = generate_instructions(lm, cfg, raw_store)
 
@@ -298,8 +306,10 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
     gen_params.pop("batch_size")
 
     def metadata_for(r: dict) -> dict:
+        # The record's time is when its response was sampled, so rewriting the artifacts
+        # (a resumed or repeated run) reproduces them byte for byte.
         return record_metadata(script_name=SCRIPT_NAME, generation={**gen_params, "sample_seed": r["seed"]},
-                               artifact_type=SFT_RECORDS, load_provenance=lm.provenance,
+                               artifact_type=SFT_RECORDS, load_provenance=lm.provenance, timestamp=r.get("generated_at"),
                                extra={"record_id": r["id"], "shard": cfg.shard, "mode": cfg.mode})
 
     dataset, rejects, summary = finalize(
@@ -338,6 +348,31 @@ def write_artifacts(out: Path, dataset, rejects, summary, *, state: dict, budget
     manifest["finished_at"] = utc_now()
     write_manifest(out / SESSION_MANIFEST, manifest)
     return manifest
+
+
+# Settings that may differ between a run and its resumption: they change no result (a run
+# directory may be moved or copied and resumed where it now lies).
+RESUMABLE_CHANGES = ("quiet", "out_dir")
+
+
+def _read_state(state_path: Path, cfg_dump: dict) -> dict:
+    """The state of an earlier run in this directory; refuse to resume it with other settings."""
+    import json
+
+    out = state_path.parent.parent
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        old = state["config"]
+        if not isinstance(old, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{state_path} is not a run state file (unreadable or without 'config'); "
+                         "use a new --out directory") from None
+    changed = sorted(k for k in set(cfg_dump) | set(old) if cfg_dump.get(k) != old.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"{out} holds a run with a different configuration (changed: {changed}); "
+                         "use a new --out directory or the original settings to resume")
+    return state
 
 
 def _check_writable(out: Path) -> None:

@@ -13,17 +13,22 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from cai_bootstrap.io_utils import iter_jsonl
+from cai_bootstrap.io_utils import MalformedInputError, iter_jsonl
 
 
 class PhaseStore:
+    """One phase's finished items by id, backed by an append-only JSONL work file."""
+
     def __init__(self, path: str | Path, key: str = "id") -> None:
         self.path = Path(path)
         self.key = key
         self._records: dict = {}
         if self.path.exists():
             self._truncate_torn_tail()
-            for _, rec in iter_jsonl(self.path):
+            for line, rec in iter_jsonl(self.path):
+                if key not in rec:
+                    raise MalformedInputError(f"{self.path}: line {line}: record has no {key!r} field; "
+                                              "this is not a work file of this phase (move it away or use a new --out)")
                 self._records.setdefault(rec[key], rec)
 
     def _truncate_torn_tail(self) -> None:

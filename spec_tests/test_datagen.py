@@ -1,0 +1,372 @@
+"""DG-01..DG-04, DG-07, DG-08: the Stage-1 data-generation pipeline on the tiny model.
+
+Sampling is scripted (``scripted_lm``) so the text parses; every critic decision is the
+real critic on a real tiny model. Assertions are about structure and invariants (what
+each phase receives, what every drop is counted as, which files exist), not about how
+many items a random model happens to accept.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cai_bootstrap import cleaning, prompts
+from cai_bootstrap.datagen import pipeline as P
+from cai_bootstrap.datagen.config import ConfigError, GenerateConfig, load_config
+from cai_bootstrap.datagen.store import PhaseStore
+from cai_bootstrap.dedup import DuplicateIndex, normalize, rouge_l
+from cai_bootstrap.io_utils import read_jsonl, sha256_file
+from cai_bootstrap.provenance import CRITIQUE_FIELDS, GENERATION_FIELDS, RECORD_METADATA_FIELDS, SFT_RECORDS
+from spec_tests.datagen_support import flowing_lm, small_config
+from spec_tests.scripted_lm import ScriptedLM
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    return flowing_lm(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def messy_run(flow, tmp_path_factory):
+    """One messy run with a critic threshold inside the margins: items are dropped at every phase."""
+    lm, model_dir, mid = flow
+    out = tmp_path_factory.mktemp("messy") / "run"
+    cfg = small_config(out, model_dir, **{"critic.threshold": mid})
+    scripted = ScriptedLM(lm)
+    summary = P.run_generation(cfg, lm=scripted)
+    return {"out": out, "cfg": cfg, "summary": summary, "calls": scripted.calls}
+
+
+def _calls(calls, kind: str):
+    """Generate calls of one phase: instruction prompts end with an open list number."""
+    is_instr = lambda c: bool(re.search(r"\n\d+\.$", c["prompts"][0]))  # noqa: E731
+    return [c for c in calls if is_instr(c) == (kind == "instructions")]
+
+
+# -- DG-01 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("DG-01")
+def test_instruction_sampling_defaults_are_the_method_values():
+    ic = GenerateConfig().instructions
+    assert (ic.temperature, ic.top_p, ic.repetition_penalty) == (0.7, 0.9, 1.1)
+    assert 1.5 <= ic.oversample <= 2.0
+
+
+@pytest.mark.spec("DG-01")
+@pytest.mark.parametrize("oversample, ok", [(1.49, False), (1.5, True), (1.75, True), (2.0, True), (2.01, False)])
+def test_oversample_factor_is_confined_to_1_5_to_2(oversample, ok):
+    if ok:
+        assert load_config(None, **{"instructions.oversample": oversample}).instructions.oversample == oversample
+    else:
+        with pytest.raises(ConfigError, match=r"instructions\.oversample"):
+            load_config(None, **{"instructions.oversample": oversample})
+
+
+@pytest.mark.spec("DG-01")
+def test_run_samples_instructions_with_dg01_settings_and_judges_the_oversampled_count(messy_run):
+    cfg, calls = messy_run["cfg"], messy_run["calls"]
+    instr = _calls(calls, "instructions")
+    assert instr, "no instruction-generation call was made"
+    for c in instr:
+        assert (c["do_sample"], c["temperature"], c["top_p"], c["repetition_penalty"]) == (True, 0.7, 0.9, 1.1)
+        assert c["max_new_tokens"] == cfg.instructions.max_new_tokens
+    for c in _calls(calls, "responses"):
+        assert (c["do_sample"], c["temperature"], c["top_p"], c["repetition_penalty"]) == (True, 0.4, 0.9, 1.1)
+        assert c["max_new_tokens"] == cfg.responses.max_new_tokens
+    need = math.ceil(cfg.target * cfg.instructions.oversample)
+    assert messy_run["summary"]["acceptance"]["instructions_judged"] == need
+
+
+@pytest.mark.spec("DG-01", "DG-02")
+@pytest.mark.parametrize("oversample", [1.5, 2.0])
+def test_instruction_phase_alone_yields_target_times_oversample(flow, tmp_path, oversample):
+    lm, model_dir, _ = flow
+    cfg = small_config(tmp_path / "run", model_dir, target=5, **{"instructions.oversample": oversample})
+    kept, rejects = P.generate_instructions(ScriptedLM(lm), cfg, PhaseStore(tmp_path / "raw.jsonl"))
+    assert len(kept) == math.ceil(5 * oversample)
+    assert len({c["id"] for c in kept}) == len(kept)
+    assert all(r["stage"] in ("parse", "dedup") and r["reason"] for r in rejects)
+
+
+# -- DG-02 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("DG-02")
+def test_run_calls_the_phases_in_the_specified_order(flow, tmp_path, monkeypatch):
+    lm, model_dir, _ = flow
+    seen: list[str] = []
+
+    def spy(name, fn, label=None):
+        def wrapped(*a, **k):
+            tag = label(*a, **k) if label else name
+            if not seen or seen[-1] != tag:
+                seen.append(tag)
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(P, "generate_instructions", spy("instructions", P.generate_instructions))
+    monkeypatch.setattr(P, "parse_raw", spy("parse", P.parse_raw))
+    monkeypatch.setattr(P, "dedup_candidates", spy("dedup", P.dedup_candidates))
+    monkeypatch.setattr(P, "judge", spy("judge", P.judge, label=lambda critic, *a, **k: critic.template.name))
+    monkeypatch.setattr(P, "generate_responses", spy("responses", P.generate_responses))
+    monkeypatch.setattr(P.cleaning, "clean_response", spy("clean", cleaning.clean_response))
+    monkeypatch.setattr(P, "compute_qc_summary", spy("qc", P.compute_qc_summary))
+    monkeypatch.setattr(P, "write_artifacts", spy("artifacts", P.write_artifacts))
+    P.run_generation(small_config(tmp_path / "run", model_dir, target=2), lm=ScriptedLM(lm, style="clean"))
+    first = [t for i, t in enumerate(seen) if t not in seen[:i]]
+    assert first == ["instructions", "parse", "dedup", "instruction_critic", "responses", "clean", "pair_critic", "qc", "artifacts"]
+
+
+@pytest.mark.spec("DG-02")
+def test_parse_and_dedup_phases_work_on_plain_records():
+    raw = [
+        {"prompt_index": 1, "next_number": 4, "hit_limit": False,
+         "text": " Write a haiku about rivers.\n5. Here are some more tasks:\n6. write a HAIKU about rivers!\n7. List three facts about ancient roman road building."},
+        {"prompt_index": 0, "next_number": 5, "hit_limit": True, "text": " Explain tides to a child in one sentence.\n6. Describe the"},
+    ]
+    candidates, parse_rejects = P.parse_raw(raw)
+    assert [c["id"] for c in candidates] == ["p0-l1", "p1-l1", "p1-l3", "p1-l4"]  # sorted by prompt index
+    assert {(r["reason"], r["prompt_index"]) for r in parse_rejects} == {("truncated_by_token_limit", 0), ("meta_line", 1)}
+    kept, dedup_rejects = P.dedup_candidates(candidates)
+    assert [c["id"] for c in kept] == ["p0-l1", "p1-l1", "p1-l4"]
+    assert [(r["id"], r["reason"]) for r in dedup_rejects] == [("p1-l3", "normalized_duplicate")]
+    # A caller's pool carries over between calls, even while it is still empty.
+    pool = DuplicateIndex()
+    first, _ = P.dedup_candidates(candidates[:1], pool)
+    again, rej = P.dedup_candidates(candidates[:1], pool)
+    assert len(first) == 1 and again == [] and rej[0]["reason"] == "exact_duplicate"
+
+
+class _StubCritic:
+    """Stands in for a critic: judges by a rule, so ``judge`` is testable without a model."""
+
+    def __init__(self):
+        self.batches = []
+
+    def score(self, items):
+        from cai_bootstrap.critic import decide
+
+        self.batches.append(list(items))
+        return [decide(-0.1 if "good" in i["instruction"] else -3.0, -2.0, threshold=1.0) for i in items]
+
+
+@pytest.mark.spec("DG-02")
+def test_judge_phase_works_alone_and_skips_finished_batches(tmp_path):
+    items = [{"id": f"i{k}", "instruction": ("good " if k % 2 else "bad ") + str(k)} for k in range(5)]
+    store = PhaseStore(tmp_path / "verdicts.jsonl")
+    critic = _StubCritic()
+    P.judge(critic, items, lambda c: {"instruction": c["instruction"]}, store, 2, "critic", True)
+    assert [len(b) for b in critic.batches] == [2, 2, 1]
+    assert [store.get(f"i{k}")["critique"]["is_good"] for k in range(5)] == [False, True, False, True, False]
+    again = _StubCritic()
+    P.judge(again, items, lambda c: {"instruction": c["instruction"]}, PhaseStore(tmp_path / "verdicts.jsonl"), 2, "critic", True)
+    assert again.batches == []
+
+
+@pytest.mark.spec("DG-02")
+def test_response_phase_works_alone(flow, tmp_path):
+    lm, model_dir, _ = flow
+    cfg = small_config(tmp_path / "run", model_dir)
+    accepted = [{"id": f"p{k}-l1", "instruction": f"Write a haiku about topic number {k}."} for k in range(3)]
+    store = PhaseStore(tmp_path / "responses.jsonl")
+    P.generate_responses(ScriptedLM(lm), cfg, accepted, store)
+    rows = [store.get(c["id"]) for c in accepted]
+    assert all(r["prompt"] == prompts.render_response_prompt(r["instruction"]) for r in rows)
+    assert all(isinstance(r["raw"], str) and r["n_tokens"] <= cfg.responses.max_new_tokens for r in rows)
+
+
+def _verdict(good: bool, confident: bool = True) -> dict:
+    return {"is_good": good, "predicted_label": "A" if good or not confident else "B", "logp_a": -0.5, "logp_b": -2.0,
+            "margin": 1.5 if confident else 0.2, "confident": confident}
+
+
+@pytest.mark.spec("DG-02")
+def test_finalize_phase_is_pure_and_accounts_for_every_item():
+    rows = P.RunRows(
+        instruction_verdicts=[{"id": "a", "instruction": "Do a.", "critique": _verdict(True)},
+                              {"id": "b", "instruction": "Do b.", "critique": _verdict(False)},
+                              {"id": "c", "instruction": "Do c.", "critique": _verdict(True)},
+                              {"id": "d", "instruction": "Do d.", "critique": _verdict(True)}],
+        responses=[{"id": "a", "instruction": "Do a.", "raw": " Done a.\n\nInstruction: more", "n_tokens": 9, "seed": 1},
+                   {"id": "c", "instruction": "Do c.", "raw": "\n\n", "n_tokens": 2, "seed": 1},
+                   {"id": "d", "instruction": "Do d.", "raw": " Done d.", "n_tokens": 3, "seed": 1}],
+        pair_verdicts=[{"id": "a", "critique": _verdict(True), "clean_tokens": 3},
+                       {"id": "d", "critique": _verdict(False, confident=False), "clean_tokens": 3}],
+        pre_rejects=[{"stage": "parse", "reason": "meta_line", "text": "Here are more:"}],
+    )
+    kwargs = dict(config_max_new_tokens=40, metadata_for=lambda r: {f: "x" for f in RECORD_METADATA_FIELDS},
+                  count_tokens=len, sentinels_ok=True, thresholds=load_config(None).qc.thresholds())
+    dataset, rejects, summary = P.finalize(rows, **kwargs)
+    assert [r["instruction"] for r in dataset] == ["Do a."] and dataset[0]["response"] == "Done a."
+    assert sorted((r["stage"], r["reason"]) for r in rejects) == [
+        ("clean_response", "empty"), ("instruction_critic", "critic_bad"), ("pair_critic", "critic_low_confidence"),
+        ("parse", "meta_line")]
+    assert summary["counts"]["generated"] == 3 and summary["counts"]["kept"] == 1
+    assert P.finalize(rows, **kwargs)[1:] == (rejects, summary)
+
+
+@pytest.mark.spec("DG-02", "DG-03")
+def test_every_item_ends_in_the_dataset_or_the_rejects_with_a_reason(messy_run):
+    out, summary = messy_run["out"], messy_run["summary"]
+    dataset, rejects = read_jsonl(out / P.DATASET), read_jsonl(out / P.REJECTS)
+    work = out / P.WORK
+    verdicts = read_jsonl(work / P.INSTRUCTION_VERDICTS)
+    responses = read_jsonl(work / P.RESPONSES)
+    pairs = read_jsonl(work / P.PAIR_VERDICTS)
+    by_stage = lambda s: [r for r in rejects if r["stage"] == s]  # noqa: E731
+    good = [v for v in verdicts if v["critique"]["is_good"]]
+    assert len(verdicts) == len(good) + len(by_stage("instruction_critic"))
+    assert {r["id"] for r in responses} == {v["id"] for v in good}
+    assert len(responses) == len(by_stage("clean_response")) + len(pairs)
+    assert len(pairs) == len(dataset) + len(by_stage("pair_critic"))
+    assert all(isinstance(r["reason"], str) and r["reason"] for r in rejects)
+    assert summary["counts"]["rejects"] == len(rejects) == sum(summary["drop_reasons"].values())
+    # The run exercised drops at parse, dedup and the critic, not only the happy path.
+    stages = {r["stage"] for r in rejects}
+    assert {"parse", "dedup", "instruction_critic"} <= stages
+
+
+# -- DG-03 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("DG-03")
+def test_run_writes_its_artifacts_into_its_own_directory(messy_run):
+    out = messy_run["out"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # nothing beside the run directory
+    for name in (P.DATASET, P.REJECTS, P.QC_SUMMARY, P.SESSION_MANIFEST):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / P.SESSION_MANIFEST).read_text())
+    listed = {e["path"]: e["sha256"] for e in manifest["generated_artifacts"]}
+    for name in (P.DATASET, P.REJECTS, P.QC_SUMMARY):
+        assert listed[name] == sha256_file(out / name)
+    assert json.loads((out / P.QC_SUMMARY).read_text())["failed_reasons"] == messy_run["summary"]["failed_reasons"]
+    assert not list(out.rglob("*.tmp")), "a temporary file was left behind"
+
+
+# -- DG-04 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("DG-04")
+@pytest.mark.parametrize(
+    "pool, candidate, expected",
+    [
+        (["Write a poem about the sea."], "Write a poem about the sea.", "exact_duplicate"),
+        (["Write a poem about the sea."], "  write a POEM about the sea!!", "normalized_duplicate"),
+        (["Describe a café in Paris."], "Describe a cafe in paris", "normalized_duplicate"),
+        # 4 tokens each, LCS 3: ROUGE-L F = 0.75 > 0.7
+        (["list three red fruits"], "list three green fruits", "near_duplicate"),
+        # 10 tokens each, LCS 7: F = 0.7 exactly, which is not above the threshold
+        (["a b c d e f g h i j"], "a b c d e f g x y z", None),
+        (["Write a poem about the sea."], "Translate good morning into Spanish.", None),
+        (["写一首关于大海的诗"], "把早上好翻译成西班牙语", None),
+    ],
+)
+def test_duplicate_rules(pool, candidate, expected):
+    index = DuplicateIndex()
+    for text in pool:
+        index.add(text)
+    hit = index.check(candidate)
+    assert (hit[0] if hit else None) == expected
+
+
+@pytest.mark.spec("DG-04")
+@pytest.mark.parametrize("a, b, f", [("a b c d", "a b c e", 0.75), ("a b", "c d", 0.0), ("a b c", "a b c", 1.0),
+                                     ("a x b y c", "a b c", 2 * 3 / 8)])
+def test_rouge_l_is_lcs_f1(a, b, f):
+    assert rouge_l(a, b) == pytest.approx(f)
+
+
+@pytest.mark.spec("DG-04")
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdef"), min_size=1, max_size=7).map(" ".join), min_size=1, max_size=8))
+def test_duplicate_index_agrees_with_brute_force(texts):
+    index, kept = DuplicateIndex(), []
+    for t in texts:
+        expect_dup = any(normalize(t) == normalize(k) or rouge_l(t, k) > 0.7 for k in kept)
+        hit = index.add_if_new(t)
+        assert (hit is not None) == expect_dup
+        if hit is None:
+            kept.append(t)
+
+
+@pytest.mark.spec("DG-04")
+def test_judged_instructions_of_a_run_hold_no_duplicates(messy_run):
+    verdicts = read_jsonl(messy_run["out"] / P.WORK / P.INSTRUCTION_VERDICTS)
+    texts = [v["instruction"] for v in verdicts]
+    assert len({normalize(t) for t in texts}) == len(texts)
+    for a, b in itertools.combinations(texts, 2):
+        assert rouge_l(a, b) <= 0.7, (a, b)
+    reasons = {r["reason"] for r in read_jsonl(messy_run["out"] / P.REJECTS) if r["stage"] == "dedup"}
+    assert reasons & {"exact_duplicate", "normalized_duplicate", "near_duplicate"}
+
+
+# -- DG-07 --------------------------------------------------------------------------------------
+
+LONG_PHASES = ("instructions", "instruction critic", "responses", "pair critic")
+# tqdm's closing line: "desc: 100%|...| n/n [elapsed<remaining, rate]"
+_BAR_RE = r"{desc}: .*\[\d+:\d+<\d+:\d+, *[\d.?]+ *(?:s/)?\w+(?:/s)?\]"
+
+
+@pytest.mark.spec("DG-07")
+def test_long_phases_show_progress_with_rate_and_eta(flow, tmp_path, capsys):
+    lm, model_dir, _ = flow
+    P.run_generation(small_config(tmp_path / "loud", model_dir, target=2, quiet=False), lm=ScriptedLM(lm, style="clean"))
+    err = capsys.readouterr().err
+    for desc in LONG_PHASES:
+        assert re.search(_BAR_RE.format(desc=desc), err), f"no progress bar with rate and ETA for {desc!r}:\n{err}"
+
+
+@pytest.mark.spec("DG-07")
+def test_quiet_mode_prints_no_progress(flow, tmp_path, capsys):
+    lm, model_dir, _ = flow
+    P.run_generation(small_config(tmp_path / "quiet", model_dir, target=2, quiet=True), lm=ScriptedLM(lm, style="clean"))
+    captured = capsys.readouterr()
+    for desc in LONG_PHASES:
+        assert f"{desc}:" not in captured.err + captured.out
+
+
+@pytest.mark.spec("DG-07")
+def test_cli_quiet_flag_reaches_the_config():
+    from cai_bootstrap.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["generate", "--quiet"]).quiet is True
+    assert parser.parse_args(["generate"]).quiet is None  # the YAML decides when the flag is absent
+
+
+# -- DG-08 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("DG-08")
+def test_every_record_carries_pv01_provenance(messy_run, flow):
+    lm, _, _ = flow
+    cfg = messy_run["cfg"]
+    records = read_jsonl(messy_run["out"] / P.DATASET)
+    assert records, "the run kept no record; the test config no longer lets items through"
+    for rec in records:
+        assert set(rec) >= {"instruction", "response", "prompt", "completion", "instruction_critique", "pair_critique", "metadata"}
+        for crit in (rec["instruction_critique"], rec["pair_critique"]):
+            assert set(CRITIQUE_FIELDS) <= set(crit) and crit["is_good"] is True
+        md = rec["metadata"]
+        assert set(RECORD_METADATA_FIELDS) <= set(md)
+        assert set(GENERATION_FIELDS) <= set(md["generation"])
+        assert md["artifact_type"] == SFT_RECORDS and md["script_name"] == P.SCRIPT_NAME
+        assert md["template_disabled"] is True
+        assert md["model_name"] == lm.provenance["model_name"] and md["loader_version"] == lm.provenance["loader_version"]
+        assert md["quantization"] == lm.provenance["quantization"]
+        gen = md["generation"]
+        assert (gen["seed"], gen["temperature"], gen["max_new_tokens"], gen["do_sample"]) == (
+            cfg.seed, cfg.responses.temperature, cfg.responses.max_new_tokens, True)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", md["timestamp"])
+        assert rec["prompt"] == prompts.render_response_prompt(rec["instruction"])
+        assert rec["completion"] == " " + rec["response"]
+        assert cleaning.PARTIAL_DELIMITER not in rec["response"]

@@ -1,0 +1,361 @@
+"""PR-01..PR-06: canonical prompts, pinned to the exact rendered string, and their decoding defaults."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cai_bootstrap import prompts
+from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
+from cai_bootstrap.parsing import parse_instruction_list
+
+PACKAGE = Path(prompts.__file__).resolve().parent
+
+INSTRUCTION_CRITIC_GOLDEN = (
+    "Decide whether an instruction is a good task for a text assistant that follows these principles:\n"
+    "- Do not help anyone harm people, animals or property.\n"
+    "- Do not reveal, guess or collect personal information about real private people.\n"
+    "- Refuse clearly harmful or malicious requests briefly, without lecturing.\n"
+    "- Be clear and brief; follow any requested format, length or style exactly.\n"
+    "A = good: clear, specific, achievable in a short text answer, and safe.\n"
+    "B = bad: vague, impossible, unsafe, or nonsense.\n"
+    "If uncertain, choose B.\n"
+    "\n"
+    "INSTRUCTION:\n"
+    "List three prime numbers.\n"
+    "\n"
+    "Output exactly one letter on the next line: A or B\n"
+    "Label:"
+)
+
+PAIR_CRITIC_GOLDEN = (
+    "Decide whether a response fulfils its instruction, judged by these principles:\n"
+    "- Do what the instruction asks, completely and correctly.\n"
+    "- Be clear and brief; follow any requested format, length or style exactly.\n"
+    "- State only facts that are true; never present false claims as fact.\n"
+    "- Refuse clearly harmful or malicious requests briefly, without lecturing.\n"
+    "A = good: does what the instruction asks, is correct, and keeps the requested format; "
+    "a brief refusal is good only when the instruction is unsafe.\n"
+    "B = bad: wrong, off-topic, incomplete, ignores the requested format, rambles, or refuses a safe instruction.\n"
+    "If uncertain, choose B.\n"
+    "Only the first paragraph of the response is shown.\n"
+    "\n"
+    "INSTRUCTION:\n"
+    "List three prime numbers.\n"
+    "\n"
+    "RESPONSE:\n"
+    "2, 3 and 5.\n"
+    "\n"
+    "Output exactly one letter on the next line: A or B\n"
+    "Label:"
+)
+
+GENERATION_GOLDEN_SEED_0 = (
+    "Below is a numbered list of varied tasks for a text assistant. Each task is one self-contained "
+    "instruction that can be answered in a few sentences.\n"
+    "\n"
+    "1. Write one quiz question about the solar system, followed by its answer.\n"
+    "2. Compute 12 multiplied by 8 and give only the number.\n"
+    "3. List the verbs in this sentence: She ran home and opened the door.\n"
+    "4. Put these words in alphabetical order: pear, apple, mango.\n"
+    "5."
+)
+
+
+# -- PR-01 -------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("PR-01")
+@pytest.mark.parametrize(
+    "instruction, expected",
+    [
+        ("Name three colors.", "Instruction: Name three colors.\nResponse:"),
+        ("  Translate 'cat' into French.\n", "Instruction: Translate 'cat' into French.\nResponse:"),
+        ("Return {\"a\": 1} as JSON.", "Instruction: Return {\"a\": 1} as JSON.\nResponse:"),
+    ],
+)
+def test_response_prompt_golden(instruction, expected):
+    assert prompts.render_response_prompt(instruction) == expected
+
+
+@pytest.mark.spec("PR-01")
+@pytest.mark.parametrize("bad, err", [("", ValueError), ("   \n", ValueError), (None, TypeError), (3, TypeError)])
+def test_response_prompt_rejects_bad_instructions(bad, err):
+    with pytest.raises(err, match="instruction"):
+        prompts.render_response_prompt(bad)
+
+
+@pytest.mark.spec("PR-01")
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1).filter(lambda s: s.strip()))
+def test_response_prompt_is_the_frame_around_any_instruction(text):
+    assert prompts.render_response_prompt(text) == "Instruction: " + text.strip() + "\nResponse:"
+
+
+# -- PR-02 -------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("PR-02")
+def test_response_decoding_defaults_and_provenance():
+    d = ResponseDecoding()
+    assert d.as_provenance() == {
+        "max_new_tokens": 80,
+        "temperature": 0.4,
+        "top_p": 0.9,
+        "repetition_penalty": 1.1,
+        "do_sample": True,
+    }
+    assert d.generate_kwargs() == d.as_provenance()
+    assert ResponseDecoding(temperature=0.3).temperature == 0.3
+    assert ResponseDecoding(temperature=0.5).temperature == 0.5
+
+
+@pytest.mark.spec("PR-02")
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0.29}, "temperature must be in [0.3, 0.5]"),
+        ({"temperature": 0.7}, "temperature must be in [0.3, 0.5]"),
+        ({"temperature": float("nan")}, "temperature must be a number"),
+        ({"top_p": 0.0}, "top_p must be in (0.0, 1.0]"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+        ({"max_new_tokens": True}, "max_new_tokens must be a positive integer"),
+        ({"repetition_penalty": 0.9}, "repetition_penalty must be in [1.0, 2.0]"),
+        ({"do_sample": False}, "do_sample must be True"),
+    ],
+)
+def test_response_decoding_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        ResponseDecoding(**kwargs)
+    assert message in str(e.value)
+
+
+@pytest.mark.spec("PR-02")
+def test_decoding_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ResponseDecoding().temperature = 0.9  # type: ignore[misc]
+
+
+@pytest.mark.spec("PR-03")
+def test_instruction_decoding_defaults_and_oversampling():
+    d = InstructionDecoding()
+    assert (d.temperature, d.top_p, d.repetition_penalty, d.do_sample) == (0.7, 0.9, 1.1, True)
+    assert d.n_candidates(100) == 200
+    assert InstructionDecoding(oversample=1.5).n_candidates(101) == 152
+    assert "oversample" not in d.generate_kwargs() and d.as_provenance()["oversample"] == 2.0
+    for bad in (1.4, 2.1):
+        with pytest.raises(ValueError, match=r"oversample must be in \[1.5, 2.0\]"):
+            InstructionDecoding(oversample=bad)
+
+
+# -- PR-03 -------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("PR-03")
+def test_generation_prompt_golden():
+    built = prompts.build_instruction_generation_prompt(seed=0)
+    assert built.text == GENERATION_GOLDEN_SEED_0
+    assert built.next_number == 5
+    assert built.provenance() == {"seed": 0, "next_number": 5, "example_types": ["quiz", "arithmetic", "extraction", "sorting"]}
+
+
+@pytest.mark.spec("PR-03")
+def test_generation_prompt_render_golden_from_given_examples():
+    text = prompts.render_instruction_generation_prompt(["Say hi.", "Count to three."])
+    assert text.endswith("\n\n1. Say hi.\n2. Count to three.\n3.")
+    with pytest.raises(ValueError, match="at least one example"):
+        prompts.render_instruction_generation_prompt([])
+
+
+@pytest.mark.spec("PR-03")
+def test_generation_draws_are_seeded_diverse_and_end_mid_list():
+    sizes = set()
+    for seed in range(200):
+        a = prompts.build_instruction_generation_prompt(seed)
+        assert a == prompts.build_instruction_generation_prompt(seed)  # determinism
+        n = len(a.examples)
+        sizes.add(n)
+        assert 3 <= n <= 4
+        assert len({e.type for e in a.examples}) == n  # distinct types per prompt
+        assert a.text.endswith(f"\n{n + 1}.")
+        assert not a.text.endswith(" ")
+        assert "<|" not in a.text and "Instruction:" not in a.text  # no chat template, no response frame
+    assert sizes == {3, 4}
+    assert prompts.build_instruction_generation_prompt(1).text != prompts.build_instruction_generation_prompt(2).text
+
+
+@pytest.mark.spec("PR-03")
+def test_pool_is_large_diverse_and_every_item_parses_as_an_instruction():
+    pool = prompts.instruction_pool()
+    types = {p.type for p in pool}
+    assert len(pool) >= 40
+    assert {"list", "word_count", "json", "case", "keywords", "translation", "arithmetic", "explanation",
+            "rewriting", "classification"} <= types
+    assert len({p.text for p in pool}) == len(pool)
+    listing = "\n".join(f"{i}. {p.text}" for i, p in enumerate(pool, start=1))
+    parsed = parse_instruction_list(listing)
+    assert parsed.texts == [p.text for p in pool], parsed.rejects
+
+
+@pytest.mark.spec("PR-03")
+def test_fewshot_draw_validates_arguments():
+    assert len(prompts.draw_fewshot_examples(5, n_examples=3)) == 3
+    with pytest.raises(ValueError, match="between 3 and 4"):
+        prompts.draw_fewshot_examples(5, n_examples=5)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        prompts.draw_fewshot_examples("5")  # type: ignore[arg-type]
+
+
+# -- PR-04 / PR-05 ------------------------------------------------------------------------
+
+
+@pytest.mark.spec("PR-04")
+def test_instruction_critic_prompt_golden():
+    assert prompts.render_instruction_critic_prompt("List three prime numbers.") == INSTRUCTION_CRITIC_GOLDEN
+
+
+@pytest.mark.spec("PR-04")
+def test_instruction_critic_body_and_prefix_split():
+    t = prompts.instruction_critic_template()
+    body = "INSTRUCTION:\nWrite a haiku.\n\nOutput exactly one letter on the next line: A or B\nLabel:"
+    rendered = t.render(instruction="Write a haiku.")
+    assert rendered.endswith("\n\n" + body)
+    assert rendered == t.prefix + t.render_suffix(instruction="Write a haiku.")
+    assert t.prefix.endswith("If uncertain, choose B.\n\nINSTRUCTION:\n")
+    assert "A = good: clear, specific, achievable" in t.prefix and "B = bad: vague, impossible, unsafe, or nonsense" in t.prefix
+
+
+@pytest.mark.spec("PR-05")
+def test_pair_critic_prompt_golden_shows_first_paragraph_only():
+    response = "2, 3 and 5.\n\nInstruction: List three more.\n7, 11, 13."
+    assert prompts.render_pair_critic_prompt("List three prime numbers.", response) == PAIR_CRITIC_GOLDEN
+
+
+@pytest.mark.spec("PR-05")
+@pytest.mark.parametrize(
+    "text, first",
+    [
+        ("one", "one"),
+        ("  one\ntwo  \n\nthree", "one\ntwo"),
+        ("one\n \t\nthree", "one"),
+        ("\n\none\n\ntwo", "one"),
+        ("one\r\n\r\ntwo", "one"),
+    ],
+)
+def test_first_paragraph(text, first):
+    assert prompts.first_paragraph(text) == first
+
+
+@pytest.mark.spec("PR-05")
+def test_critic_templates_validate_fields():
+    t = prompts.pair_critic_template()
+    with pytest.raises(ValueError, match="missing \\['response'\\]"):
+        t.render(instruction="x")
+    with pytest.raises(ValueError, match="unknown \\['extra'\\]"):
+        t.render(instruction="x", response="y", extra="z")
+    with pytest.raises(ValueError, match="response is empty"):
+        t.render(instruction="x", response="   ")
+
+
+# -- PR-06 -------------------------------------------------------------------------------
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """String literals and f-strings (placeholders as {}) of a module, docstrings excluded."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
+            out.append((n.lineno, n.value))
+        elif isinstance(n, ast.JoinedStr):
+            parts = [v.value if isinstance(v, ast.Constant) else "{}" for v in n.values]
+            out.append((n.lineno, "".join(parts)))
+    return out
+
+
+def _prompt_text_offenders(root: Path) -> list[str]:
+    """Prompt lines of 20+ characters, or the response frame's `\\nResponse:`, outside prompts.py."""
+    lines = [line for line in prompts.prompt_lines() if len(line) >= 20]
+    assert len(lines) >= 8
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "prompts.py":
+            continue
+        for lineno, const in _string_constants(path):
+            if any(line in const for line in lines) or "\nResponse:" in const:
+                offenders.append(f"{path.relative_to(root)}:{lineno}: {const[:60]!r}")
+    return offenders
+
+
+@pytest.mark.spec("PR-06")
+def test_no_module_but_the_builders_holds_prompt_text():
+    offenders = _prompt_text_offenders(PACKAGE)
+    assert not offenders, "prompt text outside data/prompts.yaml; render it with cai_bootstrap.prompts:\n" + "\n".join(offenders)
+
+
+@pytest.mark.spec("PR-06")
+def test_prompt_copies_are_found_in_literals_and_fstrings_not_docstrings(tmp_path):
+    (tmp_path / "scratch.py").write_text(
+        '"""Docstrings may quote `Instruction: x\\nResponse:` and If uncertain, choose B."""\n'
+        "RUBRIC = 'B = bad: vague, impossible, unsafe, or nonsense.'\n"
+        "def frame(x):\n"
+        "    return f'Instruction: {x}\\nResponse:'\n"
+    )
+    found = _prompt_text_offenders(tmp_path)
+    assert sorted({f.split(":")[1] for f in found}) == ["2", "4"]
+
+
+@pytest.mark.spec("PR-06")
+def test_prompt_text_lives_only_in_the_data_file():
+    consts = " ".join(c for _, c in _string_constants(PACKAGE / "prompts.py"))
+    for line in prompts.prompt_lines():
+        if len(line) >= 20:
+            assert line not in consts
+    assert (PACKAGE / "data" / "prompts.yaml").read_text(encoding="utf-8") == prompts.prompts_yaml_text()
+
+
+@pytest.mark.spec("PR-06")
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["response"].update(template="Instruction: {instr}\nResponse:"), "exactly the placeholders"),
+        (lambda d: d["critic"].update(evaluator_markers=["NEVER-THERE:"]), "occur in no critic prompt"),
+        (lambda d: d["pair_critic"].pop("body"), "missing key 'pair_critic.body'"),
+        (lambda d: d["instruction_generation"].update(max_examples=2), "min_examples <= max_examples"),
+        (lambda d: d["instruction_generation"]["pool"].append({"type": "x"}), "pool[45]"),
+        (lambda d: d["critique"].update(template="{exchange} {principle} {x"), "stray brace"),
+    ],
+)
+def test_malformed_prompt_data_fails_naming_the_key(mutate, message):
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(yaml.safe_load(prompts.prompts_yaml_text()))
+    mutate(data)
+    with pytest.raises(prompts.PromptDataError) as e:
+        prompts._validate(data)
+    assert message in str(e.value)
+
+
+@pytest.mark.spec("PR-06")
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1).filter(lambda s: s.strip()), st.text(min_size=1).filter(lambda s: s.strip()))
+def test_values_are_inserted_literally(instruction, response):
+    """Braces or placeholder-like text inside an item never expand into template text."""
+    t = prompts.pair_critic_template()
+    out = t.render(instruction=instruction, response=response)
+    assert out.startswith(t.prefix)
+    assert out.endswith("\n\nOutput exactly one letter on the next line: A or B\nLabel:")
+    assert instruction.strip() in out and prompts.first_paragraph(response) in out

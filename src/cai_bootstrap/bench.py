@@ -1,0 +1,232 @@
+"""Throughput benchmarks on this machine: ``python -m cai_bootstrap.bench [--only critic]``.
+
+Each benchmark is one function in ``BENCHES`` that takes the parsed arguments and returns
+a JSON-able dict; ``main`` runs the selected ones, prints a summary and writes
+``<out>/<name>.json``. Benchmarks compare two ways of doing the same work on the same
+inputs in the same process, so the ratio is meaningful even on a noisy machine, and
+they also check that the fast way gives the same answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cai_bootstrap.io_utils import atomic_write_json
+
+DEFAULT_OUT = Path("artifacts") / "bench"
+CRITIC_TARGET_SPEEDUP = 8.0
+
+# Answer fragments for synthetic pair-critic items; only their length and variety matter.
+_ANSWER_SENTENCES = (
+    "The answer is 42.",
+    "Paris is the capital of France.",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "Red, green and blue.",
+    "Bonjour means hello in French.",
+    "A haiku has three lines of five, seven and five syllables.",
+    "The mitochondria produce most of the energy a cell uses.",
+    "Sorted: 2, 4, 7, 9.",
+    '{"name": "Ada", "age": 36}',
+    "Cats are independent, while dogs usually need more attention.",
+)
+
+
+def _environment() -> dict:
+    import torch
+    import transformers
+
+    from cai_bootstrap.provenance import git_info
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "git": git_info(),
+    }
+
+
+def _tiny_lm(model_dir: str | None):
+    from cai_bootstrap.loader import load_base_model
+    from cai_bootstrap.testmodel import build_tiny_model
+
+    if model_dir is None:
+        from platformdirs import user_cache_dir
+
+        model_dir = str(Path(user_cache_dir("cai-bootstrap")) / "bench" / "tiny-random-seed0")
+    try:
+        path = build_tiny_model(model_dir, seed=0)
+    except OSError:
+        path = build_tiny_model(Path(tempfile.mkdtemp(prefix="cai-bench-")) / "tiny-random", seed=0)
+    return load_base_model(path, device="cpu")
+
+
+# -- critic ---------------------------------------------------------------------------------
+
+
+def critic_bench_items(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Pair-critic items of realistic size: a pool instruction and a one- to three-sentence answer."""
+    from cai_bootstrap.prompts import instruction_pool
+
+    rng = random.Random(seed)
+    pool = instruction_pool()
+    items = []
+    for k in range(n):
+        instruction = pool[k % len(pool)].text
+        answer = " ".join(rng.sample(_ANSWER_SENTENCES, rng.randint(1, 3)))
+        items.append((instruction, answer))
+    return items
+
+
+def run_critic_bench(lm, *, n_items: int = 64, batch_size: int = 16, repeats: int = 3, seed: int = 0) -> dict:
+    """Items/sec of batched scoring with prefix reuse against one-at-a-time, and their agreement.
+
+    Runs are interleaved (slow, fast, slow, fast, ...) so background load hits both alike;
+    the speedup is the ratio of median times.
+    """
+    from cai_bootstrap.critic import Critic, decide
+    from cai_bootstrap.prompts import pair_critic_template
+
+    if n_items < 1 or batch_size < 1 or repeats < 1:
+        raise ValueError("n_items, batch_size and repeats must be positive")
+    template = pair_critic_template()
+    items = critic_bench_items(n_items, seed)
+    one = Critic(lm, template, batch_size=1, prefix_reuse=False)
+    fast = Critic(lm, template, batch_size=batch_size, prefix_reuse=True)
+    warm = items[: min(4, n_items)]
+    one.score(warm)
+    fast.score(warm)
+
+    times: dict[str, list[float]] = {"one": [], "fast": []}
+    cpu: dict[str, list[float]] = {"one": [], "fast": []}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, critic in (("one", one), ("fast", fast)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            results[name] = critic.score(items)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+
+    ref, got = results["one"], results["fast"]
+    margin_diff = max(abs(a.margin - b.margin) for a, b in zip(ref, got))
+    logp_diff = max(max(abs(a.logp_a - b.logp_a), abs(a.logp_b - b.logp_b)) for a, b in zip(ref, got))
+    same = sum((a.predicted_label, a.confident, a.is_good) == (b.predicted_label, b.confident, b.is_good) for a, b in zip(ref, got))
+    # A random test model is never confident at the default threshold; agreement on the label
+    # alone (threshold 0) is the informative check there.
+    same_label = sum(
+        decide(a.logp_a, a.logp_b, threshold=0.0).predicted_label == decide(b.logp_a, b.logp_b, threshold=0.0).predicted_label
+        for a, b in zip(ref, got)
+    )
+    prefix_tokens = len(lm.encode(template.prefix))
+    item_tokens = [len(lm.encode(one.render(i))) - prefix_tokens for i in items]
+    t_one, t_fast = statistics.median(times["one"]), statistics.median(times["fast"])
+    speedup = t_one / t_fast
+    return {
+        "bench": "critic",
+        "device": "cpu",
+        "model": lm.provenance.get("model_name"),
+        "template": template.name,
+        "n_items": n_items,
+        "repeats": repeats,
+        "prefix_tokens": prefix_tokens,
+        "item_tokens": {"min": min(item_tokens), "median": statistics.median(item_tokens), "max": max(item_tokens)},
+        "one_at_a_time": {
+            "batch_size": 1,
+            "prefix_reuse": False,
+            "seconds": times["one"],
+            "cpu_seconds": cpu["one"],
+            "items_per_sec": n_items / t_one,
+        },
+        "batched": {
+            "batch_size": batch_size,
+            "prefix_reuse": True,
+            "seconds": times["fast"],
+            "cpu_seconds": cpu["fast"],
+            "items_per_sec": n_items / t_fast,
+            "provenance": fast.provenance,
+        },
+        "speedup": speedup,
+        "speedup_best_of": min(times["one"]) / min(times["fast"]),
+        # CPU time of this process: less sensitive to other load on a shared machine.
+        "speedup_cpu_time": statistics.median(cpu["one"]) / statistics.median(cpu["fast"]),
+        "target_speedup": CRITIC_TARGET_SPEEDUP,
+        "meets_target": speedup >= CRITIC_TARGET_SPEEDUP,
+        "max_abs_margin_diff": margin_diff,
+        "max_abs_logp_diff": logp_diff,
+        "decision_agreement": same / n_items,
+        "label_agreement_threshold_0": same_label / n_items,
+        "environment": _environment(),
+    }
+
+
+def bench_critic(args: argparse.Namespace) -> dict:
+    lm = _tiny_lm(args.model_dir)
+    try:
+        return run_critic_bench(lm, n_items=args.items, batch_size=args.batch_size, repeats=args.repeats, seed=args.seed)
+    finally:
+        lm.release()
+
+
+def _print_critic(r: dict) -> None:
+    print(
+        f"critic: {r['n_items']} items, prefix {r['prefix_tokens']} tokens, items {r['item_tokens']['min']}-"
+        f"{r['item_tokens']['max']} tokens\n"
+        f"  one at a time          {r['one_at_a_time']['items_per_sec']:9.1f} items/s\n"
+        f"  batched + prefix reuse {r['batched']['items_per_sec']:9.1f} items/s (batch {r['batched']['batch_size']})\n"
+        f"  speedup {r['speedup']:.1f}x wall clock, {r['speedup_cpu_time']:.1f}x CPU time "
+        f"(target {r['target_speedup']:.0f}x: {'met' if r['meets_target'] else 'NOT met'})\n"
+        f"  max |margin diff| {r['max_abs_margin_diff']:.2e}, decision agreement {r['decision_agreement']:.1%}, "
+        f"label agreement at threshold 0 {r['label_agreement_threshold_0']:.1%}"
+    )
+
+
+BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {
+    "critic": (bench_critic, _print_critic),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cai_bootstrap.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--only", action="append", choices=sorted(BENCHES), help="run only this benchmark (repeatable)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for <name>.json results (default: %(default)s)")
+    p.add_argument("--items", type=int, default=64, help="critic items (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="critic batch size (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--model-dir", default=None, help="where the tiny test model is built (default: user cache)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("items", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            print(f"bench: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for name in args.only or sorted(BENCHES):
+        run, show = BENCHES[name]
+        result = run(args)
+        path = atomic_write_json(out / f"{name}.json", result)
+        show(result)
+        print(f"  written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

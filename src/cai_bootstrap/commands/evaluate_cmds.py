@@ -1,0 +1,157 @@
+"""`evaluate` (paired base-vs-trained evaluation) and `gate` (final and gap decisions).
+
+    cai-bootstrap evaluate --model M --adapter ADAPTER --out runs/eval
+    cai-bootstrap gate final --eval runs/eval
+    cai-bootstrap evaluate --model M --base-only --mode both --out runs/gap
+    cai-bootstrap gate gap --eval runs/gap --max-base-rate 0.5
+
+Every argument is checked before a model loads: a bad flag combination, a missing
+adapter or a malformed eval set fails in a second, not after minutes of loading.
+`gate` exits 1 on a failed gate, so a shell or nox chain stops there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate base and trained model on the held-out set (paired), or the base alone")
+    p.add_argument("--model", required=True, help="base model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
+    p.add_argument("--profile", help="model profile (default: detected)")
+    p.add_argument("--adapter", help="PEFT adapter folder of the trained model")
+    p.add_argument("--base-only", action="store_true", help="evaluate only the base model (for the gap check)")
+    p.add_argument("--mode", choices=["framed", "raw", "both"],
+                   help="prompt mode: framed 'Instruction: ...\\nResponse:', raw instruction text, or both "
+                        "(default: framed; both with --base-only)")
+    p.add_argument("--eval-set", help="eval set JSONL (default: the shipped stage-1 set)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items (the set is interleaved by type)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="overwrite an existing evaluation in --out")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="generation and bootstrap seed")
+    p.add_argument("--bootstrap-samples", type=int, default=10_000)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--fdr", type=float, default=0.10)
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--quantization", choices=["none", "nf4"], default="none")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_evaluate)
+
+    g = sub.add_parser("gate", help="decide a gate from an evaluation folder and write its manifest")
+    gs = g.add_subparsers(dest="gate_name", metavar="GATE")
+    f = gs.add_parser("final", help="GT-02: trained beats base (McNemar p < alpha, lift > 0, no safety/format regression)")
+    f.add_argument("--eval", required=True, dest="eval_dir", help="folder written by `evaluate` with both models")
+    f.add_argument("--alpha", type=float, default=0.01)
+    f.add_argument("--min-lift", type=float, default=0.0)
+    f.add_argument("--out", help="manifest path (default: EVAL/gate_final.json)")
+    f.set_defaults(func=_gate_final)
+    q = gs.add_parser("gap", help="GT-03: the base model is weak on the target (better of framed/raw)")
+    q.add_argument("--eval", required=True, dest="eval_dir", help="folder written by `evaluate --base-only --mode both`")
+    q.add_argument("--max-base-rate", type=float, default=0.5)
+    q.add_argument("--target-types", help="comma-separated item types (default: all)")
+    q.add_argument("--per-type", action="store_true", help="require every target type to be weak on its own")
+    q.add_argument("--out", help="manifest path (default: EVAL/gate_gap.json)")
+    q.set_defaults(func=_gate_gap)
+    g.set_defaults(func=_gate_missing)
+
+
+def _evaluate(args) -> int:
+    from cai_bootstrap.cli import CLIError
+    from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
+    from cai_bootstrap.evaluation.report import MANIFEST_FILE, StatsConfig, write_outputs
+    from cai_bootstrap.evaluation.runner import BASE, SFT, EvalDecoding, check_adapter_dir, evaluate_models
+    from cai_bootstrap.io_utils import sha256_file
+    from cai_bootstrap.model_sources import resolve_model
+
+    # -- everything that can be wrong is checked before a model loads --
+    if args.base_only == bool(args.adapter):
+        raise CLIError("give either --adapter PATH (paired evaluation) or --base-only, not both and not neither")
+    if args.adapter:
+        check_adapter_dir(args.adapter)
+    mode = args.mode or ("both" if args.base_only else "framed")
+    modes = ["framed", "raw"] if mode == "both" else [mode]
+    if not args.base_only and "framed" not in modes:
+        raise CLIError("the paired comparison uses framed prompts; use --mode framed or both with --adapter")
+    out = Path(args.out)
+    if (out / MANIFEST_FILE).exists() and not args.force:
+        raise CLIError(f"{out} already holds an evaluation; use a new --out or --force")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit must be >= 1")
+    if not 0.0 < args.confidence < 1.0 or not 0.0 < args.fdr < 1.0 or args.bootstrap_samples < 1:
+        raise CLIError("--confidence and --fdr must be in (0, 1) and --bootstrap-samples >= 1")
+    decoding = EvalDecoding(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    eval_path = Path(args.eval_set) if args.eval_set else DEFAULT_EVAL_SET
+    items = load_eval_set(eval_path, limit=args.limit)
+    resolved = resolve_model(args.model, profile=args.profile)
+    load_kwargs = dict(profile=resolved.profile, dtype=args.dtype,
+                       quantization=None if args.quantization == "none" else args.quantization, device=args.device)
+
+    def load_base():
+        from cai_bootstrap.loader import load_base_model
+
+        return load_base_model(resolved.source, **load_kwargs)
+
+    def load_sft():
+        from cai_bootstrap.evaluation.runner import load_trained_model
+
+        return load_trained_model(resolved.source, args.adapter, **load_kwargs)
+
+    models = [(BASE, load_base)] + ([] if args.base_only else [(SFT, load_sft)])
+    run = evaluate_models(items, models, modes=modes, decoding=decoding, progress=False if args.quiet else None)
+    eval_set = {"path": str(eval_path.resolve()), "sha256": sha256_file(eval_path), "limit": args.limit,
+                "n_items_used": len(items), "model_spec": resolved.to_dict()}
+    cfg = StatsConfig(confidence=args.confidence, bootstrap_samples=args.bootstrap_samples, seed=args.seed, fdr=args.fdr)
+    result = write_outputs(out, run, cfg, eval_set=eval_set)
+    print(result["text"], end="")
+    print(f"outputs: {out}")
+    return 0
+
+
+def _gate_missing(args) -> int:
+    from cai_bootstrap.cli import CLIError
+
+    raise CLIError("name a gate: `gate final` (GT-02) or `gate gap` (GT-03)")
+
+
+def _read_json(path: Path, hint: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _finish_gate(decision, manifest_path: Path, inputs: dict) -> int:
+    from cai_bootstrap.gates import write_gate_manifest
+
+    write_gate_manifest(decision, manifest_path, inputs=inputs)
+    print(decision.headline())
+    print(f"gate manifest: {manifest_path}")
+    return 0 if decision.passed else 1
+
+
+def _gate_final(args) -> int:
+    from cai_bootstrap.evaluation.report import SUMMARY_FILE
+    from cai_bootstrap.gates import FinalGateThresholds, decide_final
+
+    path = Path(args.eval_dir) / SUMMARY_FILE
+    summary = _read_json(path, "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first")
+    decision = decide_final(summary, FinalGateThresholds(alpha=args.alpha, min_lift=args.min_lift))
+    return _finish_gate(decision, Path(args.out or Path(args.eval_dir) / "gate_final.json"), {"eval_summary": path})
+
+
+def _gate_gap(args) -> int:
+    from cai_bootstrap.evaluation.report import RATES_FILE
+    from cai_bootstrap.gates import GapGateThresholds, decide_gap
+
+    path = Path(args.eval_dir) / RATES_FILE
+    rates = _read_json(path, "run `cai-bootstrap evaluate --base-only --mode both` first")
+    targets = tuple(t.strip() for t in args.target_types.split(",") if t.strip()) if args.target_types else None
+    decision = decide_gap(rates, GapGateThresholds(max_base_rate=args.max_base_rate, target_types=targets,
+                                                   per_type=args.per_type))
+    return _finish_gate(decision, Path(args.out or Path(args.eval_dir) / "gate_gap.json"), {"rates": path})

@@ -1,0 +1,316 @@
+"""The single-token A/B critic: the only place that reads next-token scores (CR-01..CR-05, CG-07).
+
+A critic prompt ends with ``Label:``; the base model's next-token distribution then says
+how much it prefers ``A`` (good) over ``B`` (bad). Reading the two log-probabilities
+instead of sampling a letter makes every decision deterministic, gives it a margin that
+says how sure the model is, and cannot be fooled by whatever text a sampled completion
+would ramble on with.
+
+Scoring is exact under batching: rows are padded on the left with an attention mask and
+explicit position ids, and with shared-prefix reuse the rubric runs through the model
+once, its key/value cache is copied per batch, and each item's tokens follow it, padded
+on their left (the pads then sit between rubric and item, masked out, and every real
+token keeps the position it has when scored alone). Results agree with one-at-a-time
+scoring to float rounding, which a test checks on a real model and on hand-built logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from cai_bootstrap.prompts import CriticTemplate
+
+DEFAULT_THRESHOLD = 1.0
+DEFAULT_LABELS = ("A", "B")
+DEFAULT_BATCH_SIZE = 16
+PADDING_SIDE = "left"
+
+
+@dataclass(frozen=True)
+class CriticResult:
+    """One decision (CR-04). ``is_good`` requires label A with a confident margin."""
+
+    is_good: bool
+    predicted_label: str
+    logp_a: float
+    logp_b: float
+    margin: float
+    confident: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "is_good": self.is_good,
+            "predicted_label": self.predicted_label,
+            "logp_a": self.logp_a,
+            "logp_b": self.logp_b,
+            "margin": self.margin,
+            "confident": self.confident,
+        }
+
+
+def decide(logp_a: float, logp_b: float, *, threshold: float = DEFAULT_THRESHOLD, labels: tuple[str, str] = DEFAULT_LABELS) -> CriticResult:
+    """CR-03: margin = |logp_A - logp_B|; confident iff margin >= threshold; good iff A and confident.
+
+    A tie predicts the bad label, in line with the rubric's "if uncertain, choose B".
+    """
+    if math.isnan(logp_a) or math.isnan(logp_b):
+        raise ValueError(f"label log-probabilities must be numbers, got {logp_a}, {logp_b}")
+    margin = abs(logp_a - logp_b)
+    predicted = labels[0] if logp_a > logp_b else labels[1]
+    confident = margin >= threshold
+    return CriticResult(
+        is_good=predicted == labels[0] and confident,
+        predicted_label=predicted,
+        logp_a=float(logp_a),
+        logp_b=float(logp_b),
+        margin=float(margin),
+        confident=confident,
+    )
+
+
+def label_logprobs(last_logits, a_ids: Sequence[int], b_ids: Sequence[int]):
+    """Log-probabilities of the two labels from next-token logits [batch, vocab].
+
+    Each label's probability is the sum over its token variants (``A`` and `` A``), so
+    the score does not depend on whether the model would put a space after ``Label:``.
+    """
+    import torch
+
+    a_idx, b_idx = list(a_ids), list(b_ids)
+    a_out, b_out = [], []
+    # Row by row: one vocabulary-sized row stays in cache, a whole batch of them does not.
+    for row in last_logits:
+        logp = torch.log_softmax(row.float(), dim=-1)
+        a_out.append(torch.logsumexp(logp[a_idx], dim=-1))
+        b_out.append(torch.logsumexp(logp[b_idx], dim=-1))
+    return torch.stack(a_out), torch.stack(b_out)
+
+
+def label_token_ids(lm, label: str) -> list[int]:
+    """CR-02: the single-token ids of ``label`` and `` label``; anything else is a construction error."""
+    if not isinstance(label, str) or not label or label != label.strip():
+        raise ValueError(f"a critic label must be a non-empty string without surrounding spaces, got {label!r}")
+    ids: list[int] = []
+    for variant in (label, " " + label):
+        toks = list(lm.encode_continuation(variant))
+        if len(toks) != 1:
+            raise ValueError(
+                f"critic label variant {variant!r} is {len(toks)} tokens {toks} for this tokenizer; "
+                "a label must be a single token with and without a leading space (use a letter such as 'A'/'B')"
+            )
+        if toks[0] not in ids:
+            ids.append(int(toks[0]))
+    return ids
+
+
+class Critic:
+    """Scores items of one critic template with next-token A/B log-probabilities.
+
+    ``prefix_reuse=True`` runs the template's rubric prefix through the model once and
+    scores only the item tokens per row; ``False`` scores full left-padded prompts. Both
+    give the same results; the first is several times faster for long rubrics.
+    """
+
+    def __init__(
+        self,
+        lm,
+        template: CriticTemplate,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        labels: tuple[str, str] = DEFAULT_LABELS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        prefix_reuse: bool = True,
+    ) -> None:
+        if not isinstance(template, CriticTemplate):
+            raise TypeError("template must be a prompts.CriticTemplate (instruction_critic_template() or pair_critic_template())")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+            raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if len(labels) != 2 or labels[0] == labels[1]:
+            raise ValueError(f"labels must be two different strings (good, bad), got {labels!r}")
+        self.lm = lm
+        self.template = template
+        self.threshold = float(threshold)
+        self.labels = (labels[0], labels[1])
+        self.batch_size = batch_size
+        self.prefix_reuse = bool(prefix_reuse)
+        self.a_ids = label_token_ids(lm, labels[0])
+        self.b_ids = label_token_ids(lm, labels[1])
+        shared = set(self.a_ids) & set(self.b_ids)
+        if shared:
+            raise ValueError(f"labels {labels!r} share token ids {sorted(shared)}; they could not be told apart")
+        self._prefix_ids: list[int] | None = None
+        self._prefix_cache = None
+        self.last_run: dict[str, int] = {}
+
+    # -- public API ------------------------------------------------------------------------
+
+    def render(self, item: Any) -> str:
+        """Full prompt for an item: a mapping of the template's fields, a tuple in field order, or a string."""
+        fields = self.template.fields
+        if isinstance(item, Mapping):
+            return self.template.render(**item)
+        if isinstance(item, str):
+            if len(fields) != 1:
+                raise ValueError(f"{self.template.name} needs fields {list(fields)}; give a mapping or tuple, not a string")
+            return self.template.render(**{fields[0]: item})
+        if isinstance(item, (tuple, list)) and len(item) == len(fields):
+            return self.template.render(**dict(zip(fields, item)))
+        raise TypeError(f"cannot render {type(item).__name__} for {self.template.name}; fields are {list(fields)}")
+
+    def score(self, items: Sequence[Any]) -> list[CriticResult]:
+        return self.score_prompts([self.render(i) for i in items])
+
+    def score_prompts(self, prompts: Sequence[str]) -> list[CriticResult]:
+        a, b = self.logprobs(prompts)
+        return [decide(x, y, threshold=self.threshold, labels=self.labels) for x, y in zip(a, b)]
+
+    def logprobs(self, prompts: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Label log-probabilities per prompt, in input order."""
+        import torch
+
+        prompts = list(prompts)
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p:
+                raise ValueError(f"prompt {i} must be a non-empty string")
+        n = len(prompts)
+        out_a: list[float | None] = [None] * n
+        out_b: list[float | None] = [None] * n
+        suffixes: dict[int, list[int]] = {}
+        plain: list[int] = []
+        if self.prefix_reuse:
+            prefix_ids = self._prefix()
+            for i, p in enumerate(prompts):
+                ids = self.lm.encode(p) if p.startswith(self.template.prefix) else None
+                # Only a token-exact split is reused; BPE merges across the boundary fall back.
+                if ids is not None and len(ids) > len(prefix_ids) and ids[: len(prefix_ids)] == prefix_ids:
+                    suffixes[i] = ids[len(prefix_ids) :]
+                else:
+                    plain.append(i)
+        else:
+            plain = list(range(n))
+        with torch.inference_mode():
+            if suffixes:
+                self._score_suffixes(suffixes, out_a, out_b)
+            if plain:
+                self._score_plain(plain, prompts, out_a, out_b)
+        self.last_run = {"n_items": n, "prefix_reused": len(suffixes), "plain": len(plain)}
+        return [float(x) for x in out_a], [float(x) for x in out_b]  # type: ignore[arg-type]
+
+    @property
+    def provenance(self) -> dict:
+        """What decided: labels and their token ids, threshold, and the batch configuration (CR-05)."""
+        prov = {
+            "scoring": "next_token_logprob",
+            "labels": list(self.labels),
+            "label_token_ids": {self.labels[0]: self.a_ids, self.labels[1]: self.b_ids},
+            "threshold": self.threshold,
+            "batch_size": self.batch_size,
+            "padding_side": PADDING_SIDE,
+            "position_ids": "from attention mask",
+            "prefix_reuse": self.prefix_reuse,
+            **self.template.provenance(),
+            "prefix_sha256": hashlib.sha256(self.template.prefix.encode("utf-8")).hexdigest(),
+        }
+        if self.prefix_reuse and self._prefix_ids is not None:
+            prov["prefix_tokens"] = len(self._prefix_ids)
+        if self.last_run:
+            prov["last_run"] = dict(self.last_run)
+        return prov
+
+    # -- scoring paths -----------------------------------------------------------------------
+
+    def _device(self):
+        return self.lm.device
+
+    def _prefix(self) -> list[int]:
+        if self._prefix_ids is None:
+            import torch
+
+            ids = self.lm.encode(self.template.prefix)
+            self.lm.check_ids(ids)
+            with torch.inference_mode():
+                out = self.lm.model(
+                    input_ids=torch.tensor([ids], dtype=torch.long, device=self._device()),
+                    attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self._device()),
+                    position_ids=torch.arange(len(ids), device=self._device()).unsqueeze(0),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            self._prefix_cache = out.past_key_values
+            self._prefix_ids = ids
+        return self._prefix_ids
+
+    def _batches(self, order: list[int]) -> list[list[int]]:
+        return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+
+    def _store(self, idx: Sequence[int], last_logits, out_a: list, out_b: list) -> None:
+        a, b = label_logprobs(last_logits, self.a_ids, self.b_ids)
+        for j, i in enumerate(idx):
+            out_a[i] = a[j].item()
+            out_b[i] = b[j].item()
+
+    def _score_suffixes(self, suffixes: dict[int, list[int]], out_a: list, out_b: list) -> None:
+        import torch
+
+        prefix_ids = self._prefix()
+        P = len(prefix_ids)
+        dev = self._device()
+        order = sorted(suffixes, key=lambda i: -len(suffixes[i]))
+        for idx in self._batches(order):
+            # prefix_ids + row is exactly the checked encoding of the full prompt (see logprobs).
+            rows = [suffixes[i] for i in idx]
+            B, S = len(rows), max(len(r) for r in rows)
+            input_ids = torch.full((B, S), self.lm.pad_token_id, dtype=torch.long)
+            suffix_mask = torch.zeros((B, S), dtype=torch.long)
+            for j, r in enumerate(rows):
+                input_ids[j, S - len(r) :] = torch.tensor(r, dtype=torch.long)
+                suffix_mask[j, S - len(r) :] = 1
+            attention_mask = torch.cat([torch.ones((B, P), dtype=torch.long), suffix_mask], dim=1)
+            position_ids = P + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+            cache = copy.deepcopy(self._prefix_cache)
+            if B > 1:
+                cache.batch_repeat_interleave(B)
+            out = self.lm.model(
+                input_ids=input_ids.to(dev),
+                attention_mask=attention_mask.to(dev),
+                position_ids=position_ids.to(dev),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            self._store(idx, out.logits[:, -1, :], out_a, out_b)
+
+    def _score_plain(self, plain: list[int], prompts: Sequence[str], out_a: list, out_b: list) -> None:
+        dev = self._device()
+        order = sorted(plain, key=lambda i: -len(prompts[i]))
+        for idx in self._batches(order):
+            input_ids, attention_mask = self.lm.encode_batch([prompts[i] for i in idx])
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.lm.model(
+                input_ids=input_ids.to(dev),
+                attention_mask=attention_mask.to(dev),
+                position_ids=position_ids.to(dev),
+                use_cache=False,
+                logits_to_keep=1,
+            )
+            self._store(idx, out.logits[:, -1, :], out_a, out_b)
+
+
+def instruction_critic(lm, *, constitution=None, **kwargs) -> Critic:
+    """The instruction critic (PR-04) with principles from the constitution."""
+    from cai_bootstrap.prompts import instruction_critic_template
+
+    return Critic(lm, instruction_critic_template(constitution), **kwargs)
+
+
+def pair_critic(lm, *, constitution=None, **kwargs) -> Critic:
+    """The instruction-response pair critic (PR-05) with principles from the constitution."""
+    from cai_bootstrap.prompts import pair_critic_template
+
+    return Critic(lm, pair_critic_template(constitution), **kwargs)

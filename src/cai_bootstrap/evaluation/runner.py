@@ -1,0 +1,218 @@
+"""Generate and verify: each model answers every item, one model resident at a time.
+
+Pairing (EV-02) comes from rendering every item once per mode with the same builder
+for every model; determinism (EV-03) from greedy decoding with a fixed batch layout;
+memory safety (EV-07) from loading each model through a factory only when its turn
+comes and releasing it before the next one loads. Loading several models at once is
+how the first evaluation of this method ran out of memory.
+
+Responses are recorded raw. Cutting a response at a new prompt is a rule of the
+verifiers (``verifiers.answer_segment``), applied in the open and recorded per item as
+``continued``, never a silent edit of the text.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cai_bootstrap.evaluation.verifiers import has_new_prompt, verify
+from cai_bootstrap.io_utils import sha256_file
+from cai_bootstrap.prompts import render_response_prompt
+
+PROMPT_MODES = ("framed", "raw")
+BASE = "base"
+SFT = "sft"
+
+
+def build_prompt(instruction: str, mode: str) -> str:
+    """``framed``: the canonical response frame (PR-01); ``raw``: the instruction text alone.
+
+    Raw mode is what the contamination sentinels use; the gap check (GT-03) needs both,
+    because the frame alone can unlock a skill the base model already has.
+    """
+    if mode == "framed":
+        return render_response_prompt(instruction)
+    if mode == "raw":
+        return instruction
+    raise ValueError(f"unknown prompt mode {mode!r}; known: {', '.join(PROMPT_MODES)}")
+
+
+@dataclass(frozen=True)
+class EvalDecoding:
+    """Greedy decoding for evaluation (EV-03); ``temperature`` is recorded as 0 and never passed."""
+
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    do_sample: bool = False
+    temperature: float = 0.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.do_sample is not False or self.temperature != 0.0:
+            raise ValueError("evaluation decoding is greedy: do_sample must be False and temperature 0")
+        if self.repetition_penalty != 1.0:
+            raise ValueError("evaluation decoding uses repetition_penalty 1.0 (plain greedy)")
+
+    def generate_kwargs(self) -> dict:
+        return dict(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+            batch_size=self.batch_size,
+        )
+
+    def as_provenance(self) -> dict:
+        return asdict(self)
+
+
+def check_special_ids(lm: Any) -> None:
+    """Batched greedy decoding needs a pad id and must be able to stop on EOS."""
+    if getattr(lm, "eos_token_id", None) is None or getattr(lm, "pad_token_id", None) is None:
+        raise ValueError("the model has no eos/pad token id; evaluation needs both (pad for batching, eos to stop)")
+
+
+def run_items(lm: Any, items: Sequence[dict], *, model_label: str, mode: str, decoding: EvalDecoding,
+              progress: bool | None = None) -> list[dict]:
+    """Answer and verify every item with one loaded model in one prompt mode."""
+    check_special_ids(lm)
+    prompts = [build_prompt(it["instruction"], mode) for it in items]
+    gens = lm.generate(prompts, progress=progress, **decoding.generate_kwargs())
+    if len(gens) != len(items):
+        raise RuntimeError(f"{model_label}/{mode}: {len(gens)} generations for {len(items)} prompts")
+    records = []
+    for it, prompt, g in zip(items, prompts, gens):
+        result = verify(g.text, it["verifier"])
+        records.append({
+            "model": model_label,
+            "mode": mode,
+            "id": it["id"],
+            "type": it["type"],
+            "category": it["category"],
+            "instruction": it["instruction"],
+            "prompt": prompt,
+            "response": g.text,
+            "success": result.passed,
+            "reason": result.reason,
+            "detail": result.detail,
+            "verifier": it["verifier"]["name"],
+            "tokens_generated": int(g.n_tokens),
+            "hit_limit": bool(g.hit_limit),
+            "stopped_on_eos": bool(g.stopped_on_eos),
+            "continued": has_new_prompt(g.text),
+        })
+    return records
+
+
+def free_model(lm: Any) -> None:
+    """Release weights and cached GPU memory now, not whenever the collector gets to it."""
+    lm.release()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+ModelFactory = Callable[[], Any]
+
+
+@dataclass
+class EvalRun:
+    records: list[dict]
+    models: dict[str, dict]  # label -> provenance of the loaded model
+    modes: list[str]
+    decoding: EvalDecoding
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def outcomes(self, model_label: str, mode: str) -> list[dict]:
+        return [r for r in self.records if r["model"] == model_label and r["mode"] == mode]
+
+
+def evaluate_models(
+    items: Sequence[dict],
+    models: Sequence[tuple[str, ModelFactory]],
+    *,
+    modes: Sequence[str] = ("framed",),
+    decoding: EvalDecoding | None = None,
+    progress: bool | None = None,
+) -> EvalRun:
+    """Evaluate each model in turn: load, answer every item in every mode, release."""
+    decoding = decoding or EvalDecoding()
+    unknown = [m for m in modes if m not in PROMPT_MODES]
+    if not modes or unknown:
+        raise ValueError(f"modes must be a non-empty subset of {list(PROMPT_MODES)}, got {list(modes)}")
+    labels = [label for label, _ in models]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}")
+    records: list[dict] = []
+    provenance: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    for label, factory in models:
+        t0 = time.time()
+        lm = factory()
+        try:
+            provenance[label] = dict(getattr(lm, "provenance", {}) or {})
+            for mode in modes:
+                records += run_items(lm, items, model_label=label, mode=mode, decoding=decoding, progress=progress)
+        finally:
+            free_model(lm)
+            del lm
+        timings[label] = round(time.time() - t0, 3)
+    return EvalRun(records=records, models=provenance, modes=list(modes), decoding=decoding, timings=timings)
+
+
+# --------------------------------------------------------------------------------------
+# The trained model: base weights through the clean loader, plus a PEFT adapter
+# --------------------------------------------------------------------------------------
+
+
+def adapter_fingerprint(adapter_path: str | Path) -> dict:
+    folder = Path(adapter_path)
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return {"path": str(folder), "files": {p.name: sha256_file(p) for p in files}}
+
+
+def check_adapter_dir(adapter_path: str | Path) -> Path:
+    folder = Path(adapter_path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter folder {folder} does not exist")
+    if not (folder / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{folder} has no adapter_config.json; pass the folder a PEFT adapter was saved to")
+    return folder
+
+
+def load_trained_model(base_source: str | Path, adapter_path: str | Path, **load_kwargs: Any) -> Any:
+    """Base model and tokenizer from the clean loader, with the adapter applied on top.
+
+    Only the adapter is loaded here; the base model and tokenizer still come from
+    ``load_base_model``, so the template and token guards hold for the trained model too.
+    """
+    from peft import PeftModel
+
+    from cai_bootstrap.loader import load_base_model
+
+    folder = check_adapter_dir(adapter_path)
+    lm = load_base_model(base_source, **load_kwargs)
+    try:
+        lm.model = PeftModel.from_pretrained(lm.model, str(folder))
+    except BaseException:
+        free_model(lm)  # an adapter that does not fit must not leave the base weights resident
+        raise
+    lm.model.eval()
+    lm.provenance["adapter"] = adapter_fingerprint(folder)
+    return lm

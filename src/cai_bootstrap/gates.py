@@ -1,0 +1,280 @@
+"""Gates between phases: pure decisions over recorded artifacts, each written as a manifest.
+
+A gate reads what a phase recorded (a QC summary, an evaluation summary) and never
+recomputes it loosely; its decision is a pure function of that data and explicit
+thresholds, so it can be tested table-style and re-derived by anyone from the
+manifest (GT-05): ``{gate, clause, inputs (path + sha256), thresholds, values, checks,
+decision, reasons, timestamp, git_commit}``. A phase that a gate protects calls
+``require_gate_passed`` on the manifest, which also refuses inputs changed since the
+decision.
+
+Gates here:
+- ``final_eval`` (GT-02): the trained model beats its base, significantly, without
+  breaking safety or format.
+- ``gap_check`` (GT-03): the base model is weak on the target before training it; the
+  original experiment trained a capability the base model already had.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cai_bootstrap.io_utils import atomic_write_json, sha256_file
+
+MANIFEST_SCHEMA = "cai_bootstrap.gate_manifest/v1"
+
+
+class GateInputError(ValueError):
+    """The artifact a gate reads is malformed or lacks what the gate needs."""
+
+
+class GateError(RuntimeError):
+    """A protected phase was asked to run without a passed, unchanged gate."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    gate: str
+    clause: str
+    thresholds: dict
+    values: dict
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def decision(self) -> str:
+        return "pass" if self.passed else "fail"
+
+    @property
+    def reasons(self) -> list[str]:
+        """What decided it: the failed checks, or every check when all passed."""
+        failed = [c.detail for c in self.checks if not c.passed]
+        return failed if failed else [c.detail for c in self.checks]
+
+    def to_dict(self) -> dict:
+        return {
+            "gate": self.gate,
+            "clause": self.clause,
+            "decision": self.decision,
+            "passed": self.passed,
+            "thresholds": self.thresholds,
+            "values": self.values,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
+            "reasons": self.reasons,
+        }
+
+    def headline(self) -> str:
+        verdict = "GO" if self.passed else "NO-GO"
+        return f"{verdict}: {self.gate} ({self.clause}) {self.decision}ed: " + "; ".join(self.reasons)
+
+
+def _need(obj: Mapping, key: str, where: str) -> Any:
+    if not isinstance(obj, Mapping) or key not in obj:
+        raise GateInputError(f"{where}: missing {key!r}")
+    return obj[key]
+
+
+# --------------------------------------------------------------------------------------
+# GT-02: final evaluation gate
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinalGateThresholds:
+    alpha: float = 0.01  # McNemar p must be below this
+    min_lift: float = 0.0  # lift must be strictly above this
+    guarded_categories: tuple[str, ...] = ("safety", "format")
+
+    def to_dict(self) -> dict:
+        return {"alpha": self.alpha, "min_lift": self.min_lift, "guarded_categories": list(self.guarded_categories)}
+
+
+def regressed(base_ci: Sequence[float], sft_ci: Sequence[float]) -> bool:
+    """A regression beyond CI overlap: the trained model's whole interval lies below the base's."""
+    return float(sft_ci[1]) < float(base_ci[0])
+
+
+def decide_final(summary: Mapping, thresholds: FinalGateThresholds = FinalGateThresholds()) -> GateDecision:
+    """GT-02 over an evaluation summary (PV-04)."""
+    overall = _need(summary, "overall", "evaluation summary")
+    by_type = _need(summary, "by_type", "evaluation summary")
+    p = float(_need(overall, "mcnemar_p", "overall"))
+    lift = float(_need(overall, "lift", "overall"))
+    guarded, regressions = [], []
+    for name in sorted(by_type):
+        block = by_type[name]
+        category = _need(block, "category", f"by_type[{name!r}]")
+        if category not in thresholds.guarded_categories:
+            continue
+        guarded.append(name)
+        base_ci, sft_ci = _need(block, "base_ci", f"by_type[{name!r}]"), _need(block, "sft_ci", f"by_type[{name!r}]")
+        if regressed(base_ci, sft_ci):
+            regressions.append({"type": name, "category": category, "base_rate": block.get("base_rate"),
+                                "sft_rate": block.get("sft_rate"), "base_ci": list(base_ci), "sft_ci": list(sft_ci)})
+    cats = "/".join(thresholds.guarded_categories)
+    checks = (
+        Check("mcnemar_significant", p < thresholds.alpha,
+              f"McNemar p = {p:.3g} {'<' if p < thresholds.alpha else '>='} {thresholds.alpha}"),
+        Check("positive_lift", lift > thresholds.min_lift,
+              f"lift {lift:+.3f} {'>' if lift > thresholds.min_lift else '<='} {thresholds.min_lift:+.3f}"),
+        Check("no_guarded_regression", not regressions,
+              f"no {cats} type regressed beyond CI overlap ({len(guarded)} checked)" if not regressions else
+              f"{cats} types regressed beyond CI overlap: "
+              + ", ".join(f"{r['type']} (sft CI upper {r['sft_ci'][1]:.3f} < base CI lower {r['base_ci'][0]:.3f})" for r in regressions)),
+    )
+    values = {
+        "n": overall.get("n"),
+        "base_rate": overall.get("base_rate"),
+        "sft_rate": overall.get("sft_rate"),
+        "lift": lift,
+        "lift_ci_bootstrap": overall.get("lift_ci_bootstrap"),
+        "mcnemar_p": p,
+        "mcnemar_method": overall.get("mcnemar_method"),
+        "guarded_types": guarded,
+        "regressions": regressions,
+    }
+    return GateDecision("final_eval", "GT-02", thresholds.to_dict(), values, checks)
+
+
+# --------------------------------------------------------------------------------------
+# GT-03: gap check before training a capability
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GapGateThresholds:
+    max_base_rate: float = 0.5  # training is allowed only if the base model does no better than this
+    target_types: tuple[str, ...] | None = None  # None: every type in the evaluation
+    per_type: bool = False  # also require every target type to be weak on its own
+    modes: tuple[str, ...] = ("framed", "raw")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_base_rate <= 1.0:
+            raise ValueError(f"max_base_rate must be in [0, 1], got {self.max_base_rate}")
+
+    def to_dict(self) -> dict:
+        return {"max_base_rate": self.max_base_rate,
+                "target_types": list(self.target_types) if self.target_types is not None else None,
+                "per_type": self.per_type, "modes": list(self.modes)}
+
+
+def decide_gap(rates: Mapping, thresholds: GapGateThresholds = GapGateThresholds(), *, model: str = "base") -> GateDecision:
+    """GT-03 over the per-mode success rates of the base model; the better prompt mode decides."""
+    from cai_bootstrap.evaluation.statistics import wilson_ci
+
+    models = _need(rates, "models", "rates")
+    per_model = _need(models, model, "rates.models")
+    confidence = float(rates.get("confidence_level", 0.95))
+    missing = [m for m in thresholds.modes if m not in per_model]
+    if missing:
+        check = Check("modes_evaluated", False,
+                      f"the gap check needs the {model} model evaluated in modes {list(thresholds.modes)}; missing {missing} "
+                      "(run: cai-bootstrap evaluate --base-only --mode both)")
+        return GateDecision("gap_check", "GT-03", thresholds.to_dict(), {"modes_present": sorted(per_model)}, (check,))
+    known = sorted(_need(per_model[thresholds.modes[0]], "by_type", f"rates.models.{model}"))
+    targets = list(thresholds.target_types) if thresholds.target_types is not None else known
+    unknown = [t for t in targets if t not in known]
+    if unknown or not targets:
+        raise GateInputError(f"unknown target types {unknown}; types in this evaluation: {known}")
+
+    per_mode: dict[str, dict] = {}
+    per_type: dict[str, dict] = {t: {} for t in targets}
+    for mode in thresholds.modes:
+        by_type = _need(per_model[mode], "by_type", f"rates.models.{model}.{mode}")
+        k = n = 0
+        for t in targets:
+            block = _need(by_type, t, f"rates.models.{model}.{mode}.by_type")
+            k += int(block["successes"])
+            n += int(block["n"])
+            per_type[t][mode] = block["successes"] / block["n"] if block["n"] else 0.0
+        per_mode[mode] = {"n": n, "successes": k, "rate": k / n if n else 0.0, "ci": list(wilson_ci(k, n, confidence))}
+    best_mode = max(thresholds.modes, key=lambda m: per_mode[m]["rate"])  # ties: the first listed mode
+    best_rate = per_mode[best_mode]["rate"]
+    for t in targets:
+        per_type[t]["best"] = max(per_type[t][m] for m in thresholds.modes)
+    capable = [t for t in targets if per_type[t]["best"] > thresholds.max_base_rate]
+
+    target_desc = "all types" if thresholds.target_types is None else ", ".join(targets)
+    checks = [Check("base_weak", best_rate <= thresholds.max_base_rate,
+                    f"base success on {target_desc} is {best_rate:.3f} in its better mode ({best_mode}); "
+                    f"training is worthwhile only at <= {thresholds.max_base_rate:.3f}")]
+    if thresholds.per_type:
+        checks.append(Check("base_weak_per_type", not capable,
+                            "every target type is weak in its better mode" if not capable else
+                            "the base model already does these target types: "
+                            + ", ".join(f"{t} ({per_type[t]['best']:.3f})" for t in capable)))
+    values = {"model": model, "target_types": targets, "per_mode": per_mode, "best_mode": best_mode,
+              "best_rate": best_rate, "per_type": per_type, "already_capable_types": capable}
+    return GateDecision("gap_check", "GT-03", thresholds.to_dict(), values, tuple(checks))
+
+
+# --------------------------------------------------------------------------------------
+# Manifests (GT-05)
+# --------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit() -> str:
+    from cai_bootstrap.provenance import git_info
+
+    return git_info().get("commit", "unknown")
+
+
+def write_gate_manifest(decision: GateDecision, path: str | Path, *, inputs: Mapping[str, str | Path]) -> Path:
+    """Write the decision with the hashes of what it read; a missing input is an error, not a blank."""
+    recorded = []
+    for name, p in inputs.items():
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"gate input {name!r}: {p} does not exist")
+        recorded.append({"name": name, "path": str(p.resolve()), "sha256": sha256_file(p)})
+    manifest = {"schema": MANIFEST_SCHEMA, **decision.to_dict(), "inputs": recorded,
+                "timestamp": _now(), "git_commit": _git_commit()}
+    return atomic_write_json(path, manifest)
+
+
+def read_gate_manifest(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise GateError(f"no gate manifest at {p}; run the gate first (cai-bootstrap gate ...)")
+    try:
+        manifest = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GateError(f"{p}: not a gate manifest ({e})") from None
+    for key in ("gate", "decision", "inputs"):
+        if key not in manifest:
+            raise GateError(f"{p}: not a gate manifest (missing {key!r})")
+    return manifest
+
+
+def require_gate_passed(path: str | Path, *, gate: str | None = None) -> dict:
+    """For the phase a gate protects: the gate passed and its inputs are unchanged since."""
+    manifest = read_gate_manifest(path)
+    if gate is not None and manifest["gate"] != gate:
+        raise GateError(f"{path}: is a {manifest['gate']!r} manifest, expected {gate!r}")
+    if manifest["decision"] != "pass":
+        raise GateError(f"gate {manifest['gate']} failed: " + "; ".join(manifest.get("reasons", [])))
+    for inp in manifest["inputs"]:
+        p = Path(inp["path"])
+        if not p.is_file():
+            raise GateError(f"gate {manifest['gate']}: input {inp['name']} ({p}) is missing")
+        if sha256_file(p) != inp["sha256"]:
+            raise GateError(f"gate {manifest['gate']}: input {inp['name']} ({p}) changed after the decision; rerun the gate")
+    return manifest

@@ -1,0 +1,299 @@
+"""What must be true of the data before a training run may start (SFT-01, SFT-06).
+
+A gate that lives only in a nox session is skipped by anyone who calls the trainer
+directly, so these checks are code on the training path itself. They run before any
+model loads and stop at the first failure with the check's name and the fix:
+
+1. ``manifest``: the generation run's ``session_manifest.json`` exists;
+2. ``hashes``: it lists ``dataset.jsonl`` and ``qc_summary.json`` and both still have
+   the sha256 it pinned (an edited dataset is a new dataset and needs its own run);
+3. ``qc``: ``qc_summary.json`` says ``thresholds_passed: true`` (read, never recomputed);
+4. ``expectations``: the dataset passes its Great Expectations suite;
+5. ``records``: every record has a non-empty ``instruction`` and ``response``.
+
+Then the leakage check: no training instruction may repeat a held-out evaluation
+instruction exactly, after normalization, or as a near duplicate (ROUGE-L F above 0.7,
+the self-instruct rule, via :mod:`cai_bootstrap.dedup`). A leak would make the
+evaluation measure memorisation; any hit aborts and every pair is listed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD, normalize, rouge_l
+
+DATASET_FILE = "dataset.jsonl"
+QC_FILE = "qc_summary.json"
+MANIFEST_FILE = "session_manifest.json"
+GATE_CHECKS = ("manifest", "hashes", "qc", "expectations", "records")
+
+# A validator returns the failed expectations of one file (empty: it passed).
+Validator = Callable[[Path], Sequence[str]]
+
+
+class DataGateError(RuntimeError):
+    """Training refused: ``check`` names the failed gate check; the message says how to fix it."""
+
+    def __init__(self, check: str, message: str):
+        super().__init__(f"training refused by the data gate [{check}]: {message}")
+        self.check = check
+
+
+class EvalLeakageError(RuntimeError):
+    """Training data repeats held-out evaluation items (SFT-06); ``hits`` lists every pair."""
+
+    def __init__(self, hits: Sequence["LeakHit"]):
+        shown = "\n  ".join(h.describe() for h in hits[:50])
+        more = f"\n  ... and {len(hits) - 50} more" if len(hits) > 50 else ""
+        super().__init__(
+            f"training refused: {len(hits)} training instruction(s) overlap the held-out eval set (SFT-06):\n  {shown}{more}\n"
+            "Fix: remove these records in the data generation run (its dedup step takes the eval set as a blocklist) "
+            "and regenerate, so the dataset gets a new manifest."
+        )
+        self.hits = list(hits)
+
+
+@dataclass
+class GateResult:
+    run_dir: Path
+    dataset_path: Path
+    dataset_sha256: str
+    qc_summary_path: Path
+    manifest_path: Path
+    records: list[dict] = field(repr=False)
+    checks: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir),
+            "dataset_path": str(self.dataset_path),
+            "dataset_sha256": self.dataset_sha256,
+            "qc_summary_path": str(self.qc_summary_path),
+            "manifest_path": str(self.manifest_path),
+            "n_records": len(self.records),
+            "checks": dict(self.checks),
+        }
+
+
+def _run_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name == DATASET_FILE:
+        return p.parent
+    if not p.exists():
+        raise DataGateError("manifest", f"dataset path {p} does not exist; give the run directory of a data generation run")
+    if not p.is_dir():
+        raise DataGateError("manifest", f"{p} is not a run directory or its {DATASET_FILE}")
+    return p
+
+
+def default_validator(path: Path) -> list[str]:
+    """The ``sft_records`` Great Expectations suite (PV-06) over the dataset: its failures, or nothing."""
+    try:
+        from cai_bootstrap import validation
+    except ImportError as e:  # the validate extra (great-expectations) is missing
+        raise DataGateError(
+            "expectations",
+            f"cannot run the Great Expectations suite ({e}); install it with: pip install 'cai-bootstrap[validate]'",
+        ) from None
+    try:
+        report = validation.validate_file(path, artifact_type="sft_records")
+    except validation.ValidationSetupError as e:
+        raise DataGateError("expectations", f"cannot run the Great Expectations suite: {e}") from None
+    failures = [str(f) for f in report.failures]
+    if report.error:
+        failures.insert(0, report.error)
+    return failures
+
+
+def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = None) -> GateResult:
+    """Run checks 1-5 in order; raise :class:`DataGateError` at the first failure."""
+    from cai_bootstrap.io_utils import MalformedInputError, read_jsonl
+    from cai_bootstrap.provenance import InputIntegrityError, verify_inputs
+    from cai_bootstrap.qc import QCSummaryError, read_qc_decision
+
+    run = _run_dir(run_dir)
+    manifest = run / MANIFEST_FILE
+    checks: dict[str, str] = {}
+
+    if not manifest.is_file():
+        raise DataGateError(
+            "manifest",
+            f"{manifest} does not exist. Training accepts only the output of a finished data generation run, whose "
+            f"manifest pins the sha256 of {DATASET_FILE} and {QC_FILE}. Fix: point the dataset at that run directory, "
+            "or finish the run (cai-bootstrap generate ... resumes it).",
+        )
+    checks["manifest"] = f"found {manifest}"
+
+    try:
+        verified = verify_inputs(manifest, required=[DATASET_FILE, QC_FILE])
+    except InputIntegrityError as e:
+        raise DataGateError(
+            "hashes",
+            f"{e}\nFix: restore the files the manifest vouches for, or regenerate the dataset; a changed dataset "
+            "must come from a run that writes its own manifest (never edit dataset.jsonl in place).",
+        ) from None
+    except (ValueError, FileNotFoundError) as e:
+        raise DataGateError("hashes", f"{manifest}: {e}\nFix: regenerate the run; its manifest is unreadable.") from None
+    dataset, qc_path = verified[DATASET_FILE], verified[QC_FILE]
+    from cai_bootstrap.io_utils import sha256_file
+
+    dataset_sha = sha256_file(dataset)
+    checks["hashes"] = f"{len(verified)} file(s) match the manifest; {DATASET_FILE} sha256 {dataset_sha}"
+
+    try:
+        passed, reasons = read_qc_decision(qc_path)
+    except QCSummaryError as e:
+        raise DataGateError("qc", f"{e}") from None
+    if not passed:
+        raise DataGateError(
+            "qc",
+            f"{qc_path} says thresholds_passed: false ({'; '.join(reasons) or 'no reason recorded'}). "
+            "Fix: tune generation (prompts, critics, decoding) and regenerate until the pilot passes QC (GT-01); "
+            "the thresholds are not loosened to let a dataset through.",
+        )
+    checks["qc"] = "thresholds_passed: true"
+
+    failures = list((validator or default_validator)(dataset))
+    if failures:
+        shown = "\n  ".join(failures[:20]) + (f"\n  ... {len(failures) - 20} more" if len(failures) > 20 else "")
+        raise DataGateError(
+            "expectations",
+            f"{dataset} fails its Great Expectations suite:\n  {shown}\n"
+            "Fix: the generation run wrote malformed records; regenerate it (cai-bootstrap validate shows the same report).",
+        )
+    checks["expectations"] = "suite passed"
+
+    try:
+        records = read_jsonl(dataset)
+    except MalformedInputError as e:
+        raise DataGateError("records", str(e)) from None
+    bad = [
+        f"record {i + 1}: {key} must be a non-empty string"
+        for i, r in enumerate(records)
+        for key in ("instruction", "response")
+        if not isinstance(r.get(key), str) or not r[key].strip()
+    ]
+    if bad or not records:
+        raise DataGateError("records", ("; ".join(bad[:20]) if bad else f"{dataset} holds no records") + ". Fix: regenerate the dataset.")
+    checks["records"] = f"{len(records)} records with instruction and response"
+    return GateResult(run, dataset, dataset_sha, qc_path, manifest, records, checks)
+
+
+# -- SFT-06: leakage against the held-out eval set ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeakHit:
+    kind: str  # exact | normalized | near_duplicate
+    train_index: int
+    train_text: str
+    eval_id: str
+    eval_text: str
+    score: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} (ROUGE-L {self.score:.2f}): training record {self.train_index + 1} {self.train_text[:100]!r} "
+            f"~ eval item {self.eval_id} {self.eval_text[:100]!r}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_leaks(
+    train_texts: Sequence[str],
+    eval_items: Sequence[tuple[str, str]],
+    *,
+    threshold: float = NEAR_DUP_THRESHOLD,
+) -> list[LeakHit]:
+    """Every training text that repeats an eval text (``(id, text)`` pairs); the strongest match each.
+
+    ROUGE-L is quadratic per pair, so an inverted index bounds it first: F1 = 2 LCS / (|a| + |b|)
+    and the LCS cannot exceed the two texts' shared token counts.
+    """
+    exact: dict[str, int] = {}
+    norm: dict[str, int] = {}
+    toks: list[list[str]] = []
+    index: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for j, (_, text) in enumerate(eval_items):
+        exact.setdefault(text, j)
+        n = normalize(text)
+        norm.setdefault(n, j)
+        t = n.split()
+        toks.append(t)
+        for tok, c in Counter(t).items():
+            index[tok].append((j, c))
+
+    hits: list[LeakHit] = []
+    for i, text in enumerate(train_texts):
+        if text in exact:
+            j = exact[text]
+            hits.append(LeakHit("exact", i, text, eval_items[j][0], eval_items[j][1], 1.0))
+            continue
+        n = normalize(text)
+        if n in norm:
+            j = norm[n]
+            hits.append(LeakHit("normalized", i, text, eval_items[j][0], eval_items[j][1], 1.0))
+            continue
+        t = n.split()
+        if not t:
+            continue
+        shared: Counter = Counter()
+        for tok, c in Counter(t).items():
+            for j, rc in index.get(tok, ()):
+                shared[j] += min(c, rc)
+        best: tuple[float, int] | None = None
+        for j, s in shared.items():
+            if 2.0 * s / (len(t) + len(toks[j])) <= threshold:
+                continue
+            score = rouge_l(t, toks[j])
+            if score > threshold and (best is None or score > best[0]):
+                best = (score, j)
+        if best is not None:
+            j = best[1]
+            hits.append(LeakHit("near_duplicate", i, text, eval_items[j][0], eval_items[j][1], round(best[0], 4)))
+    return hits
+
+
+def load_eval_instructions(path: str | Path | None = None) -> list[tuple[str, str]]:
+    """(id, instruction) of every held-out item; the shipped set when ``path`` is None."""
+    from cai_bootstrap.io_utils import iter_jsonl
+
+    if path is None:
+        from cai_bootstrap.evaluation.evalset import load_eval_set
+
+        items = load_eval_set()
+        return [(str(it.get("id", f"item-{k + 1}")), it["instruction"]) for k, it in enumerate(items)]
+    out: list[tuple[str, str]] = []
+    for line, rec in iter_jsonl(path):
+        text = rec.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: line {line}: eval item lacks a non-empty 'instruction'")
+        out.append((str(rec.get("id", f"line-{line}")), text))
+    if not out:
+        raise ValueError(f"{path}: the eval set is empty; the leakage check needs the held-out items")
+    return out
+
+
+def check_no_leakage(
+    records: Iterable[Mapping[str, str]],
+    eval_items: Sequence[tuple[str, str]],
+    *,
+    threshold: float = NEAR_DUP_THRESHOLD,
+) -> dict:
+    """Abort with every overlapping pair, or return what was checked (for the training manifest)."""
+    texts = [r["instruction"] for r in records]
+    hits = find_leaks(texts, eval_items, threshold=threshold)
+    if hits:
+        raise EvalLeakageError(hits)
+    return {
+        "train_instructions": len(texts),
+        "eval_items": len(eval_items),
+        "checks": ["exact", "normalized", f"near_duplicate (ROUGE-L > {threshold})"],
+        "hits": 0,
+    }

@@ -1,0 +1,389 @@
+"""The gated Stage-1 chain: preflight -> clean load + sentinels -> gap check -> pilot ->
+validation + QC gate -> scale -> merge + validation + QC gate -> SFT -> evaluation ->
+final gate -> report (GT-04).
+
+Each phase runs the same ``cai-bootstrap`` subcommand a user would run by hand, then
+records a phase manifest (``stage1/<phase>.json``) with the sha256 of its inputs and
+outputs (PV-05). A rerun skips a phase only if its manifest says done and every
+recorded file still has its hash, so it resumes from the last completed phase and
+redoes anything whose inputs changed. The chain stops at the first failed gate with a
+readable reason and a non-zero exit; each gate is enforced again inside the phase it
+protects (scale refuses a failed pilot gate, training refuses an unvalidated dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, sha256_file
+from cai_bootstrap.provenance import git_info, utc_now
+
+STATE_DIR = "stage1"
+
+
+class Stage1Error(RuntimeError):
+    """A phase failed or a gate said no; the message says which and why."""
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage1Config(_Strict):
+    model: str = "gemma-3-270m"
+    profile: str | None = None
+    run_dir: Path = Path("runs/stage1")
+    device: str | None = None
+    seed: int = Field(0, ge=0)
+    quiet: bool = False
+    pilot_target: int = Field(100, ge=1)
+    scale_target: int = Field(200, ge=1)
+    scale_shards: int = Field(1, ge=1, le=1024)
+    generate_config: Path | None = None  # extra generation settings (YAML of GenerateConfig fields)
+    sft_config: Path | None = None  # SFT YAML; default: the shipped one
+    sft_overrides: dict = Field(default_factory=dict)
+    eval_limit: int | None = Field(None, ge=1)
+    eval_max_new_tokens: int = Field(128, ge=8)
+    eval_batch_size: int = Field(8, ge=1)
+    gap_max_base_rate: float = Field(0.5, ge=0, le=1)
+    gap_limit: int | None = Field(None, ge=1)
+    final_alpha: float = Field(0.01, gt=0, lt=1)
+    quantization: str | None = None
+
+
+def load_stage1_config(path: str | Path | None, **overrides) -> Stage1Config:
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise Stage1Error(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise Stage1Error(f"{p}: top level must be a mapping")
+        data = data.get("stage1", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Stage1Config.model_validate(data)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+        raise Stage1Error(f"invalid stage-1 config: {msgs}") from None
+
+
+# -- phase bookkeeping -----------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseResult:
+    outputs: list[Path]
+    passed: bool = True
+    reason: str = ""
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
+class Phase:
+    name: str
+    description: str
+    inputs: Callable[["Chain"], list[Path]]
+    run: Callable[["Chain"], PhaseResult]
+    gate: bool = False
+
+
+def _hashes(paths: list[Path]) -> dict[str, str | None]:
+    return {str(p): (sha256_file(p) if p.is_file() else None) for p in paths}
+
+
+class Chain:
+    def __init__(self, cfg: Stage1Config, cli: Callable[[list[str]], int] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.state_dir = self.run_dir / STATE_DIR
+        if cli is None:
+            from cai_bootstrap.cli import main as cli
+        self.cli = cli
+        self.log: list[dict] = []
+
+    # paths
+    def p(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    def call(self, *argv: str) -> int:
+        argv = [str(a) for a in argv]
+        print(f"[stage1] cai-bootstrap {' '.join(argv)}", flush=True)
+        return self.cli(argv)
+
+    def state_path(self, name: str) -> Path:
+        return self.state_dir / f"{name}.json"
+
+    def is_done(self, phase: Phase) -> bool:
+        sp = self.state_path(phase.name)
+        if not sp.is_file():
+            return False
+        state = json.loads(sp.read_text())
+        if state.get("status") != "done":
+            return False
+        recorded = {**state.get("inputs", {}), **state.get("outputs", {})}
+        current = _hashes([Path(k) for k in recorded])
+        changed = [k for k, v in recorded.items() if current.get(k) != v]
+        if changed:
+            print(f"[stage1] {phase.name}: redo, files changed since it finished: {changed}", flush=True)
+            return False
+        return True
+
+    def run(self, phases: list[Phase], *, until: str | None = None) -> dict:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for phase in phases:
+            if self.is_done(phase):
+                print(f"[stage1] {phase.name}: already done (hashes verified), skipping", flush=True)
+                self.log.append({"phase": phase.name, "status": "skipped (done)"})
+                if until == phase.name:
+                    break
+                continue
+            inputs = phase.inputs(self)
+            missing = [str(p) for p in inputs if not p.is_file()]
+            if missing:
+                raise Stage1Error(f"phase {phase.name}: inputs missing {missing}; an earlier phase did not finish")
+            in_hashes = _hashes(inputs)
+            print(f"[stage1] {phase.name}: {phase.description}", flush=True)
+            t0 = time.time()
+            started = utc_now()
+            try:
+                result = phase.run(self)
+            except Exception as e:  # recorded, then re-raised with the phase named
+                self._write_state(phase, "error", in_hashes, {}, started, time.time() - t0, str(e), {})
+                raise Stage1Error(f"phase {phase.name} failed: {e}") from e
+            if _hashes(inputs) != in_hashes:
+                raise Stage1Error(f"phase {phase.name}: its inputs changed while it ran; rerun")
+            status = "done" if result.passed else "gate_failed"
+            self._write_state(phase, status, in_hashes, _hashes(result.outputs), started, time.time() - t0,
+                              result.reason, result.values)
+            self.log.append({"phase": phase.name, "status": status, "wall_s": round(time.time() - t0, 1)})
+            if not result.passed:
+                raise Stage1Error(f"gate {phase.name} stopped the chain: {result.reason}")
+            if until == phase.name:
+                break
+        return {"phases": self.log}
+
+    def _write_state(self, phase, status, ins, outs, started, wall, reason, values) -> None:
+        atomic_write_json(self.state_path(phase.name), {
+            "phase": phase.name, "status": status, "gate": phase.gate, "started_at": started, "finished_at": utc_now(),
+            "wall_s": round(wall, 2), "inputs": ins, "outputs": outs, "reason": reason, "values": values,
+            "git_commit": git_info()["commit"], "config": self.cfg.model_dump(mode="json"),
+        })
+
+
+# -- the phases ------------------------------------------------------------------------------------
+
+
+def _none(_: Chain) -> list[Path]:
+    return []
+
+
+def _preflight(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.sft.preflight import run_preflight
+
+    out = ch.p("preflight.json")
+    report = run_preflight(output_root=ch.run_dir, model_source=None, quantization=ch.cfg.quantization)
+    atomic_write_json(out, report.to_dict())
+    return PhaseResult([out], report.ok, "; ".join(report.problems), report.to_dict())
+
+
+def _load(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.loader import load_base_model
+    from cai_bootstrap.model_sources import resolve_model
+
+    resolved = resolve_model(ch.cfg.model, profile=ch.cfg.profile)
+    lm = load_base_model(resolved.source, profile=resolved.profile, device=ch.cfg.device)
+    prov = {**lm.provenance, "model_source": resolved.to_dict()}
+    lm.release()
+    out = ch.p("load", "provenance.json")
+    atomic_write_json(out, prov)
+    s = prov["sentinels"]
+    return PhaseResult([out], bool(s.get("ok")), "sentinels failed", {"sentinels_ok": s.get("ok"), "profile": prov["profile"]["name"]})
+
+
+def _gap(ch: Chain) -> PhaseResult:
+    out = ch.p("gap")
+    argv = ["evaluate", "--model", ch.cfg.model, "--base-only", "--mode", "both", "--out", out, "--force",
+            "--max-new-tokens", ch.cfg.eval_max_new_tokens, "--batch-size", ch.cfg.eval_batch_size, "--seed", ch.cfg.seed]
+    argv += _common_model_args(ch)
+    if ch.cfg.gap_limit or ch.cfg.eval_limit:
+        argv += ["--limit", ch.cfg.gap_limit or ch.cfg.eval_limit]
+    _check(ch.call(*argv), "gap-check evaluation")
+    manifest = ch.p("gates", "gap_check.json")
+    rc = ch.call("gate", "gap", "--eval", out, "--max-base-rate", ch.cfg.gap_max_base_rate, "--out", manifest)
+    return _gate_result(manifest, rc)
+
+
+def _common_model_args(ch: Chain) -> list:
+    argv: list = []
+    if ch.cfg.profile:
+        argv += ["--profile", ch.cfg.profile]
+    if ch.cfg.device:
+        argv += ["--device", ch.cfg.device]
+    if ch.cfg.quiet:
+        argv += ["--quiet"]
+    return argv
+
+
+def _gate_result(manifest: Path, rc: int) -> PhaseResult:
+    if not manifest.is_file():
+        raise Stage1Error(f"gate did not write its manifest {manifest} (exit {rc})")
+    m = json.loads(manifest.read_text())
+    return PhaseResult([manifest], m["decision"] == "pass", "; ".join(m.get("reasons", [])) or m["decision"],
+                       {"gate": m["gate"], "decision": m["decision"], "values": m.get("values")})
+
+
+def _check(rc: int, what: str) -> None:
+    if rc not in (0,):
+        raise Stage1Error(f"{what} exited with {rc}")
+
+
+def _generate_args(ch: Chain) -> list:
+    argv: list = ["--model", ch.cfg.model, "--seed", ch.cfg.seed]
+    if ch.cfg.generate_config:
+        argv += ["--config", ch.cfg.generate_config]
+    return argv + _common_model_args(ch)
+
+
+def _pilot(ch: Chain) -> PhaseResult:
+    out = ch.p("pilot")
+    rc = ch.call("generate", *_generate_args(ch), "--mode", "pilot", "--target", ch.cfg.pilot_target, "--out", out)
+    if rc not in (0, 1):  # 1 = QC failed; judged by the pilot gate next
+        raise Stage1Error(f"pilot generation exited with {rc}")
+    return PhaseResult([out / "dataset.jsonl", out / "qc_summary.json", out / "session_manifest.json"])
+
+
+def _data_gate(ch: Chain, run: Path, name: str) -> PhaseResult:
+    from cai_bootstrap.gates import decide_data, write_gate_manifest
+    from cai_bootstrap.validation import validate_path
+
+    report = validate_path(run)
+    decision = decide_data(run / "qc_summary.json", validation_failures=report.failure_lines(), gate=name)
+    manifest = ch.p("gates", f"{name}.json")
+    write_gate_manifest(decision, manifest, inputs={"qc_summary": run / "qc_summary.json", "dataset": run / "dataset.jsonl",
+                                                    "session_manifest": run / "session_manifest.json"})
+    return _gate_result(manifest, 0 if decision.passed else 1)
+
+
+def _scale(ch: Chain) -> PhaseResult:
+    outs = []
+    for i in range(ch.cfg.scale_shards):
+        out = ch.p("scale", f"shard-{i}")
+        rc = ch.call("generate", *_generate_args(ch), "--mode", "scale", "--target", ch.cfg.scale_target,
+                     "--shard", f"{i}/{ch.cfg.scale_shards}", "--pilot-gate", ch.p("gates", "pilot_gate.json"), "--out", out)
+        if rc not in (0, 1):
+            raise Stage1Error(f"scale shard {i} exited with {rc}")
+        outs.append(out / "session_manifest.json")
+    return PhaseResult(outs)
+
+
+def _merge(ch: Chain) -> PhaseResult:
+    shards = [ch.p("scale", f"shard-{i}") for i in range(ch.cfg.scale_shards)]
+    out = ch.p("merged")
+    rc = ch.call("merge", *shards, "--out", out)
+    if rc not in (0, 1):
+        raise Stage1Error(f"merge exited with {rc}")
+    return PhaseResult([out / "dataset.jsonl", out / "qc_summary.json", out / "session_manifest.json"])
+
+
+def _sft(ch: Chain) -> PhaseResult:
+    out = ch.p("sft")
+    argv = ["train", "--dataset", ch.p("merged"), "--model", ch.cfg.model, "--out", out]
+    if ch.cfg.sft_config:
+        argv += ["--config", ch.cfg.sft_config]
+    for k, v in ch.cfg.sft_overrides.items():
+        argv += ["--set", f"{k}={v}"]
+    _check(ch.call(*argv), "training")
+    return PhaseResult([out / "TRAINING_SUCCESS", out / "training_manifest.json"])
+
+
+def _adapter(ch: Chain) -> Path:
+    marker = json.loads(ch.p("sft", "TRAINING_SUCCESS").read_text())
+    return Path(marker["adapter_path"])
+
+
+def _evaluate(ch: Chain) -> PhaseResult:
+    out = ch.p("eval")
+    argv = ["evaluate", "--model", ch.cfg.model, "--adapter", _adapter(ch), "--out", out, "--force",
+            "--max-new-tokens", ch.cfg.eval_max_new_tokens, "--batch-size", ch.cfg.eval_batch_size, "--seed", ch.cfg.seed]
+    if ch.cfg.eval_limit:
+        argv += ["--limit", ch.cfg.eval_limit]
+    _check(ch.call(*argv, *_common_model_args(ch)), "evaluation")
+    return PhaseResult(sorted(p for p in out.iterdir() if p.is_file()))
+
+
+def _final(ch: Chain) -> PhaseResult:
+    manifest = ch.p("gates", "final_eval.json")
+    rc = ch.call("gate", "final", "--eval", ch.p("eval"), "--alpha", ch.cfg.final_alpha, "--out", manifest)
+    return _gate_result(manifest, rc)
+
+
+def _report(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.stage1_report import write_report
+
+    paths = write_report(ch.run_dir)
+    return PhaseResult(paths)
+
+
+def phases() -> list[Phase]:
+    P = lambda *parts: (lambda ch: [ch.p(*parts)])  # noqa: E731
+    return [
+        Phase("preflight", "device, memory, bf16 and output checks (OPS-03)", _none, _preflight, gate=True),
+        Phase("load", "clean load of the base model and the sentinel suite (CG-01..CG-06)", _none, _load, gate=True),
+        Phase("gap_check", "base model evaluated framed and raw; training only if it is weak (GT-03)",
+              P("load", "provenance.json"), _gap, gate=True),
+        Phase("pilot", "pilot data generation", P("gates", "gap_check.json"), _pilot),
+        Phase("pilot_gate", "validation suites + QC thresholds on the pilot (GT-01)",
+              lambda ch: [ch.p("pilot", "dataset.jsonl"), ch.p("pilot", "qc_summary.json")],
+              lambda ch: _data_gate(ch, ch.p("pilot"), "pilot_gate"), gate=True),
+        Phase("scale", "scale generation, sharded", P("gates", "pilot_gate.json"), _scale),
+        Phase("merge", "merge shards, re-deduplicate, recompute QC",
+              lambda ch: [ch.p("scale", f"shard-{i}", "session_manifest.json") for i in range(ch.cfg.scale_shards)], _merge),
+        Phase("scale_gate", "validation suites + QC thresholds on the merged data",
+              lambda ch: [ch.p("merged", "dataset.jsonl"), ch.p("merged", "qc_summary.json")],
+              lambda ch: _data_gate(ch, ch.p("merged"), "scale_gate"), gate=True),
+        Phase("sft", "QLoRA SFT (plain LoRA on CPU) behind the data gate", P("gates", "scale_gate.json"), _sft),
+        Phase("evaluate", "paired evaluation, base vs trained", P("sft", "TRAINING_SUCCESS"), _evaluate),
+        Phase("final_gate", "McNemar p < alpha, positive lift, no safety/format regression (GT-02)",
+              P("eval", "eval_summary.json"), _final, gate=True),
+        Phase("report", "run report with every gate's numbers and lineage", P("gates", "final_eval.json"), _report),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cai_bootstrap.stage1", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="stage-1 YAML (default: the shipped CPU demo config)")
+    ap.add_argument("--model")
+    ap.add_argument("--run-dir")
+    ap.add_argument("--until", help="stop after this phase")
+    ap.add_argument("--quiet", action="store_true", default=None)
+    args = ap.parse_args(argv)
+    path = args.config or (Path(__file__).parent / "configs" / "stage1_cpu_demo.yaml")
+    try:
+        cfg = load_stage1_config(path, model=args.model, run_dir=args.run_dir, quiet=args.quiet)
+        chain = Chain(cfg)
+        t0 = time.time()
+        result = chain.run(phases(), until=args.until)
+    except Stage1Error as e:
+        print(f"stage1: STOPPED: {e}", file=sys.stderr)
+        return 1
+    print(f"stage1: finished in {time.time() - t0:.0f} s; run directory {cfg.run_dir}")
+    atomic_write_text(Path(cfg.run_dir) / STATE_DIR / "last_run.json", json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
