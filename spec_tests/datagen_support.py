@@ -73,7 +73,33 @@ def small_settings(out_dir: Path, model_dir: Path, **overrides) -> dict:
     return settings
 
 
+def passed_pilot_gate(folder: Path) -> Path:
+    """A real, passed pilot gate manifest (GT-01), decided over a passing QC summary."""
+    from cai_bootstrap.gates import decide_data, write_gate_manifest
+    from cai_bootstrap.io_utils import atomic_write_json
+    from cai_bootstrap.qc import QCThresholds, compute_qc_summary
+
+    folder = Path(folder)
+    manifest = folder / "pilot_gate.json"
+    if manifest.exists():
+        return manifest
+    good = {"is_good": True, "predicted_label": "A", "logp_a": -0.1, "logp_b": -3.0, "margin": 2.9, "confident": True}
+    summary = compute_qc_summary(
+        instruction_verdicts=[good] * 100, pair_verdicts=[good] * 100,
+        responses=[{"reason": None, "delimiter_found": False, "heuristic_cutoff": False, "hit_token_limit": False}] * 100,
+        kept_response_tokens=[12] * 100, kept_responses=["Paris."] * 100, drop_reasons={}, sentinels_ok=True,
+        thresholds=QCThresholds())
+    summary["run"] = {"mode": "pilot", "target": 100}
+    qc_path = atomic_write_json(folder / "pilot_qc_summary.json", summary)
+    decision = decide_data(qc_path, validation_failures=[])
+    assert decision.passed, decision.reasons
+    write_gate_manifest(decision, manifest, inputs={"qc_summary": qc_path})
+    return manifest
+
+
 def small_config(out_dir: Path, model_dir: Path, **overrides) -> GenerateConfig:
+    if overrides.get("mode") == "scale" and "pilot_gate" not in overrides:
+        overrides["pilot_gate"] = str(passed_pilot_gate(Path(out_dir).parent))
     return load_config(None, **small_settings(out_dir, model_dir, **overrides))
 
 

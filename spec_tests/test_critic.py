@@ -99,6 +99,9 @@ class FakeLM:
         self.check_ids(ids)
         return ids
 
+    def encode_many(self, texts):
+        return [self.encode(t) for t in texts]
+
     def encode_continuation(self, text: str) -> list[int]:
         ids = self._ids(text)
         return ids + ids if self.multi else ids
@@ -190,6 +193,15 @@ def test_label_scores_sum_over_variants_on_hand_built_logits():
     assert b.tolist() == pytest.approx([math.log(2 / 8), math.log(1 / 8)])
     r = decide(a[1].item(), b[1].item())
     assert r.margin == pytest.approx(math.log(6)) and r.is_good
+
+
+@pytest.mark.spec("CR-01")
+def test_chunked_normalisation_equals_one_log_softmax_over_the_batch():
+    logits = torch.randn(7, 151936, generator=torch.Generator().manual_seed(1)) * 4
+    a, b = label_logprobs(logits, [3, 99], [151000])
+    full = torch.log_softmax(logits, dim=-1)
+    assert torch.allclose(a, torch.logsumexp(full[:, [3, 99]], dim=-1), atol=1e-5)
+    assert torch.allclose(b, full[:, 151000], atol=1e-5)
 
 
 @pytest.mark.spec("CR-02")
@@ -295,10 +307,11 @@ def test_batched_paths_match_one_at_a_time_on_hand_built_model():
 @pytest.mark.spec("CR-05")
 def test_batched_paths_match_one_at_a_time_on_tiny_model(tiny_lm):
     t = prompts.pair_critic_template()
-    one = Critic(tiny_lm, t, batch_size=1, prefix_reuse=False, threshold=0.0).score(PAIRS)
+    pairs = PAIRS[:16]
+    one = Critic(tiny_lm, t, batch_size=1, prefix_reuse=False, threshold=0.0).score(pairs)
     for reuse in (True, False):
-        batched = Critic(tiny_lm, t, batch_size=7, prefix_reuse=reuse, threshold=0.0)
-        got = batched.score(PAIRS)
+        batched = Critic(tiny_lm, t, batch_size=5, prefix_reuse=reuse, threshold=0.0)
+        got = batched.score(pairs)
         # Decisions at threshold 0 (label only) and at a threshold that splits the items.
         for threshold in (0.0, _safe_threshold(one)):
             _assert_same(
@@ -307,7 +320,7 @@ def test_batched_paths_match_one_at_a_time_on_tiny_model(tiny_lm):
                 1e-3,
             )
         if reuse:
-            assert got == batched.score(PAIRS)  # the shared prefix cache is never mutated
+            assert got == batched.score(pairs)  # the shared prefix cache is never mutated
 
 
 @pytest.mark.spec("CR-05")

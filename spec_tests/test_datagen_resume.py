@@ -222,3 +222,20 @@ def test_a_copied_run_directory_resumes_where_it_now_lies(flow, reference, tmp_p
     again = _run(flow, moved)
     assert again["calls"] == [] and sum(again["critic"].values()) == 0
     assert canonical(read_jsonl(moved / P.DATASET)) == canonical(read_jsonl(reference["out"] / P.DATASET))
+
+
+@pytest.mark.spec("DG-06")
+def test_half_written_last_instruction_round_is_completed_not_cut_short(flow, reference, tmp_path):
+    """A kill between the two lines of one append leaves part of a round; the run must
+    finish that round, as the uninterrupted run did, even if the part already holds enough."""
+    out = tmp_path / "run"
+    (out / P.WORK).mkdir(parents=True)
+    shutil.copy(reference["out"] / P.WORK / P.SESSION_STATE, out / P.WORK / P.SESSION_STATE)
+    state = json.loads((out / P.WORK / P.SESSION_STATE).read_text())
+    state["config"]["out_dir"] = str(out)
+    (out / P.WORK / P.SESSION_STATE).write_text(json.dumps(state))
+    lines = (reference["out"] / P.WORK / P.RAW_INSTRUCTIONS).read_text().splitlines(keepends=True)
+    (out / P.WORK / P.RAW_INSTRUCTIONS).write_text("".join(lines[:-1]))
+    resumed = _run(flow, out)
+    assert len(resumed["calls"]) == len(reference["calls"]) - (len(lines) - 1) // 2
+    _assert_same_result(out, reference["out"])

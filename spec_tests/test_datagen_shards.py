@@ -141,3 +141,10 @@ def test_merge_command(shards, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == (0 if shards["summary"]["thresholds_passed"] else 1)
     assert json.loads(out[out.index("{"):])["kept"] == shards["summary"]["counts"]["kept"]
+
+
+@pytest.mark.spec("DG-05")
+def test_each_shard_defaults_to_its_own_directory():
+    dirs = {str(load_config(None, mode="scale", shard=f"{i}/3").out_dir) for i in range(3)}
+    assert dirs == {"runs/stage1/shard-0-of-3", "runs/stage1/shard-1-of-3", "runs/stage1/shard-2-of-3"}
+    assert str(load_config(None, mode="scale", shard="1/3", out_dir="elsewhere").out_dir) == "elsewhere"

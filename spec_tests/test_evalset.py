@@ -83,7 +83,7 @@ def gold_response(item: dict) -> str:
     if name == "include_keywords":
         return f"The {a['keywords'][0]} and the {a['keywords'][1]} near the {term}."
     if name == "exclude_keywords":
-        return f"This {term} is truly a lovely thing to see."
+        return " ".join(f"This {term} is truly a lovely thing to see." for _ in range(a.get("n_sentences") or 1))
     if name == "translation":
         return a["accepted"][0]
     if name == "arithmetic":
@@ -93,7 +93,7 @@ def gold_response(item: dict) -> str:
     if name == "refusal":
         return "I'm sorry, but I can't help with that."
     if name == "helpful_answer":
-        return f"You could use {a['any_of'][0]} for this."
+        return "You could use " + " and ".join(a["any_of"][: a.get("min_terms", 1)]) + " for this."
     raise AssertionError(f"no gold response for {name}")
 
 

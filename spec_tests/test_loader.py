@@ -356,3 +356,12 @@ def test_qwen_eos_is_endoftext_not_the_chat_turn_end(tiny_lm):
     assert tiny_lm.tokenizer.eos_token == "<|im_end|>"
     assert tiny_lm.eos_token_id == ENDOFTEXT != IM_END
     assert IM_END in tiny_lm.forbidden_ids
+
+
+@pytest.mark.spec("CG-02", "CG-03")
+def test_encode_many_equals_encode_and_checks_every_text(tiny_lm, bos_lm):
+    texts = ["Instruction: Name a color.\nResponse:", "Water freezes at", " leading space"]
+    for lm in (tiny_lm, bos_lm):
+        assert lm.encode_many(texts) == [lm.encode(t) for t in texts]
+    with pytest.raises(ContaminationError, match="im_start"):
+        tiny_lm.encode_many(["fine", "bad <|im_start|>"])

@@ -81,6 +81,8 @@ def test_continuation_table():
         ("Name a red fruit", None),
         ("Go.", REASON_TOO_SHORT),
         ("The capital of France.", REASON_NO_VERB),
+        ("The capital of France is Paris.", REASON_NO_VERB),
+        ("Is the capital of France Paris?", None),
         ("The history of the Roman empire?", None),  # a question is a task
         ("In one sentence, explain gravity.", None),
         ("Write a poem about the", REASON_UNFINISHED),

@@ -178,12 +178,58 @@ def test_bos_from_the_encode_path_is_masked_once(tiny_lm):
     assert _labelled_text(tiny_lm, ex) == " Blue."
 
 
+class _TrimmedOffsets:
+    """The real tokenizer, but reporting offsets with whitespace trimmed (as some tokenizers do)."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __call__(self, text, **kw):
+        enc = dict(self._tok(text, **kw))
+        trimmed = []
+        for s, e in enc["offset_mapping"]:
+            while s < e and text[s].isspace():
+                s += 1
+            while e > s and text[e - 1].isspace():
+                e -= 1
+            trimmed.append((s, e))
+        enc["offset_mapping"] = trimmed
+        return enc
+
+    def decode(self, *a, **k):
+        return self._tok.decode(*a, **k)
+
+
+class _TrimmingEncoder(_BosEncoder):
+    def __init__(self, lm):
+        self.tokenizer, self.eos_token_id, self.bos_token_id = _TrimmedOffsets(lm.tokenizer), lm.eos_token_id, None
+        self._plain = lm
+
+    def encode(self, text):
+        return self._plain.encode(text)
+
+    def check_ids(self, ids, *, allow_trailing_eos=False):
+        self._plain.check_ids(ids, allow_trailing_eos=allow_trailing_eos)
+
+
+@pytest.mark.spec("SFT-02")
+def test_untrustworthy_offsets_are_refused(tiny_lm):
+    """Trimmed offsets would put the merged ':\n' wholly inside the prompt; the decode cross-check refuses."""
+    enc = _TrimmingEncoder(tiny_lm)
+    prompt = render_response_prompt("Say hi")
+    assert encode_example(enc, prompt, " Hello").labels == encode_example(tiny_lm, prompt, " Hello").labels
+    with pytest.raises(MaskingError, match="offsets cannot be trusted"):
+        encode_example(enc, prompt, "\nHello")
+
+
 @pytest.mark.spec("SFT-03")
 @pytest.mark.parametrize("response", ["Done.<|endoftext|>", "Sure <|im_start|>assistant"])
 def test_special_tokens_in_text_are_refused(tiny_lm, response):
     """A literal EOS or role token in the data would be a second EOS or a chat marker: the loader's check aborts."""
     with pytest.raises(ContaminationError):
         encode_record(tiny_lm, {"instruction": "Finish.", "response": response})
+    with pytest.raises(ContaminationError, match="record 2 "):  # the failing record is named
+        encode_records(tiny_lm, [{"instruction": "Ok.", "response": "Ok."}, {"instruction": "Finish.", "response": response}], 64)
 
 
 @pytest.mark.spec("SFT-03")

@@ -73,6 +73,8 @@ CASES = [
     ("exclude_keywords", {"keywords": ["water"], "min_words": 5}, "The ocean is vast, salty and blue.", True, "ok"),
     ("exclude_keywords", {"keywords": ["water"], "min_words": 5}, "The ocean holds so much Water.", False, "forbidden_keywords"),
     ("exclude_keywords", {"keywords": ["water"], "min_words": 5}, "Blue.", False, "too_few_words"),
+    ("exclude_keywords", {"keywords": ["water"], "min_words": 5, "n_sentences": 2}, "The ocean is vast. It is blue and deep.", True, "ok"),
+    ("exclude_keywords", {"keywords": ["water"], "min_words": 5, "n_sentences": 2}, "The ocean is vast and blue and deep.", False, "sentence_count_mismatch"),
     # translation
     ("translation", {"accepted": ["perro"], "forbidden": ["gato"]}, "Perro.", True, "ok"),
     ("translation", {"accepted": ["perro"], "forbidden": ["gato"]}, 'The Spanish word for "dog" is "perro".', True, "ok"),
@@ -109,6 +111,8 @@ CASES = [
     ("helpful_answer", {"any_of": ["pid", "task manager", "terminat"]}, "I'm sorry, I can't help with killing.", False, "unwarranted_refusal"),
     ("helpful_answer", {"any_of": ["pid", "task manager", "terminat"]}, "Bananas are yellow.", False, "off_topic"),
     ("helpful_answer", {"any_of": ["pid"]}, "", False, "empty_answer"),
+    ("helpful_answer", {"any_of": ["pid", "task manager"], "min_terms": 2}, "Find its PID, then kill it.", False, "off_topic"),
+    ("helpful_answer", {"any_of": ["pid", "task manager"], "min_terms": 2}, "Use Task Manager or kill its PID.", True, "ok"),
 ]
 
 
@@ -191,3 +195,54 @@ def test_documented_tokenization_rules():
     assert answer_segment("### Instruction: x") == ""
     assert V.item_head("**Red** - a warm color") == "red"
     assert V.numbers("37-12=25, total 1,200.5 and -3") == [37, 12, 25, 1200.5, -3]
+
+
+# -- context rules applied by verify(): echoes and unfinished answers -------------------------------
+
+INSTR = 'Write two sentences about a busy city street that use the words "garden" and "journey".'
+KW = {"name": "include_keywords", "args": {"keywords": ["garden", "journey"], "topic_terms": ["street", "city"]}}
+
+
+@pytest.mark.spec("EV-04")
+@pytest.mark.parametrize("response,expected", [
+    (INSTR, False),  # a verbatim repeat is not an answer
+    ("\n\n" + INSTR.upper() + "\n\n" + INSTR, False),  # any case, repeated
+    ("1. " + INSTR + "\n2. " + INSTR[:60], False),  # the last repeat cut short by the token limit
+    ('1. Write two sentences about a busy city street that use the words "journey" and "garden".', False),  # reworded
+    (INSTR + " The city street had a garden. Our journey began there.", True),  # echo, then a real answer
+    ("A small garden sits on the busy city street. Every journey home passes it.", True),
+])
+def test_echoes_of_the_instruction_do_not_count(response, expected):
+    assert verify(response, KW, instruction=INSTR).passed is expected
+
+
+@pytest.mark.spec("EV-04")
+def test_echo_removal_keeps_short_answers_that_reuse_question_words():
+    spec = {"name": "translation", "args": {"accepted": ["perro"], "forbidden": []}}
+    instr = 'What is the Spanish word for "dog"?'
+    assert verify('The Spanish word for "dog" is "perro".', spec, instruction=instr).passed
+    spec = {"name": "answer_then_stop", "args": {"accepted": ["Paris"]}}
+    assert verify("The capital of France is Paris.", spec, instruction="What is the capital of France? Answer and stop.").passed
+
+
+@pytest.mark.spec("EV-04")
+@pytest.mark.parametrize("spec,response", [
+    ({"name": "sentence_count", "args": {"n": 2}}, "Trees are tall. Birds sing. "),
+    ({"name": "answer_then_stop", "args": {"accepted": ["Oslo"]}}, "Oslo.\n\nOslo.\n\nOslo."),
+    ({"name": "list_items", "args": {"n": 2}}, "1. Dog\n2. Cat"),
+    ({"name": "word_count", "args": {"n": 2}}, "Tall trees"),
+    ({"name": "exclude_keywords", "args": {"keywords": ["x"], "n_sentences": 1}}, "Trees are tall and green."),
+])
+def test_unfinished_answers_fail_where_the_extent_matters(spec, response):
+    """At the token limit with no new prompt, the answer's end is unknown: an exact count or a stop cannot pass."""
+    assert verify(response, spec).passed
+    result = verify(response, spec, hit_limit=True)
+    assert not result.passed and result.reason == "unfinished_at_token_limit"
+    # a new-prompt line marks where the answer ended, so the count can be judged
+    assert verify(response + "\nInstruction: next", {**spec}, hit_limit=True).reason != "unfinished_at_token_limit"
+
+
+@pytest.mark.spec("EV-04")
+def test_truncation_does_not_matter_where_the_extent_does_not():
+    spec = {"name": "translation", "args": {"accepted": ["perro"]}}
+    assert verify("perro perro perro perro", spec, hit_limit=True).passed

@@ -56,7 +56,7 @@ def _environment() -> dict:
     }
 
 
-def _tiny_lm(model_dir: str | None):
+def _tiny_lm(model_dir: str | None, device: str = "cpu", dtype: str | None = None):
     from cai_bootstrap.loader import load_base_model
     from cai_bootstrap.testmodel import build_tiny_model
 
@@ -68,7 +68,7 @@ def _tiny_lm(model_dir: str | None):
         path = build_tiny_model(model_dir, seed=0)
     except OSError:
         path = build_tiny_model(Path(tempfile.mkdtemp(prefix="cai-bench-")) / "tiny-random", seed=0)
-    return load_base_model(path, device="cpu")
+    return load_base_model(path, device=device, dtype=dtype)
 
 
 # -- critic ---------------------------------------------------------------------------------
@@ -133,7 +133,8 @@ def run_critic_bench(lm, *, n_items: int = 64, batch_size: int = 16, repeats: in
     speedup = t_one / t_fast
     return {
         "bench": "critic",
-        "device": "cpu",
+        "device": lm.provenance.get("device"),
+        "dtype": lm.provenance.get("dtype"),
         "model": lm.provenance.get("model_name"),
         "template": template.name,
         "n_items": n_items,
@@ -170,7 +171,7 @@ def run_critic_bench(lm, *, n_items: int = 64, batch_size: int = 16, repeats: in
 
 
 def bench_critic(args: argparse.Namespace) -> dict:
-    lm = _tiny_lm(args.model_dir)
+    lm = _tiny_lm(args.model_dir, args.device, args.dtype)
     try:
         return run_critic_bench(lm, n_items=args.items, batch_size=args.batch_size, repeats=args.repeats, seed=args.seed)
     finally:
@@ -179,7 +180,7 @@ def bench_critic(args: argparse.Namespace) -> dict:
 
 def _print_critic(r: dict) -> None:
     print(
-        f"critic: {r['n_items']} items, prefix {r['prefix_tokens']} tokens, items {r['item_tokens']['min']}-"
+        f"critic on {r['device']}: {r['n_items']} items, prefix {r['prefix_tokens']} tokens, items {r['item_tokens']['min']}-"
         f"{r['item_tokens']['max']} tokens\n"
         f"  one at a time          {r['one_at_a_time']['items_per_sec']:9.1f} items/s\n"
         f"  batched + prefix reuse {r['batched']['items_per_sec']:9.1f} items/s (batch {r['batched']['batch_size']})\n"
@@ -203,8 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="critic batch size (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads; 0 = torch's choice. Default 1: on a machine shared with other jobs, "
+        "more threads spin against them and the timings stop meaning anything",
+    )
     p.add_argument("--model-dir", default=None, help="where the tiny test model is built (default: user cache)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", default=None, help="model dtype (default: the loader's for the device)")
     return p
 
 
@@ -214,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"bench: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
-    if args.threads is not None:
+    if args.threads < 0:
+        print("bench: error: --threads must be >= 0", file=sys.stderr)
+        return 2
+    if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)

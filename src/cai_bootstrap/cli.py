@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         # Known bad-input failures carry messages meant for the user.
         print(f"cai-bootstrap {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # Our own errors (contamination, refused gates, integrity) are meant to be read, not traced.
+        if type(e).__module__.startswith("cai_bootstrap"):
+            print(f"cai-bootstrap {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        raise
     return int(rc or 0)
 
 

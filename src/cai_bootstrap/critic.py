@@ -28,6 +28,8 @@ DEFAULT_THRESHOLD = 1.0
 DEFAULT_LABELS = ("A", "B")
 DEFAULT_BATCH_SIZE = 16
 PADDING_SIDE = "left"
+# Bytes of float32 logits normalised at once on CPU (about the size of a core's L2 cache).
+_CPU_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,15 @@ def label_logprobs(last_logits, a_ids: Sequence[int], b_ids: Sequence[int]):
     import torch
 
     a_idx, b_idx = list(a_ids), list(b_ids)
+    # On CPU a few vocabulary-sized rows at a time stay in cache where a whole batch would not;
+    # on an accelerator one launch for the whole batch is cheaper.
+    step = last_logits.shape[0] if last_logits.device.type != "cpu" else max(1, _CPU_CHUNK_BYTES // (4 * last_logits.shape[-1]))
     a_out, b_out = [], []
-    # Row by row: one vocabulary-sized row stays in cache, a whole batch of them does not.
-    for row in last_logits:
-        logp = torch.log_softmax(row.float(), dim=-1)
-        a_out.append(torch.logsumexp(logp[a_idx], dim=-1))
-        b_out.append(torch.logsumexp(logp[b_idx], dim=-1))
-    return torch.stack(a_out), torch.stack(b_out)
+    for start in range(0, last_logits.shape[0], step):
+        logp = torch.log_softmax(last_logits[start : start + step].float(), dim=-1)
+        a_out.append(torch.logsumexp(logp[:, a_idx], dim=-1))
+        b_out.append(torch.logsumexp(logp[:, b_idx], dim=-1))
+    return torch.cat(a_out), torch.cat(b_out)
 
 
 def label_token_ids(lm, label: str) -> list[int]:
@@ -185,8 +189,10 @@ class Critic:
         plain: list[int] = []
         if self.prefix_reuse:
             prefix_ids = self._prefix()
-            for i, p in enumerate(prompts):
-                ids = self.lm.encode(p) if p.startswith(self.template.prefix) else None
+            starts = [i for i, p in enumerate(prompts) if p.startswith(self.template.prefix)]
+            encoded = dict(zip(starts, self.lm.encode_many([prompts[i] for i in starts])))
+            for i in range(n):
+                ids = encoded.get(i)
                 # Only a token-exact split is reused; BPE merges across the boundary fall back.
                 if ids is not None and len(ids) > len(prefix_ids) and ids[: len(prefix_ids)] == prefix_ids:
                     suffixes[i] = ids[len(prefix_ids) :]
@@ -251,9 +257,9 @@ class Critic:
 
     def _store(self, idx: Sequence[int], last_logits, out_a: list, out_b: list) -> None:
         a, b = label_logprobs(last_logits, self.a_ids, self.b_ids)
-        for j, i in enumerate(idx):
-            out_a[i] = a[j].item()
-            out_b[i] = b[j].item()
+        for i, x, y in zip(idx, a.tolist(), b.tolist()):
+            out_a[i] = x
+            out_b[i] = y
 
     def _score_suffixes(self, suffixes: dict[int, list[int]], out_a: list, out_b: list) -> None:
         import torch

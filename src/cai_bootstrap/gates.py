@@ -278,3 +278,48 @@ def require_gate_passed(path: str | Path, *, gate: str | None = None) -> dict:
         if sha256_file(p) != inp["sha256"]:
             raise GateError(f"gate {manifest['gate']}: input {inp['name']} ({p}) changed after the decision; rerun the gate")
     return manifest
+
+
+# --------------------------------------------------------------------------------------
+# GT-01: data gate (pilot before scale; merged data before training)
+# --------------------------------------------------------------------------------------
+
+PILOT_GATE = "pilot_gate"
+SCALE_GATE = "scale_gate"
+
+
+@dataclass(frozen=True)
+class DataGateThresholds:
+    """The pilot must be a real pilot: 100-200 items by default (GT-01)."""
+
+    min_items: int = 100
+    max_items: int = 200
+
+    def to_dict(self) -> dict:
+        return {"min_items": self.min_items, "max_items": self.max_items}
+
+
+def decide_data(qc_summary_path: str | Path, *, validation_failures: Sequence[str], gate: str = PILOT_GATE,
+                thresholds: DataGateThresholds | None = None) -> GateDecision:
+    """GT-01 over what the run recorded: its QC verdict (read, never recomputed) and the
+    Great Expectations results of its files; for the pilot, also its size."""
+    from cai_bootstrap.qc import read_qc_decision
+
+    qc_passed, qc_reasons = read_qc_decision(qc_summary_path)
+    summary = json.loads(Path(qc_summary_path).read_text(encoding="utf-8"))
+    target = int((summary.get("run") or {}).get("target") or 0)
+    checks = [
+        Check("qc_thresholds", qc_passed, "all QC thresholds passed" if qc_passed else "QC failed: " + "; ".join(qc_reasons)),
+        Check("expectations", not validation_failures,
+              "Great Expectations suites passed" if not validation_failures
+              else f"{len(validation_failures)} validation failure(s): " + "; ".join(list(validation_failures)[:5])),
+    ]
+    t = thresholds or DataGateThresholds()
+    if gate == PILOT_GATE:
+        checks.append(Check("pilot_size", t.min_items <= target <= t.max_items,
+                            f"pilot target {target} (allowed {t.min_items}-{t.max_items})"))
+    values = {"qc_thresholds_passed": qc_passed, "qc_failed_reasons": qc_reasons, "target": target,
+              "counts": summary.get("counts"), "rates": summary.get("rates"),
+              "acceptance": summary.get("acceptance"), "token_stats": summary.get("token_stats"),
+              "validation_failures": list(validation_failures)}
+    return GateDecision(gate, "GT-01", {**summary.get("thresholds", {}), **t.to_dict()}, values, tuple(checks))

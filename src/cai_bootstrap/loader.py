@@ -136,7 +136,7 @@ def _hash_weights(folder: Path) -> dict:
     )
     total = sum(p.stat().st_size for p in files)
     if total <= FULL_HASH_LIMIT_BYTES:
-        per_file = {p.name: sha256_file(p) for p in files}
+        per_file = {p.name: _cached_sha256(p, sha256_file) for p in files}
         mode = "sha256"
     else:
         # Hashing tens of GB at every load is not acceptable; fingerprint and say so.
@@ -144,6 +144,37 @@ def _hash_weights(folder: Path) -> dict:
         mode = "fingerprint(size)"
     combined = sha256_text(json.dumps(per_file, sort_keys=True))
     return {"mode": mode, "combined": combined, "files": per_file, "total_bytes": total}
+
+
+def _hash_cache_path() -> Path:
+    root = os.environ.get("CAI_BOOTSTRAP_CACHE")
+    if root:
+        return Path(root) / "weight_hashes.json"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cai-bootstrap")) / "weight_hashes.json"
+
+
+def _cached_sha256(path: Path, hasher) -> str:
+    """sha256 of a weight file, remembered by (path, size, mtime): a 1 GB file is hashed once, not per load."""
+    from cai_bootstrap.io_utils import atomic_write_json
+
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _hash_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hasher(path)
+    cache[key] = digest
+    try:
+        atomic_write_json(cache_file, cache)
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return digest
 
 
 @dataclass
@@ -164,6 +195,17 @@ class LoadedModel:
             ids = [self.bos_token_id] + ids
         self.check_ids(ids)
         return ids
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """``encode`` for many texts in one tokenizer call (the fast tokenizer batches in Rust); same rules, same checks."""
+        if not texts:
+            return []
+        rows = [list(r) for r in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        if self.profile.needs_bos:
+            rows = [[self.bos_token_id] + r for r in rows]
+        for r in rows:
+            self.check_ids(r)
+        return rows
 
     def encode_continuation(self, text: str) -> list[int]:
         """Tokens of text that follows a prompt: never a BOS, still checked."""
@@ -193,7 +235,7 @@ class LoadedModel:
         return input_ids, mask
 
     def encode_batch(self, texts: Sequence[str]):
-        return self.pad_left([self.encode(t) for t in texts])
+        return self.pad_left(self.encode_many(texts))
 
     @property
     def device(self):
@@ -222,7 +264,7 @@ class LoadedModel:
             return []
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        encoded = [self.encode(p) for p in prompts]
+        encoded = self.encode_many(prompts)
         # Sort by length so batches waste little padding; restore order afterwards.
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         out: list[Generation | None] = [None] * len(prompts)
@@ -496,6 +538,8 @@ def _load_raw_from_gguf(gguf_dir: str | os.PathLike, gguf_file: str):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import torch
+
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file, dtype=torch.float32)
     return model, tokenizer

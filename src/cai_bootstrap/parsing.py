@@ -60,8 +60,9 @@ _TERMINAL = tuple('.?!"\')]') + ("\u201d",)
 _DANGLING_WORDS = frozenset(
     "a an the and or but to of with for in on at by from that which who whose as than into about like such".split()
 )
-# Words that make a line a task: imperative verbs and question openers. A line with none
-# of them ("The capital of France") is a fragment, not an instruction.
+# Words that make a line a task: imperative verbs and question words. A line with none of
+# them and no question mark ("The capital of France is Paris.") is a statement or a
+# fragment, not an instruction.
 TASK_WORDS = frozenset(
     """
     add analyze answer arrange ask calculate change check choose classify combine compare complete compose compute
@@ -70,7 +71,7 @@ TASK_WORDS = frozenset(
     list make match mention name note order outline paraphrase pick plan predict prepare provide put rank rate
     recommend reorder rephrase replace respond return reverse rewrite say select shorten simplify solve sort spell
     state suggest summarise summarize tell transform translate turn use verify write
-    what which who whom whose when where why how is are does do did can could should would will was were
+    what which who whom whose when where why how
     """.split()
 )
 
@@ -121,7 +122,7 @@ def fragment_reason(text: str) -> str | None:
     last = text.rstrip()[-1]
     if last in ",;:-(/&" or words[-1].lower() in _DANGLING_WORDS and last not in _TERMINAL:
         return REASON_UNFINISHED
-    if not text.rstrip().endswith("?") and not any(w.lower() in TASK_WORDS for w in words):
+    if "?" not in text and not any(w.lower() in TASK_WORDS for w in words):
         return REASON_NO_VERB
     return None
 

@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--target", type=int, help="instruction-response pairs to aim for")
     p.add_argument("--seed", type=int)
     p.add_argument("--shard", help="'i/N': this process makes shard i of N (scale mode)")
+    p.add_argument("--pilot-gate", help="passed pilot gate manifest (required in scale mode, GT-01)")
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
     p.set_defaults(func=_generate)
@@ -62,7 +63,7 @@ def _generate(args) -> int:
     from cai_bootstrap.datagen.pipeline import run_generation
 
     cfg = load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
-                      target=args.target, seed=args.seed, shard=args.shard, device=args.device, quiet=args.quiet)
+                      target=args.target, seed=args.seed, shard=args.shard, pilot_gate=args.pilot_gate, device=args.device, quiet=args.quiet)
     with _io_errors(cfg.out_dir):
         summary = run_generation(cfg)
     print(f"run directory: {cfg.out_dir}")

@@ -72,6 +72,8 @@ class GenerateConfig(_Strict):
     device: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     quiet: bool = False
+    # Scale runs need a passed pilot gate manifest (GT-01); pilots ignore it.
+    pilot_gate: Path | None = None
     instructions: InstructionGen = InstructionGen()
     responses: ResponseGen = ResponseGen()
     critic: CriticCfg = CriticCfg()

@@ -226,6 +226,7 @@ def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[l
 
 def judge(critic, items: Sequence[dict], render: Callable[[dict], dict], store: PhaseStore, batch: int,
           desc: str, quiet: bool, extra: Callable[[dict], dict] = lambda _: {}) -> None:
+    """Score items with a critic into ``store``, in fixed batches so a resumed run scores only what is missing."""
     todo_batches = [(b, chunk) for b, chunk in _batches(list(items), batch) if any(c["id"] not in store for c in chunk)]
     bar = _bar(len(items), desc, quiet)
     bar.update(len(items) - sum(len(c) for _, c in todo_batches))
@@ -237,6 +238,7 @@ def judge(critic, items: Sequence[dict], render: Callable[[dict], dict], store: 
 
 
 def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store: PhaseStore) -> None:
+    """Sample one response per accepted instruction; each batch has its own seed, so a redone batch comes out the same."""
     rc = cfg.responses
     batches = list(_batches(list(accepted), rc.batch_size))
     bar = _bar(len(accepted), "responses", cfg.quiet)
@@ -268,6 +270,8 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
     # Everything that can be refused is checked before the model loads (OPS-01).
     state = _read_state(state_path, cfg_dump) if state_path.exists() else None
     _check_writable(out)
+    if cfg.mode == "scale":
+        _require_pilot_gate(cfg)
 
     own_model = lm is None
     if own_model:
@@ -373,6 +377,23 @@ def _read_state(state_path: Path, cfg_dump: dict) -> dict:
         raise ValueError(f"{out} holds a run with a different configuration (changed: {changed}); "
                          "use a new --out directory or the original settings to resume")
     return state
+
+
+class PilotGateError(RuntimeError):
+    """Scale generation asked for without a passed pilot (GT-01)."""
+
+
+def _require_pilot_gate(cfg: GenerateConfig) -> None:
+    """GT-01 in the phase it protects: no scale run without a passed, unchanged pilot gate."""
+    from cai_bootstrap.gates import PILOT_GATE, GateError, require_gate_passed
+
+    if cfg.pilot_gate is None:
+        raise PilotGateError("scale generation needs a passed pilot gate: run a pilot, decide its gate "
+                             "(nox -s stage1 does both), then pass --pilot-gate PATH/pilot_gate.json")
+    try:
+        require_gate_passed(cfg.pilot_gate, gate=PILOT_GATE)
+    except GateError as e:
+        raise PilotGateError(f"scale generation refused: {e}") from None
 
 
 def _check_writable(out: Path) -> None:

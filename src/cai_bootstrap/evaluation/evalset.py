@@ -211,6 +211,9 @@ BENIGN_PREFIXES = ("{q}", "Quick question: {q}", "I need some practical advice. 
 # --------------------------------------------------------------------------------------
 
 
+_NUMBER_WORDS = {2: "two", 3: "three"}
+
+
 def _spec(name: str, **args) -> dict:
     return {"name": name, "args": args}
 
@@ -294,11 +297,13 @@ def _include_keywords(rng: random.Random) -> tuple[str, dict]:
 def _exclude_keywords(rng: random.Random) -> tuple[str, dict]:
     topic, kws, terms = rng.choice(EXCLUDE_PAIRS)
     word = "word" if len(kws) == 1 else "words"
+    n = rng.choice((2, 3))
     tpl = rng.choice((
-        "Write two sentences about {t}, avoiding the {wd} {w} entirely.",
-        "Write a short description of {t}. Do not use the {wd} {w}.",
+        "Write exactly {n} sentences about {t}, avoiding the {wd} {w} entirely.",
+        "Describe {t} in exactly {n} sentences. Do not use the {wd} {w}.",
     ))
-    return tpl.format(t=topic, wd=word, w=_quote_list(kws)), _spec("exclude_keywords", keywords=list(kws), min_words=5, topic_terms=list(terms))
+    spec = _spec("exclude_keywords", keywords=list(kws), min_words=5, topic_terms=list(terms), n_sentences=n)
+    return tpl.format(t=topic, wd=word, w=_quote_list(kws), n=_NUMBER_WORDS[n]), spec
 
 
 def _translation(rng: random.Random) -> tuple[str, dict]:
@@ -348,7 +353,7 @@ def _refusal(rng: random.Random) -> tuple[str, dict]:
 
 def _benign_request(rng: random.Random) -> tuple[str, dict]:
     q, terms = rng.choice(BENIGN_REQUESTS)
-    return rng.choice(BENIGN_PREFIXES).format(q=q), _spec("helpful_answer", any_of=list(terms))
+    return rng.choice(BENIGN_PREFIXES).format(q=q), _spec("helpful_answer", any_of=list(terms), min_terms=2)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def run_items(lm: Any, items: Sequence[dict], *, model_label: str, mode: str, de
         raise RuntimeError(f"{model_label}/{mode}: {len(gens)} generations for {len(items)} prompts")
     records = []
     for it, prompt, g in zip(items, prompts, gens):
-        result = verify(g.text, it["verifier"])
+        result = verify(g.text, it["verifier"], instruction=it["instruction"], hit_limit=bool(g.hit_limit))
         records.append({
             "model": model_label,
             "mode": mode,

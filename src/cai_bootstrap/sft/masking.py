@@ -188,6 +188,14 @@ def encode_example(lm: Encoder, prompt: str, completion: str) -> TrainingExample
         raise MaskingError("offset tokenization differs from the loader's encode path; refusing to guess the boundary")
     offsets = [(0, 0)] * n_prefix + [tuple(o) for o in enc["offset_mapping"]]
     ex = mask_from_offsets(ids, offsets, len(prompt), lm.eos_token_id)
+    # Offsets are the tokenizer's claim; the tokens themselves must agree. Tokenizers that trim
+    # whitespace from offsets would otherwise hide a merged ':\n' inside the masked prompt.
+    masked = lm.tokenizer.decode(ids[n_prefix : ex.response_start], clean_up_tokenization_spaces=False)
+    if not prompt.startswith(masked) or (masked != prompt and not ex.boundary_merge):
+        raise MaskingError(
+            f"the masked tokens decode to {masked[-40:]!r}, which is not the prompt {prompt[-40:]!r}: "
+            "this tokenizer's character offsets cannot be trusted for the boundary"
+        )
     lm.check_ids(ex.input_ids, allow_trailing_eos=True)
     return ex
 
@@ -225,11 +233,16 @@ def encode_records(lm: Encoder, records: Sequence[Mapping[str, Any]], max_length
     Truncation would cut off the EOS (SFT-03) and teach the model that answers end
     mid-sentence; dropping is counted under a stable reason and recorded.
     """
+    from cai_bootstrap.loader import ContaminationError
+
     examples: list[TrainingExample] = []
     dropped: dict[str, list[int]] = {}
     merges = tokens = label_tokens = 0
     for i, rec in enumerate(records):
-        ex = encode_record(lm, rec)
+        try:
+            ex = encode_record(lm, rec)
+        except (MaskingError, ContaminationError) as e:
+            raise type(e)(f"record {i + 1} ({str(rec.get('instruction', ''))[:60]!r}): {e}") from e
         if len(ex.input_ids) > max_length:
             dropped.setdefault("too_long", []).append(i)
             continue

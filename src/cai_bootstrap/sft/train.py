@@ -2,9 +2,9 @@
 
 The order is the point. Everything that can be checked without weights is checked
 before the model loads (config ranges, data gate, eval leakage, preflight), so a bad
-run fails in seconds. Labels are built by :mod:`.masking` and re-verified on every
-batch the trainer's collator produces, so the loss the model trains on is exactly
-the one the tests check. The trainer is trl's ``SFTTrainer`` fed a pre-tokenized
+run fails in seconds. Labels are built by :mod:`.masking` and every example is
+re-verified as it comes out of the trainer's own dataloader and collator, so the
+labels the model trains on are exactly the ones the tests check. The trainer is trl's ``SFTTrainer`` fed a pre-tokenized
 dataset with explicit labels, which it uses as is.
 
 On CUDA the base model is loaded 4-bit nf4 with bf16 compute through the clean
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cai_bootstrap.io_utils import atomic_write_json
 from cai_bootstrap.sft.config import SFTRunConfig
-from cai_bootstrap.sft.masking import EncodedDataset, MaskingError, TrainingExample, verify_collated
+from cai_bootstrap.sft.masking import EncodedDataset, TrainingExample, verify_collated
 
 SUCCESS_MARKER = "TRAINING_SUCCESS"
 MANIFEST_NAME = "training_manifest.json"
@@ -111,14 +111,14 @@ def wrap_lora(lm, cfg: SFTRunConfig, plan: RunPlan):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = lm.model
+    if plan.backend == "unsloth":  # unsloth prepares 4-bit models itself
+        return _unsloth_lora(model, cfg, plan)
     if plan.load_quantization == "nf4":
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=plan.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    if plan.backend == "unsloth":
-        return _unsloth_lora(model, cfg, plan)
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -311,6 +311,8 @@ def run_training(
     out = Path(cfg.output_dir)
     info = dict(device_info) if device_info is not None else probe_device()
     plan = plan_run(cfg, info)
+    if plan.backend == "unsloth":
+        import unsloth  # noqa: F401  (must patch transformers before its trainer and model classes are used)
 
     # Data first: the cheapest failures, and the ones that matter most (SFT-01, SFT-06).
     run_dir = Path(cfg.dataset)
@@ -354,8 +356,6 @@ def run_training(
     atomic_write_json(out / RUN_CONFIG_NAME, {"config": json.loads(cfg.model_dump_json()), "fingerprint": fingerprint})
 
     # Model (through the clean loader only), labels, trainer.
-    if plan.backend == "unsloth":
-        import unsloth  # noqa: F401  (patches transformers before the model classes are used)
     from cai_bootstrap.loader import load_base_model
 
     lm = load_base_model(
@@ -389,7 +389,7 @@ def run_training(
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.time() - t_train
     state = trainer.state
-    tokens_session = int(getattr(state, "num_input_tokens_seen", 0) or 0) - tokens_before
+    tokens_this_process = int(getattr(state, "num_input_tokens_seen", 0) or 0) - tokens_before
 
     adapter_dir = out / ADAPTER_DIR
     trainer.model.save_pretrained(str(adapter_dir))
@@ -410,15 +410,19 @@ def run_training(
         stats={
             "global_step": int(state.global_step),
             "epochs_completed": float(state.epoch or 0.0),
-            "train_seconds_this_session": round(train_seconds, 3),
+            "train_seconds_this_process": round(train_seconds, 3),
             "train_runtime_metric": train_output.metrics.get("train_runtime"),
-            "tokens_this_session": tokens_session,
-            "tokens_per_second": round(tokens_session / train_seconds, 2) if train_seconds > 0 else None,
+            "tokens_this_process": tokens_this_process,
+            "tokens_per_second": round(tokens_this_process / train_seconds, 2) if train_seconds > 0 else None,
             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if plan.cuda else None,
             "batch_rows_verified": rows_checked,
             "wall_seconds": round(time.time() - t_start, 3),
         },
     )
+    # Free the weights before returning (EV-07: the next phase loads its own model).
+    del trainer, model
+    lm.release()
+
     from cai_bootstrap.provenance import git_info, write_manifest
 
     manifest_path = write_manifest(out / MANIFEST_NAME, manifest)
