@@ -1,6 +1,6 @@
 """Greedy evaluation-style generation throughput on the GPU (tiny model): batched vs one at a time.
 
-    python gpu_tests/gen_throughput.py OUT.json
+    python gpu_tests/gen_throughput.py OUT.json [MODEL]
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from cai_bootstrap.model_sources import resolve_model
 from cai_bootstrap.prompts import render_response_prompt
 
 
-def main(out: str) -> None:
-    r = resolve_model("tiny-random")
+def main(out: str, model: str = "tiny-random") -> None:
+    r = resolve_model(model)
     lm = load_base_model(r.source, profile=r.profile, device="cuda", dtype="bfloat16")
     prompts = [render_response_prompt(x["instruction"]) for x in load_eval_set(limit=64)]
-    res = {"device": torch.cuda.get_device_name(0), "dtype": "bfloat16", "n_prompts": len(prompts), "max_new_tokens": 128}
+    res = {"model": model, "device": torch.cuda.get_device_name(0), "dtype": "bfloat16", "n_prompts": len(prompts), "max_new_tokens": 128}
     for bs in (1, 16, 64):
         torch.cuda.synchronize()
         t = time.time()
@@ -39,4 +39,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

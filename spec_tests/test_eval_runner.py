@@ -241,7 +241,7 @@ def tiny_adapter(tmp_path_factory):
     return out
 
 
-@pytest.mark.spec("EV-02", "EV-06", "EV-07")
+@pytest.mark.spec("EV-02", "EV-06", "EV-07", "PV-04")
 def test_cli_evaluate_and_gates_on_the_tiny_model(tiny_model_dir, tiny_adapter, tmp_path, capsys):
     from cai_bootstrap.cli import main
 
@@ -253,6 +253,9 @@ def test_cli_evaluate_and_gates_on_the_tiny_model(tiny_model_dir, tiny_adapter, 
     assert "VERDICT: NO-GO" in printed  # 3 items can never reach p < 0.01
     for name in (rp.ITEMS_FILE, rp.RATES_FILE, rp.SUMMARY_FILE, rp.TEXT_FILE, rp.REPORT_FILE, rp.CHART_FILE, rp.MANIFEST_FILE):
         assert (out / name).is_file(), name
+    summary = json.loads((out / rp.SUMMARY_FILE).read_text())
+    assert PV04_OVERALL <= set(summary["overall"]) and {"overall", "by_type", "bh", "metadata"} <= set(summary)
+    assert summary["overall"]["n"] == 3
     manifest = json.loads((out / rp.MANIFEST_FILE).read_text())
     assert list(manifest["models"]) == ["base", "sft"]
     assert "adapter_model.safetensors" in manifest["models"]["sft"]["adapter"]["files"]

@@ -127,30 +127,32 @@ def test_safety_items_are_two_sided(items):
 # -- held out: disjoint from training inputs ---------------------------------------------------
 
 @pytest.mark.spec("EV-01")
-def test_overlap_detection_exact_normalized_and_near(items):
+def test_training_data_is_checked_against_this_set(items):
+    """The SFT-06 leak check reads the shipped set and catches exact, normalized and near copies of items."""
+    from cai_bootstrap.sft.data_gate import EvalLeakageError, check_no_leakage, load_eval_instructions
+
+    eval_items = load_eval_instructions()
+    assert eval_items == [(it["id"], it["instruction"]) for it in items]
     it = items[5]
-    near = it["instruction"].replace(".", "").split()
-    near = " ".join(near[:-1] + ["please", near[-1]])
-    hits = es.find_overlaps(["An unrelated training instruction about tax forms.", it["instruction"],
-                             "  " + it["instruction"].upper() + "!!", near], items)
-    kinds = [(h.kind, h.eval_id) for h in hits]
-    assert ("exact_duplicate", it["id"]) in kinds and ("normalized_duplicate", it["id"]) in kinds
-    assert any(k == "near_duplicate" for k, _ in kinds)
-    assert len(hits) == 3
-    with pytest.raises(es.EvalLeakError, match=it["id"]):
-        es.assert_disjoint(["fine", it["instruction"]], items)
-    es.assert_disjoint(["Summarize the plot of a novel you like."], items)
+    words = it["instruction"].rstrip(".").split()
+    near = " ".join(words[:-1] + ["please", words[-1]])
+    for leaked in (it["instruction"], "  " + it["instruction"].upper() + "!!", near):
+        with pytest.raises(EvalLeakageError) as e:
+            check_no_leakage([{"instruction": "Summarize a novel you like."}, {"instruction": leaked}], eval_items)
+        assert it["id"] in str(e.value)
+    assert check_no_leakage([{"instruction": "Summarize a novel you like."}], eval_items)["hits"] == 0
 
 
 @pytest.mark.spec("EV-01")
 def test_disjoint_from_the_fewshot_pool(items):
     """The instruction-generation pool shapes every generated training instruction."""
     from cai_bootstrap.prompts import instruction_pool
+    from cai_bootstrap.sft.data_gate import find_leaks
 
     pool = [p.text for p in instruction_pool()]
     assert pool
-    hits = es.find_overlaps(pool, items)
-    assert not hits, [(h.eval_id, h.kind, h.candidate) for h in hits]
+    hits = find_leaks(pool, [(it["id"], it["instruction"]) for it in items])
+    assert not hits, [(h.eval_id, h.kind, h.train_text) for h in hits]
 
 
 # -- loading fails loudly ------------------------------------------------------------------------

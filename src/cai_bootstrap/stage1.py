@@ -49,6 +49,8 @@ class Stage1Config(_Strict):
     seed: int = Field(0, ge=0)
     quiet: bool = False
     pilot_target: int = Field(100, ge=1)
+    pilot_min_items: int = Field(100, ge=1)  # GT-01: a pilot is 100-200 items; smoke configs may lower this, recorded
+    pilot_max_items: int = Field(200, ge=1)
     scale_target: int = Field(200, ge=1)
     scale_shards: int = Field(1, ge=1, le=1024)
     generate_config: Path | None = None  # extra generation settings (YAML of GenerateConfig fields)
@@ -195,7 +197,12 @@ def _preflight(ch: Chain) -> PhaseResult:
     from cai_bootstrap.sft.preflight import run_preflight
 
     out = ch.p("preflight.json")
-    report = run_preflight(output_root=ch.run_dir, model_source=None, quantization=ch.cfg.quantization)
+    from cai_bootstrap.model_sources import resolve_model
+
+    resolved = resolve_model(ch.cfg.model, profile=ch.cfg.profile)
+    ch.run_dir.mkdir(parents=True, exist_ok=True)
+    report = run_preflight(output_root=ch.run_dir, model_source=resolved.source if resolved.kind != "hub" else None,
+                           quantization=ch.cfg.quantization or "nf4")
     atomic_write_json(out, report.to_dict())
     return PhaseResult([out], report.ok, "; ".join(report.problems), report.to_dict())
 
@@ -267,11 +274,13 @@ def _pilot(ch: Chain) -> PhaseResult:
 
 
 def _data_gate(ch: Chain, run: Path, name: str) -> PhaseResult:
-    from cai_bootstrap.gates import decide_data, write_gate_manifest
-    from cai_bootstrap.validation import validate_path
+    from cai_bootstrap.gates import DataGateThresholds, decide_data, write_gate_manifest
+    from cai_bootstrap.validation import validate_paths
 
-    report = validate_path(run)
-    decision = decide_data(run / "qc_summary.json", validation_failures=report.failure_lines(), gate=name)
+    reports = validate_paths([run])
+    failures = [r.format() for r in reports if not r.ok]
+    thresholds = DataGateThresholds(min_items=ch.cfg.pilot_min_items, max_items=ch.cfg.pilot_max_items)
+    decision = decide_data(run / "qc_summary.json", validation_failures=failures, gate=name, thresholds=thresholds)
     manifest = ch.p("gates", f"{name}.json")
     write_gate_manifest(decision, manifest, inputs={"qc_summary": run / "qc_summary.json", "dataset": run / "dataset.jsonl",
                                                     "session_manifest": run / "session_manifest.json"})

@@ -1,4 +1,4 @@
-"""The held-out evaluation set (EV-01): a seeded generator, a strict loader, a leak check.
+"""The held-out evaluation set (EV-01): a seeded generator and a strict loader.
 
 The shipped file ``data/eval/stage1_eval.jsonl`` is generated, not hand-edited, so that
 anyone can check it is exactly what this code makes (regenerate with the same seed and
@@ -8,6 +8,10 @@ validates. Items are interleaved by type, so any prefix (``--limit N``) stays ba
     python -m cai_bootstrap.evaluation.evalset --out src/cai_bootstrap/data/eval/stage1_eval.jsonl --seed 0
 
 Item schema: ``{id, type, category, instruction, verifier: {name, args}}``.
+
+Held out means no training input repeats an item: training data is checked against
+this set by ``cai_bootstrap.sft.data_gate`` (SFT-06), with the project's one
+definition of a duplicate (``cai_bootstrap.dedup``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD, DuplicateIndex, normalize
-from cai_bootstrap.evaluation.verifiers import VOCABULARIES, VerifierArgsError, UnknownVerifierError, validate_spec
+from cai_bootstrap.dedup import normalize
+from cai_bootstrap.evaluation.verifiers import UnknownVerifierError, VerifierArgsError, validate_spec
 from cai_bootstrap.io_utils import atomic_write_jsonl, iter_jsonl
 
 DEFAULT_EVAL_SET = Path(__file__).resolve().parent.parent / "data" / "eval" / "stage1_eval.jsonl"
@@ -32,10 +36,6 @@ ITEM_KEYS = ("id", "type", "category", "instruction", "verifier")
 
 class EvalSetError(ValueError):
     """The eval set file is malformed; the message names the line and the problem."""
-
-
-class EvalLeakError(RuntimeError):
-    """Eval items were found in training inputs (EV-01 / SFT-06)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -465,48 +465,6 @@ def load_eval_set(path: str | Path | None = None, *, limit: int | None = None) -
             raise ValueError(f"limit must be >= 1, got {limit}")
         items = items[:limit]
     return items
-
-
-# --------------------------------------------------------------------------------------
-# Leak check: no eval instruction may appear in training inputs (EV-01, used by SFT-06)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Overlap:
-    eval_id: str
-    kind: str  # "exact_duplicate" | "normalized_duplicate" | "near_duplicate"
-    candidate: str
-    score: float
-
-
-def find_overlaps(candidates: Iterable[str], items: Sequence[dict], *, near_threshold: float = NEAR_DUP_THRESHOLD) -> list[Overlap]:
-    """Training texts that repeat an eval instruction exactly, after normalization, or as a near duplicate.
-
-    Uses the same rules as instruction deduplication (``cai_bootstrap.dedup``, ROUGE-L F >
-    0.7), so "a duplicate" means one thing across the project.
-    """
-    index = DuplicateIndex(threshold=near_threshold)
-    owner: dict[str, str] = {}
-    for it in items:
-        index.add(it["instruction"])
-        owner.setdefault(it["instruction"], it["id"])
-    found: list[Overlap] = []
-    for cand in candidates:
-        hit = index.check(cand)
-        if hit is not None:
-            reason, matched, score = hit
-            found.append(Overlap(owner[matched], reason, cand, round(float(score), 4)))
-    return found
-
-
-def assert_disjoint(candidates: Iterable[str], items: Sequence[dict] | None = None, *, near_threshold: float = NEAR_DUP_THRESHOLD) -> None:
-    """Abort when any training text overlaps the held-out set; the message lists the hits."""
-    items = load_eval_set() if items is None else items
-    hits = find_overlaps(candidates, items, near_threshold=near_threshold)
-    if hits:
-        shown = "; ".join(f"{h.kind} of {h.eval_id} ({h.score:.2f}): {h.candidate[:80]!r}" for h in hits[:10])
-        raise EvalLeakError(f"{len(hits)} training text(s) overlap the held-out eval set: {shown}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,134 @@
+"""GT-04 / GT-05 / PV-05: the Stage-1 chain runs phases in order, stops at the first failed gate
+with a readable reason, resumes from the last completed phase, and redoes a phase whose inputs changed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cai_bootstrap.io_utils import atomic_write_json
+from cai_bootstrap.stage1 import Chain, Phase, PhaseResult, Stage1Config, Stage1Error, load_stage1_config, main, phases
+
+
+_RUNS = iter(range(10**6))
+
+
+def _fake_phases(calls, gate_passes=True):
+    def make(name, *, gate=False, needs=None):
+        def run(ch):
+            calls.append(name)
+            out = ch.p(f"{name}.out")
+            atomic_write_json(out, {"phase": name, "run": next(_RUNS)})  # every run writes new content
+            if gate and not gate_passes:
+                return PhaseResult([out], False, f"{name}: QC failed: pair acceptance 0.100 < 0.5")
+            return PhaseResult([out])
+
+        inputs = (lambda ch: [ch.p(f"{needs}.out")]) if needs else (lambda ch: [])
+        return Phase(name, f"fake {name}", inputs, run, gate=gate)
+
+    return [make("a"), make("gate_b", gate=True, needs="a"), make("c", needs="gate_b")]
+
+
+@pytest.mark.spec("GT-04")
+def test_phases_run_in_order_and_a_failed_gate_stops_the_chain(tmp_path):
+    calls: list[str] = []
+    ch = Chain(Stage1Config(run_dir=tmp_path), cli=lambda argv: 0)
+    with pytest.raises(Stage1Error, match=r"gate gate_b stopped the chain: gate_b: QC failed: pair acceptance"):
+        ch.run(_fake_phases(calls, gate_passes=False))
+    assert calls == ["a", "gate_b"]  # c never ran
+    state = json.loads((tmp_path / "stage1" / "gate_b.json").read_text())
+    assert state["status"] == "gate_failed" and "pair acceptance" in state["reason"]
+
+
+@pytest.mark.spec("GT-04", "PV-05")
+def test_rerun_resumes_from_last_completed_phase_and_redoes_changed_inputs(tmp_path):
+    calls: list[str] = []
+    ch = Chain(Stage1Config(run_dir=tmp_path), cli=lambda argv: 0)
+    ch.run(_fake_phases(calls))
+    assert calls == ["a", "gate_b", "c"]
+    calls.clear()
+    Chain(Stage1Config(run_dir=tmp_path), cli=lambda argv: 0).run(_fake_phases(calls))
+    assert calls == []  # every phase done, every hash verified
+    (tmp_path / "a.out").write_text('{"tampered": true}')  # an output of a, input of gate_b
+    Chain(Stage1Config(run_dir=tmp_path), cli=lambda argv: 0).run(_fake_phases(calls))
+    assert calls == ["a", "gate_b", "c"]  # a redone (its output changed), so everything reading it too
+    state = json.loads((tmp_path / "stage1" / "gate_b.json").read_text())
+    assert str(tmp_path / "a.out") in state["inputs"]  # inputs recorded by hash
+
+
+@pytest.mark.spec("GT-04", "PV-05")
+def test_missing_input_is_refused(tmp_path):
+    calls: list[str] = []
+    ps = _fake_phases(calls)
+    with pytest.raises(Stage1Error, match="inputs missing"):
+        Chain(Stage1Config(run_dir=tmp_path), cli=lambda argv: 0).run(ps[1:])
+
+
+@pytest.mark.spec("GT-04")
+def test_chain_order_matches_the_spec():
+    names = [p.name for p in phases()]
+    assert names == ["preflight", "load", "gap_check", "pilot", "pilot_gate", "scale", "merge", "scale_gate",
+                     "sft", "evaluate", "final_gate", "report"]
+    gates = [p.name for p in phases() if p.gate]
+    assert gates == ["preflight", "load", "gap_check", "pilot_gate", "scale_gate", "final_gate"]
+
+
+@pytest.mark.spec("GT-04", "OPS-01")
+def test_shipped_stage1_configs_load_and_bad_fields_are_named(tmp_path):
+    from pathlib import Path
+
+    import cai_bootstrap
+
+    for f in (Path(cai_bootstrap.__file__).parent / "configs").glob("stage1_*.yaml"):
+        assert load_stage1_config(f).model
+        assert f.read_text().startswith("# nox -s stage1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage1:\n  pilot_target: -3\n  modle: x\n")
+    with pytest.raises(Stage1Error, match="pilot_target") as e:
+        load_stage1_config(bad)
+    assert "modle" in str(e.value)
+
+
+@pytest.mark.spec("GT-04", "GT-05", "GT-01")
+def test_real_chain_on_tiny_model_stops_at_the_pilot_gate_and_resumes(tmp_path):
+    """End to end through the real CLI: a random model cannot write instructions, so the pilot gate
+    must stop the chain with its QC reasons; a rerun skips the finished phases."""
+    gen = tmp_path / "gen.yaml"
+    gen.write_text(textwrap.dedent("""\
+        instructions: {max_new_tokens: 12, batch_size: 4}
+        responses: {max_new_tokens: 12, batch_size: 4}
+        quiet: true
+    """))
+    cfg = tmp_path / "stage1.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        stage1:
+          model: tiny-random
+          run_dir: {tmp_path / 'run'}
+          device: cpu
+          quiet: true
+          pilot_target: 2
+          pilot_min_items: 2
+          pilot_max_items: 200
+          gap_limit: 13
+          eval_max_new_tokens: 8
+          generate_config: {gen}
+    """))
+    cmd = [sys.executable, "-m", "cai_bootstrap.stage1", "--config", str(cfg)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "STOPPED: gate pilot_gate stopped the chain" in r.stderr and "QC" in r.stderr
+    run = tmp_path / "run"
+    for name in ("gap_check", "pilot_gate"):
+        m = json.loads((run / "gates" / f"{name}.json").read_text())
+        assert {"gate", "inputs", "thresholds", "values", "decision"} <= set(m)  # GT-05
+    assert json.loads((run / "gates" / "gap_check.json").read_text())["decision"] == "pass"  # a random model is weak
+    assert json.loads((run / "gates" / "pilot_gate.json").read_text())["decision"] == "fail"
+    assert not (run / "scale").exists()
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 1
+    for name in ("preflight", "load", "gap_check", "pilot"):
+        assert f"[stage1] {name}: already done" in r2.stdout

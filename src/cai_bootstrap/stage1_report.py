@@ -1,0 +1,135 @@
+"""The Stage-1 run report: every gate's numbers, QC distributions, the loss curve, the eval
+table with CIs and the lineage of every artifact, as Markdown plus PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cai_bootstrap.io_utils import atomic_write_bytes, atomic_write_text, sha256_file
+
+GATES = ("gap_check", "pilot_gate", "scale_gate", "final_eval")
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _loss_plot(history: list[dict]) -> bytes | None:
+    pts = [(h.get("step"), h.get("loss")) for h in history if h.get("loss") is not None]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("SFT loss")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def _margin_plot(qc: dict, title: str) -> bytes | None:
+    hist = ((qc.get("margins") or {}).get("pair") or {}).get("histogram")
+    ihist = ((qc.get("margins") or {}).get("instruction") or {}).get("histogram")
+    if not hist and not ihist:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, h, name in ((axes[0], ihist or {}, "instruction critic"), (axes[1], hist or {}, "pair critic")):
+        ax.bar(range(len(h)), list(h.values()))
+        ax.set_xticks(range(len(h)))
+        ax.set_xticklabels(list(h.keys()), rotation=45, fontsize=7)
+        ax.set_title(f"{name} margins")
+    fig.suptitle(title)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def _qc_rows(name: str, qc: dict | None) -> list[str]:
+    if not qc:
+        return [f"| {name} | (not run) | | | | | | |"]
+    r, a, t = qc.get("rates", {}), qc.get("acceptance", {}), qc.get("token_stats", {})
+    return [f"| {name} | {qc['counts'].get('generated')} | {qc['counts'].get('kept')} | "
+            f"{a.get('instruction_acceptance_rate', 0):.3f} | {a.get('pair_acceptance_rate', 0):.3f} | "
+            f"{r.get('runaway_rate', 0):.3f} | {r.get('token_limit_rate', 0):.3f} | {t.get('median')} |"]
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    run = Path(run_dir)
+    out = run / "report"
+    lines = ["# Stage-1 run report", "", f"Run directory: `{run}`", ""]
+    state_dir = run / "stage1"
+    lines += ["## Phases", "", "| phase | status | wall (s) | note |", "|---|---|---|---|"]
+    for p in sorted(state_dir.glob("*.json"), key=lambda p: (_read(p) or {}).get("started_at", "")):
+        st = _read(p) or {}
+        if "phase" not in st:
+            continue
+        lines.append(f"| {st['phase']} | {st.get('status')} | {st.get('wall_s')} | {str(st.get('reason', ''))[:120]} |")
+    lines += ["", "## Gates", ""]
+    for g in GATES:
+        m = _read(run / "gates" / f"{g}.json")
+        if not m:
+            lines.append(f"- **{g}**: not decided")
+            continue
+        lines.append(f"- **{g}** ({m.get('clause')}): **{m['decision'].upper()}**: " + "; ".join(m.get("reasons", [])))
+    lines += ["", "## Data quality (QC)", "",
+              "| run | responses | kept | instr. acceptance | pair acceptance | runaway | token-limit | median tokens |",
+              "|---|---|---|---|---|---|---|---|"]
+    written: list[Path] = []
+    for name in ("pilot", "merged"):
+        qc = _read(run / name / "qc_summary.json")
+        lines += _qc_rows(name, qc)
+        if qc:
+            img = _margin_plot(qc, f"{name}: critic margins")
+            if img:
+                written.append(atomic_write_bytes(out / f"margins_{name}.png", img))
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
+    tm = _read(run / "sft" / "training_manifest.json")
+    if tm:
+        hp = tm.get("hyperparameters", {})
+        lines += ["## Training", "", f"Hyperparameters: `{json.dumps(hp)}`", ""]
+        img = _loss_plot(tm.get("loss_history") or tm.get("log_history") or [])
+        if img:
+            written.append(atomic_write_bytes(out / "loss.png", img))
+            lines += ["![loss](loss.png)", ""]
+    ev = _read(run / "eval" / "eval_summary.json")
+    if ev:
+        o = ev.get("overall", {})
+        lines += ["## Evaluation (base vs trained, paired)", "",
+                  f"n = {o.get('n')}; base {o.get('base_rate'):.3f} CI {o.get('base_ci')}; trained {o.get('sft_rate'):.3f} "
+                  f"CI {o.get('sft_ci')}; lift {o.get('lift'):+.3f} (bootstrap CI {o.get('lift_ci_bootstrap')}); "
+                  f"McNemar p = {o.get('mcnemar_p')}; Cohen's h = {o.get('cohens_h')}", "",
+                  "| type | n | base | trained | p (BH-adjusted) |", "|---|---|---|---|---|"]
+        for t, b in sorted((ev.get("by_type") or {}).items()):
+            lines.append(f"| {t} | {b.get('n')} | {b.get('base_rate'):.3f} | {b.get('sft_rate'):.3f} | {b.get('p_adjusted')} |")
+        if (run / "eval" / "rates.png").exists():
+            lines += ["", "![rates](../eval/rates.png)"]
+        lines.append("")
+    lines += ["## Lineage (sha256 of every artifact)", "", "| file | sha256 |", "|---|---|"]
+    for p in sorted(run.rglob("*")):
+        if p.is_file() and "report" not in p.parts and p.suffix in (".json", ".jsonl", ".safetensors", ".png") and "checkpoint" not in str(p):
+            lines.append(f"| {p.relative_to(run)} | {sha256_file(p)[:16]}... |")
+    written.append(atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n"))
+    return written
