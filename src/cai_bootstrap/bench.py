@@ -191,8 +191,85 @@ def _print_critic(r: dict) -> None:
     )
 
 
+GENERATION_TARGET_SPEEDUP = 4.0
+
+
+def run_generation_bench(lm, *, n_prompts: int, batch_size: int, max_new_tokens: int, repeats: int = 1) -> dict:
+    """Response tokens/s, batched (left padding) vs one prompt at a time: same prompts, same run.
+
+    Greedy decoding, so both ways must produce the same tokens (checked), and the
+    comparison is of the same work. Rows that stop early still occupy their batch slot,
+    so only generated tokens are counted.
+    """
+    from cai_bootstrap.evaluation.evalset import load_eval_set
+    from cai_bootstrap.prompts import render_response_prompt
+
+    prompts = [render_response_prompt(x["instruction"]) for x in load_eval_set(limit=n_prompts)]
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, progress=False)
+    times: dict[str, list[float]] = {"one": [], "batched": []}
+    outs: dict[str, list] = {}
+    for _ in range(repeats):
+        for name, bs in (("one", 1), ("batched", batch_size)):
+            t = time.perf_counter()
+            outs[name] = lm.generate(prompts, batch_size=bs, **kw)
+            times[name].append(time.perf_counter() - t)
+    tokens = {k: sum(g.n_tokens for g in v) for k, v in outs.items()}
+    rate = {k: tokens[k] / statistics.median(times[k]) for k in times}
+    same = sum(a.token_ids == b.token_ids for a, b in zip(outs["one"], outs["batched"]))
+    speedup = rate["batched"] / rate["one"]
+    return {
+        "device": str(lm.device), "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+        "one_at_a_time": {"seconds": times["one"], "tokens": tokens["one"], "tokens_per_sec": rate["one"]},
+        "batched": {"seconds": times["batched"], "tokens": tokens["batched"], "tokens_per_sec": rate["batched"]},
+        "speedup": speedup, "target_speedup": GENERATION_TARGET_SPEEDUP, "meets_target": speedup >= GENERATION_TARGET_SPEEDUP,
+        "identical_outputs": same / len(prompts), "model": lm.provenance.get("model_name"),
+        "environment": _environment(),
+    }
+
+
+def bench_generation(args: argparse.Namespace) -> dict:
+    if args.gen_model:
+        from cai_bootstrap.loader import load_base_model
+        from cai_bootstrap.model_sources import resolve_model
+
+        r = resolve_model(args.gen_model)
+        lm = load_base_model(r.source, profile=r.profile, device=args.device, dtype=args.dtype, run_sentinels=False)
+    else:
+        lm = _tiny_lm(args.model_dir, args.device, args.dtype)
+    try:
+        return run_generation_bench(lm, n_prompts=args.gen_prompts, batch_size=args.gen_batch_size,
+                                    max_new_tokens=args.gen_max_new_tokens, repeats=1)
+    finally:
+        lm.release()
+
+
+def _print_generation(r: dict) -> None:
+    print(
+        f"generation on {r['device']} ({r['model']}): {r['n_prompts']} prompts, greedy, {r['max_new_tokens']} new tokens max\n"
+        f"  one at a time  {r['one_at_a_time']['tokens_per_sec']:9.1f} tokens/s\n"
+        f"  batched        {r['batched']['tokens_per_sec']:9.1f} tokens/s (batch {r['batch_size']}, left padding)\n"
+        f"  speedup {r['speedup']:.1f}x (target {r['target_speedup']:.0f}x: {'met' if r['meets_target'] else 'NOT met'}), "
+        f"identical outputs {r['identical_outputs']:.0%}"
+    )
+
+
+def bench_training(args: argparse.Namespace) -> dict:
+    from cai_bootstrap.bench_train import bench_training as run
+
+    return run(args.train_model, steps=args.train_steps, seq_len=args.train_seq_len, batch=2,
+               modes=("lora", "qlora") if args.device.startswith("cuda") else ("lora",))
+
+
+def _print_training(r: dict) -> None:
+    for row in r.get("results", []):
+        print(f"training {row.get('mode')}: {row.get('tokens_per_second')} tokens/s, peak GPU memory "
+              f"{row.get('peak_gpu_memory_gb')} GB, {row.get('seconds_per_step')} s/step")
+
+
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {
     "critic": (bench_critic, _print_critic),
+    "generation": (bench_generation, _print_generation),
+    "training": (bench_training, _print_training),
 }
 
 
@@ -212,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=None, help="where the tiny test model is built (default: user cache)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--dtype", default=None, help="model dtype (default: the loader's for the device)")
+    p.add_argument("--gen-model", default=None, help="generation bench model (default: the tiny test model)")
+    p.add_argument("--gen-prompts", type=int, default=32)
+    p.add_argument("--gen-batch-size", type=int, default=16)
+    p.add_argument("--gen-max-new-tokens", type=int, default=48)
+    p.add_argument("--train-model", default="tiny-random")
+    p.add_argument("--train-steps", type=int, default=6)
+    p.add_argument("--train-seq-len", type=int, default=128)
     return p
 
 
