@@ -128,6 +128,8 @@ def test_real_chain_on_tiny_model_stops_at_the_pilot_gate_and_resumes(tmp_path):
     assert json.loads((run / "gates" / "gap_check.json").read_text())["decision"] == "pass"  # a random model is weak
     assert json.loads((run / "gates" / "pilot_gate.json").read_text())["decision"] == "fail"
     assert not (run / "scale").exists()
+    report = (run / "report" / "REPORT.md").read_text()  # a stopped chain still reports what it decided
+    assert "pilot_gate" in report and "FAIL" in report and "gap_check" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r2.returncode == 1
     for name in ("preflight", "load", "gap_check", "pilot"):

@@ -218,7 +218,8 @@ def _load(ch: Chain) -> PhaseResult:
     out = ch.p("load", "provenance.json")
     atomic_write_json(out, prov)
     s = prov["sentinels"]
-    return PhaseResult([out], bool(s.get("ok")), "sentinels failed", {"sentinels_ok": s.get("ok"), "profile": prov["profile"]["name"]})
+    ok = bool(s.get("ok"))
+    return PhaseResult([out], ok, "" if ok else "sentinels failed", {"sentinels_ok": s.get("ok"), "profile": prov["profile"]["name"]})
 
 
 def _gap(ch: Chain) -> PhaseResult:
@@ -372,6 +373,19 @@ def phases() -> list[Phase]:
     ]
 
 
+def _report_after_stop(run_dir: Path | None) -> None:
+    """A stopped chain still gets its report: the gates decided so far and why it stopped."""
+    if run_dir is None or not (run_dir / STATE_DIR).is_dir():
+        return
+    try:
+        from cai_bootstrap.stage1_report import write_report
+
+        paths = write_report(run_dir)
+        print(f"stage1: report of the phases run so far: {paths[-1]}", file=sys.stderr)
+    except Exception as e:  # the stop reason above matters more than a report failure
+        print(f"stage1: could not write the report ({type(e).__name__}: {e})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cai_bootstrap.stage1", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="stage-1 YAML (default: the shipped CPU demo config)")
@@ -388,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         result = chain.run(phases(), until=args.until)
     except Stage1Error as e:
         print(f"stage1: STOPPED: {e}", file=sys.stderr)
+        _report_after_stop(Path(cfg.run_dir) if "cfg" in locals() else None)
         return 1
     print(f"stage1: finished in {time.time() - t0:.0f} s; run directory {cfg.run_dir}")
     atomic_write_text(Path(cfg.run_dir) / STATE_DIR / "last_run.json", json.dumps(result, indent=2))

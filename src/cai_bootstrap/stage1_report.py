@@ -94,6 +94,19 @@ def write_report(run_dir: str | Path) -> list[Path]:
             lines.append(f"- **{g}**: not decided")
             continue
         lines.append(f"- **{g}** ({m.get('clause')}): **{m['decision'].upper()}**: " + "; ".join(m.get("reasons", [])))
+    gap = _read(run / "gap" / "rates.json")
+    if gap:
+        base = (gap.get("models") or {}).get("base", {})
+        modes = [m for m in ("framed", "raw") if m in base]
+        lines += ["", "## Gap check: base model success by type", "",
+                  "| type | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+        types = sorted(set().union(*[base[m].get("by_type", {}) for m in modes])) if modes else []
+        for t in types:
+            cells = [f"{base[m]['by_type'][t]['successes']}/{base[m]['by_type'][t]['n']}" for m in modes]
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        lines.append("| **overall** | " + " | ".join(
+            f"{base[m]['overall']['rate']:.3f} CI [{base[m]['overall']['ci'][0]:.3f}, {base[m]['overall']['ci'][1]:.3f}]"
+            for m in modes) + " |")
     lines += ["", "## Data quality (QC)", "",
               "| run | responses | kept | instr. acceptance | pair acceptance | runaway | token-limit | median tokens |",
               "|---|---|---|---|---|---|---|---|"]

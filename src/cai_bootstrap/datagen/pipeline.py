@@ -322,7 +322,9 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
         sentinels_ok=(lm.provenance.get("sentinels") or {}).get("ok"), thresholds=cfg.qc.thresholds(),
     )
     summary["run"] = {"mode": cfg.mode, "shard": cfg.shard, "target": cfg.shard_target(), "seed": cfg.seed}
-    summary["critics"] = {"instruction": icritic.provenance, "pair": pcritic.provenance}
+    # The critics' configuration, without per-call counters: a resumed run must write the same summary.
+    summary["critics"] = {name: {k: v for k, v in c.provenance.items() if k != "last_run"}
+                          for name, c in (("instruction", icritic), ("pair", pcritic))}
     write_artifacts(out, dataset, rejects, summary, state=state, budgets={
         "target": cfg.shard_target(), "oversample": cfg.instructions.oversample,
         "instruction_prompts": len(raw_store)}, config=cfg_dump, load_provenance=lm.provenance)
