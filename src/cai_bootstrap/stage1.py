@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, sha256_file
 from cai_bootstrap.provenance import git_info, utc_now
 
@@ -66,21 +66,12 @@ class Stage1Config(_Strict):
 
 
 def load_stage1_config(path: str | Path | None, **overrides) -> Stage1Config:
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise Stage1Error(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise Stage1Error(f"{p}: top level must be a mapping")
-        data = data.get("stage1", data)
+    data: dict = read_yaml_section(path, "stage1", Stage1Error) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Stage1Config.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
-        raise Stage1Error(f"invalid stage-1 config: {msgs}") from None
+        raise Stage1Error(f"invalid stage-1 config: {format_validation_errors(e)}") from None
 
 
 # -- phase bookkeeping -----------------------------------------------------------------------------

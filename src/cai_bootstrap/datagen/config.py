@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -140,41 +140,13 @@ class GenerateConfig(_Strict):
         return base + (1 if self.shard_index < extra else 0)
 
 
-def _format_errors(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
-
-
 def load_config(path: str | Path | None = None, **overrides) -> GenerateConfig:
     """Read YAML (if given), apply non-None overrides (dotted keys allowed), validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of settings")
-        data = loaded.get("generate", loaded)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: 'generate' must be a mapping of settings, got {type(data).__name__}")
+    data: dict = read_yaml_section(path, "generate", ConfigError) if path is not None else {}
     for key, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"invalid generation config: {'.'.join(parts[: i + 1])}: must be a mapping of settings")
-        node[parts[-1]] = value
+        if value is not None:
+            set_dotted(data, key, value, ConfigError, "generation config")
     try:
         return GenerateConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid generation config{' ' + str(path) if path else ''}: {_format_errors(e)}") from None
+        raise ConfigError(f"invalid generation config{' ' + str(path) if path else ''}: {format_validation_errors(e)}") from None

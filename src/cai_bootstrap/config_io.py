@@ -1,0 +1,48 @@
+"""Reading run files: one YAML reader and one error format for every typed config.
+
+A user who mistypes a field should get the same kind of message from every phase:
+the file, the dotted field name, what is wrong and the value given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+
+def read_yaml_section(path: str | Path, section: str, error: type[Exception]) -> dict:
+    """The mapping under ``section`` of a YAML file (or the whole file if it has no such key)."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{p}: top level must be a mapping of settings")
+    data = loaded.get(section, loaded)
+    if not isinstance(data, dict):
+        raise error(f"{p}: '{section}' must be a mapping of settings, got {type(data).__name__}")
+    return dict(data)
+
+
+def format_validation_errors(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def set_dotted(data: dict, key: str, value: Any, error: type[Exception], what: str) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise error(f"invalid {what}: {'.'.join(parts[: i + 1])}: must be a mapping of settings")
+    node[parts[-1]] = value
