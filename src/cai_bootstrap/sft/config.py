@@ -287,17 +287,12 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SFTRunConfig:
     """Read a YAML run file, apply ``overrides`` (dotted keys, None values skipped), validate."""
-    import yaml
+    from cai_bootstrap.config_io import read_yaml_section
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; start from src/cai_bootstrap/configs/sft_default.yaml")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of fields at the top level")
+    data = read_yaml_section(p, "sft", ConfigError)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
