@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
+from cai_bootstrap.decoding import OVERSAMPLE_RANGE, RESPONSE_TEMPERATURE_RANGE, InstructionDecoding, ResponseDecoding
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -23,20 +24,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Defaults and ranges come from their one home (decoding.py, qc.py); these models only
+# add the run-file layer (batch sizes, field-named errors).
+_I, _R, _Q = InstructionDecoding, ResponseDecoding, QCThresholds
+
+
 class InstructionGen(_Strict):
-    temperature: float = Field(0.7, gt=0, le=2.0)
-    top_p: float = Field(0.9, gt=0, le=1.0)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
-    max_new_tokens: int = Field(160, ge=8, le=1024)
-    oversample: float = Field(2.0, ge=1.5, le=2.0)
+    temperature: float = Field(_I.temperature, gt=0, le=2.0)
+    top_p: float = Field(_I.top_p, gt=0, le=1.0)
+    repetition_penalty: float = Field(_I.repetition_penalty, ge=1.0, le=2.0)
+    max_new_tokens: int = Field(_I.max_new_tokens, ge=8, le=1024)
+    oversample: float = Field(_I.oversample, ge=OVERSAMPLE_RANGE[0], le=OVERSAMPLE_RANGE[1])
     batch_size: int = Field(8, ge=1, le=512)
 
 
 class ResponseGen(_Strict):
-    temperature: float = Field(0.4, ge=0.3, le=0.5)
-    top_p: float = Field(0.9, gt=0, le=1.0)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
-    max_new_tokens: int = Field(80, ge=8, le=1024)
+    temperature: float = Field(_R.temperature, ge=RESPONSE_TEMPERATURE_RANGE[0], le=RESPONSE_TEMPERATURE_RANGE[1])
+    top_p: float = Field(_R.top_p, gt=0, le=1.0)
+    repetition_penalty: float = Field(_R.repetition_penalty, ge=1.0, le=2.0)
+    max_new_tokens: int = Field(_R.max_new_tokens, ge=8, le=1024)
     batch_size: int = Field(16, ge=1, le=512)
 
 
@@ -47,13 +53,13 @@ class CriticCfg(_Strict):
 
 
 class QCCfg(_Strict):
-    max_runaway_rate: float = Field(0.05, ge=0, le=1)
-    max_token_limit_rate: float = Field(0.10, ge=0, le=1)
-    max_delimiter_leaks: int = Field(0, ge=0)
-    max_median_tokens: float = Field(40.0, gt=0)
-    min_instruction_acceptance: float = Field(0.5, ge=0, le=1)
-    min_pair_acceptance: float = Field(0.5, ge=0, le=1)
-    require_sentinels: bool = True
+    max_runaway_rate: float = Field(_Q.max_runaway_rate, ge=0, le=1)
+    max_token_limit_rate: float = Field(_Q.max_token_limit_rate, ge=0, le=1)
+    max_delimiter_leaks: int = Field(_Q.max_delimiter_leaks, ge=0)
+    max_median_tokens: float = Field(_Q.max_median_tokens, gt=0)
+    min_instruction_acceptance: float = Field(_Q.min_instruction_acceptance, ge=0, le=1)
+    min_pair_acceptance: float = Field(_Q.min_pair_acceptance, ge=0, le=1)
+    require_sentinels: bool = _Q.require_sentinels
 
     def thresholds(self) -> QCThresholds:
         return QCThresholds(**self.model_dump())
