@@ -155,7 +155,7 @@ class ScriptedLM:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, do_sample: bool, temperature=None, top_p=None,
                  repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 8, progress=None,
-                 desc: str = "generate") -> list[Generation]:
+                 desc: str = "generate", stop_strings=()) -> list[Generation]:
         if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
             raise RuntimeError(f"scripted failure at generate call {len(self.calls) + 1}")
         self.calls.append({"prompts": list(prompts), "max_new_tokens": max_new_tokens, "do_sample": do_sample,

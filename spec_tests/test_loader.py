@@ -365,3 +365,21 @@ def test_encode_many_equals_encode_and_checks_every_text(tiny_lm, bos_lm):
         assert lm.encode_many(texts) == [lm.encode(t) for t in texts]
     with pytest.raises(ContaminationError, match="im_start"):
         tiny_lm.encode_many(["fine", "bad <|im_start|>"])
+
+
+@pytest.mark.spec("CL-04", "PR-02")
+def test_a_row_ended_by_a_stop_string_is_not_a_token_limit_hit(tiny_lm):
+    """A finished first paragraph followed by padding is a complete answer, not a truncated one."""
+    done = tiny_lm.encode_continuation(" Paris.\n\n")
+    filler = tiny_lm.encode_continuation(" more words that came after the stop")
+    g = tiny_lm._finish(done + filler, max_new_tokens=len(done + filler), stop_strings=("\n\n",))
+    assert g.text == " Paris.\n\n" and g.n_tokens == len(done) and not g.hit_limit
+    cut = tiny_lm._finish(filler, max_new_tokens=len(filler), stop_strings=("\n\n",))
+    assert cut.hit_limit and cut.n_tokens == len(filler)  # no stop string: still a limit hit
+
+
+@pytest.mark.spec("PR-02")
+def test_generate_accepts_stop_strings(tiny_lm):
+    out = tiny_lm.generate(["Instruction: Name a color.\nResponse:"], max_new_tokens=6, do_sample=False,
+                           stop_strings=("\n\n",))
+    assert len(out) == 1 and out[0].n_tokens <= 6

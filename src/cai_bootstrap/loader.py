@@ -255,8 +255,13 @@ class LoadedModel:
         batch_size: int = 8,
         progress: bool | None = None,
         desc: str = "generate",
+        stop_strings: Sequence[str] = (),
     ) -> list[Generation]:
-        """Batched, left-padded generation; reproducible for a fixed seed and batch size."""
+        """Batched, left-padded generation; reproducible for a fixed seed and batch size.
+
+        ``stop_strings`` end a row as soon as its text contains one (e.g. the blank line
+        after a first paragraph), so a finished answer is not counted as a token-limit hit.
+        """
         import torch
         from tqdm.auto import tqdm
 
@@ -275,6 +280,8 @@ class LoadedModel:
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
         )
+        if stop_strings:
+            kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         else:
@@ -290,20 +297,28 @@ class LoadedModel:
                 seq = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
                 new = seq[:, input_ids.shape[1] :].tolist()
                 for row, i in zip(new, idx):
-                    out[i] = self._finish(row, max_new_tokens)
+                    out[i] = self._finish(row, max_new_tokens, stop_strings)
                 bar.update(len(idx))
         bar.close()
         return [g for g in out if g is not None]
 
-    def _finish(self, row: list[int], max_new_tokens: int) -> Generation:
+    def _finish(self, row: list[int], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> Generation:
         stopped = self.eos_token_id in row
         ids = row[: row.index(self.eos_token_id)] if stopped else row
-        # Trailing pads after EOS are not generated text.
+        stopped_on_string = False
+        if not stopped and stop_strings:
+            # A row that met a stop string is padded to the batch's length afterwards: find the
+            # shortest prefix whose text holds a stop string; what follows is padding.
+            for end in range(1, len(ids) + 1):
+                if any(s in self.tokenizer.decode(ids[:end], skip_special_tokens=True) for s in stop_strings):
+                    stopped_on_string = True
+                    ids = ids[:end]
+                    break
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Generation(
             text=text,
             n_tokens=len(ids),
-            hit_limit=not stopped and len(row) >= max_new_tokens,
+            hit_limit=not stopped and not stopped_on_string and len(row) >= max_new_tokens,
             stopped_on_eos=stopped,
             token_ids=ids,
         )

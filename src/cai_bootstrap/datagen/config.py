@@ -44,6 +44,9 @@ class ResponseGen(_Strict):
     repetition_penalty: float = Field(_R.repetition_penalty, ge=1.0, le=2.0)
     max_new_tokens: int = Field(_R.max_new_tokens, ge=8, le=1024)
     batch_size: int = Field(16, ge=1, le=512)
+    # End a response at its first blank line: cleaning keeps only the first paragraph anyway,
+    # and a finished paragraph must not count as a token-limit hit (QC-02).
+    stop_at_blank_line: bool = True
 
 
 class CriticCfg(_Strict):

@@ -250,7 +250,8 @@ def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store:
         texts = [prompts.render_response_prompt(c["instruction"]) for c in chunk]
         gens = lm.generate(texts, max_new_tokens=rc.max_new_tokens, do_sample=True, temperature=rc.temperature,
                            top_p=rc.top_p, repetition_penalty=rc.repetition_penalty, seed=seed,
-                           batch_size=len(chunk), progress=False)
+                           batch_size=len(chunk), progress=False,
+                           stop_strings=("\n\n",) if rc.stop_at_blank_line else ())
         made = utc_now()
         store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": t, "raw": g.text,
                             "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed, "generated_at": made}
