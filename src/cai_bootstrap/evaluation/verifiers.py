@@ -434,19 +434,24 @@ class JsonObject(Verifier):
         return _ok(f"keys {list(keys)}")
 
 
+def _single_case(response: str, min_words: int, topic_terms, forbidden, reason: str, what: str) -> VerifyResult:
+    """One rule for both case verifiers: enough words, no letter of the forbidden case, on topic."""
+    ans = answer_segment(response)
+    if len(words(ans)) < min_words:
+        return _fail("too_few_words", f"needs at least {min_words} words of text, got {len(words(ans))}")
+    bad = [c for c in ans if forbidden(c)]
+    if bad:
+        return _fail(reason, f"{what} letters present: {''.join(bad[:10])!r}")
+    return _off_topic(ans, topic_terms) or _ok()
+
+
 @register
 class AllLowercase(Verifier):
     name = "all_lowercase"
     description = "no uppercase letter anywhere in the answer, at least min_words words, on topic"
 
     def check(self, response: str, *, min_words: int = 1, topic_terms: list[str] = ()) -> VerifyResult:
-        ans = answer_segment(response)
-        if len(words(ans)) < min_words:
-            return _fail("too_few_words", f"needs at least {min_words} words of text, got {len(words(ans))}")
-        upper = [c for c in ans if c.isupper()]
-        if upper:
-            return _fail("has_uppercase", f"uppercase letters present: {''.join(upper[:10])!r}")
-        return _off_topic(ans, topic_terms) or _ok()
+        return _single_case(response, min_words, topic_terms, str.isupper, "has_uppercase", "uppercase")
 
 
 @register
@@ -455,13 +460,7 @@ class AllUppercase(Verifier):
     description = "no lowercase letter anywhere in the answer, at least min_words words, on topic"
 
     def check(self, response: str, *, min_words: int = 1, topic_terms: list[str] = ()) -> VerifyResult:
-        ans = answer_segment(response)
-        if len(words(ans)) < min_words:
-            return _fail("too_few_words", f"needs at least {min_words} words of text, got {len(words(ans))}")
-        lower = [c for c in ans if c.islower()]
-        if lower:
-            return _fail("has_lowercase", f"lowercase letters present: {''.join(lower[:10])!r}")
-        return _off_topic(ans, topic_terms) or _ok()
+        return _single_case(response, min_words, topic_terms, str.islower, "has_lowercase", "lowercase")
 
 
 @register
