@@ -12,6 +12,7 @@ from cai_bootstrap.loader import (
     ContaminationError,
     check_token_ids,
     delta_check,
+    is_continuation_step,
     load_base_model,
     run_sentinel_suite,
 )
@@ -157,6 +158,56 @@ def test_forward_guard_blocks_direct_model_calls(tiny_lm):
     clean, mask = tiny_lm.encode_batch(["a b c d", "a"])
     assert mask[1, 0].item() == 0
     tiny_lm.model(input_ids=clean, attention_mask=mask)
+
+
+class _Cache:
+    def __init__(self, n):
+        self.n = n
+
+    def get_seq_length(self):
+        return self.n
+
+
+_IDS = torch.ones((2, 3), dtype=torch.long)
+
+
+@pytest.mark.spec("CG-03")
+@pytest.mark.parametrize(
+    "kwargs, continuation",
+    [
+        ({"attention_mask": torch.ones((2, 3))}, False),  # prefill: mask as long as the input
+        ({"attention_mask": torch.ones((2, 10))}, True),  # decode step: mask covers cached tokens
+        ({"attention_mask": torch.ones((2, 1, 3, 10))}, True),  # a prepared 4-D mask, cached keys
+        ({}, False),
+        ({"cache_position": torch.arange(3)}, False),
+        ({"cache_position": torch.tensor([7])}, True),
+        ({"past_key_values": _Cache(0)}, False),  # an empty cache is still a prefill
+        ({"past_key_values": _Cache(9)}, True),
+        ({"cache": _Cache(9)}, True),  # transformers 5.24's keyword
+        ({"some_future_name": _Cache(9)}, True),  # whatever the next rename is
+    ],
+)
+def test_continuation_is_decided_from_tensors_not_keyword_names(kwargs, continuation):
+    assert is_continuation_step(_IDS, kwargs) is continuation
+
+
+@pytest.mark.spec("CG-03", "CG-04")
+def test_real_cached_generate_checks_the_prefill_once_and_passes_decode_steps(tiny_lm):
+    """Through the installed transformers' own generate() with a KV cache (the path 5.24 broke)."""
+    seen = []
+    handle = tiny_lm.model.register_forward_pre_hook(
+        lambda m, a, k: seen.append(is_continuation_step(k["input_ids"], k)), with_kwargs=True
+    )
+    try:
+        gens = tiny_lm.generate(["a b c d e", "hi"], max_new_tokens=6, do_sample=False, batch_size=2)
+    finally:
+        handle.remove()
+    assert len(gens) == 2 and all(g.n_tokens >= 1 for g in gens)
+    assert seen[0] is False, "the first pass is the prefill and must be checked"
+    assert len(seen) >= 2 and all(seen[1:]), f"later passes continue the cache: {seen}"
+    # The guard is still armed after a cached generate: a role token in a fresh prefill aborts.
+    with pytest.raises(ContaminationError):
+        tiny_lm.model(input_ids=torch.tensor([[16664, IM_START]]), attention_mask=torch.ones((1, 2), dtype=torch.long))
 
 
 @pytest.mark.spec("CG-03")

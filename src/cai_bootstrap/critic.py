@@ -74,6 +74,23 @@ def decide(logp_a: float, logp_b: float, *, threshold: float = DEFAULT_THRESHOLD
     )
 
 
+def _cache_keyword(model) -> str:
+    """The forward keyword that takes a KV cache: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    import inspect
+
+    try:
+        params = inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(out):
+    """The KV cache a forward returned, under either name (see ``_cache_keyword``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def label_logprobs(last_logits, a_ids: Sequence[int], b_ids: Sequence[int]):
     """Log-probabilities of the two labels from next-token logits [batch, vocab].
 
@@ -248,7 +265,7 @@ class Critic:
                     use_cache=True,
                     logits_to_keep=1,
                 )
-            self._prefix_cache = out.past_key_values
+            self._prefix_cache = _returned_cache(out)
             self._prefix_ids = ids
         return self._prefix_ids
 
@@ -286,9 +303,9 @@ class Critic:
                 input_ids=input_ids.to(dev),
                 attention_mask=attention_mask.to(dev),
                 position_ids=position_ids.to(dev),
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{_cache_keyword(self.lm.model): cache},
             )
             self._store(idx, out.logits[:, -1, :], out_a, out_b)
 

@@ -355,26 +355,48 @@ def delta_check(tokenizer, profile: ModelProfile, bos_id: int | None, texts: Ite
     return {"ok": True, "checked": checked}
 
 
+def is_continuation_step(input_ids, kwargs: dict) -> bool:
+    """Whether a forward pass continues cached context rather than starting from scratch.
+
+    Decided from the tensors, not from keyword names (transformers renamed the cache
+    keyword from ``past_key_values`` to ``cache`` in 5.24, and a name-based test broke):
+    an attention mask longer than the input covers earlier, cached tokens; without a
+    mask, a cache position past 0 or any cache object already holding tokens says the same.
+    """
+    n = int(input_ids.shape[-1])
+    mask = kwargs.get("attention_mask")
+    if mask is not None and hasattr(mask, "shape") and mask.dim() >= 2:
+        return int(mask.shape[-1]) > n
+    positions = kwargs.get("cache_position")
+    if positions is not None and hasattr(positions, "numel") and positions.numel() > 0:
+        return int(positions.reshape(-1)[0]) > 0
+    for value in kwargs.values():
+        get_len = getattr(value, "get_seq_length", None)
+        if callable(get_len):
+            try:
+                if int(get_len()) > 0:
+                    return True
+            except (TypeError, ValueError, AttributeError, RuntimeError):
+                continue
+    return False
+
+
 def _install_forward_guard(lm: LoadedModel) -> None:
     """CG-03 at the model itself: a pre-hook checks the first (prefill) pass of every forward.
 
-    Later decoding steps carry tokens the model generated itself (an EOS, say), so only
-    the pass without a filled cache is checked. Padding is excluded through the mask;
-    training batches (labels present) may end each row with one EOS.
+    Later decoding steps carry tokens the model generated itself (an EOS, say, or the
+    padding of a finished row), so a pass that continues cached context is not checked;
+    what it continues was checked when it was encoded or prefilled. Padding is excluded
+    through the mask; training batches (labels present) may end each row with one EOS.
     """
 
     def hook(module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
+        if input_ids is None or is_continuation_step(input_ids, kwargs):
             return None
-        past = kwargs.get("past_key_values")
-        if past is not None:
-            try:
-                if past.get_seq_length() > 0:
-                    return None
-            except AttributeError:
-                return None
         mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            mask = None  # a prepared 4-D mask says nothing simple about padding; check every token
         training = kwargs.get("labels") is not None
         for r in range(input_ids.shape[0]):
             row = input_ids[r]
