@@ -33,7 +33,8 @@ from cai_bootstrap.io_utils import MalformedInputError, iter_jsonl
 from cai_bootstrap.provenance import ARTIFACT_TYPES
 
 SUITES_ENV = "CAI_EXPECTATIONS_DIR"
-_DEFAULT_SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
+# Package data, so an installed wheel validates too; `expectations/` at the repository root links here.
+_DEFAULT_SUITES_DIR = Path(__file__).resolve().parent / "data" / "expectations"
 _MAX_EXAMPLES = 3
 
 
@@ -115,7 +116,7 @@ def suites_dir(path: str | os.PathLike | None = None) -> Path:
     d = Path(path) if path else Path(os.environ.get(SUITES_ENV) or _DEFAULT_SUITES_DIR)
     if not d.is_dir():
         raise ValidationSetupError(
-            f"no expectation suites at {d}; they live in the source tree's expectations/ folder: "
+            f"no expectation suites at {d}; they ship inside the package (cai_bootstrap/data/expectations/), linked from expectations/ in the source tree: "
             f"pass --suites-dir or set {SUITES_ENV}"
         )
     return d

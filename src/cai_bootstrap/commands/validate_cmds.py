@@ -10,12 +10,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "validate",
         help="validate artifacts (dataset.jsonl, qc_summary.json, manifests, eval output, preference pairs)",
-        description="Validate artifact files or run directories with the suites in expectations/. "
+        description="Validate artifact files or run directories with the shipped Great Expectations suites. "
         "Exit status 0: all passed; 1: some expectation failed or a file could not be read; 2: usage error.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="artifact files or run directories")
     p.add_argument("--type", dest="artifact_type", help="artifact type of the files named (default: by file name or their artifact_type field)")
-    p.add_argument("--suites-dir", help="folder of suite JSON files (default: the source tree's expectations/)")
+    p.add_argument("--suites-dir", help="folder of suite JSON files (default: the suites shipped in the package, cai_bootstrap/data/expectations/)")
     p.add_argument("--quiet", action="store_true", help="print failures only")
     p.set_defaults(func=_validate)
 
