@@ -323,3 +323,28 @@ def decide_data(qc_summary_path: str | Path, *, validation_failures: Sequence[st
               "acceptance": summary.get("acceptance"), "token_stats": summary.get("token_stats"),
               "validation_failures": list(validation_failures)}
     return GateDecision(gate, "GT-01", {**summary.get("thresholds", {}), **t.to_dict()}, values, tuple(checks))
+
+
+DATA_GATE_INPUTS = {"qc_summary": "qc_summary.json", "dataset": "dataset.jsonl", "session_manifest": "session_manifest.json"}
+
+
+def run_data_gate(run_dir: str | Path, *, gate: str = PILOT_GATE, thresholds: DataGateThresholds | None = None,
+                  out: str | Path | None = None) -> tuple[GateDecision, Path]:
+    """GT-01 on a generation run: validation suites + its recorded QC verdict (+ size for a pilot).
+
+    Writes the gate manifest (default ``RUN_DIR/<gate>.json``) that scale generation and
+    training read; the same function serves ``cai-bootstrap gate pilot|scale`` and the chain.
+    """
+    from cai_bootstrap.validation import validate_paths
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise GateInputError(f"{run} is not a generation run directory; run `cai-bootstrap generate` first")
+    missing = [name for name in DATA_GATE_INPUTS.values() if not (run / name).is_file()]
+    if missing:
+        raise GateInputError(f"{run} lacks {', '.join(missing)}; is it a finished `cai-bootstrap generate` run?")
+    failures = [r.format() for r in validate_paths([run]) if not r.ok]
+    decision = decide_data(run / DATA_GATE_INPUTS["qc_summary"], validation_failures=failures, gate=gate, thresholds=thresholds)
+    manifest = Path(out) if out else run / f"{gate}.json"
+    write_gate_manifest(decision, manifest, inputs={k: run / v for k, v in DATA_GATE_INPUTS.items()})
+    return decision, manifest

@@ -433,11 +433,23 @@ def _resolve_ids(tokenizer, profile: ModelProfile) -> tuple[int | None, int]:
     return bos_id, int(eos_id)
 
 
+def _resolve(source: str | os.PathLike, profile: str | ModelProfile | None):
+    """Built-in names (``gemma-3-270m``, ``tiny-random``) and .gguf files go through the model
+    registry, so every entry point accepts what the README names; folders and hub ids pass."""
+    from cai_bootstrap.model_sources import resolve_model
+
+    resolved = resolve_model(source, profile=profile if isinstance(profile, str) else None)
+    if profile is None and resolved.profile:
+        profile = resolved.profile
+    return resolved, profile
+
+
 def load_tokenizer(source: str | os.PathLike, *, profile: str | None = None):
     """Load only the tokenizer, cleaned exactly as for a full load (for data-side tools)."""
     from transformers import AutoTokenizer
 
-    src, _ = _source_path(source)
+    resolved, _ = _resolve(source, profile)
+    src, _ = _source_path(resolved.source)
     tokenizer = AutoTokenizer.from_pretrained(src)
     _disable_templates(tokenizer)
     return tokenizer
@@ -459,7 +471,8 @@ def load_base_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
-    src, is_local = _source_path(source)
+    resolved, profile = _resolve(source, profile)
+    src, is_local = _source_path(resolved.source)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if quantization not in (None, "none", "nf4"):
@@ -527,6 +540,7 @@ def load_base_model(
         "loader": LOADER_NAME,
         "loader_version": loader_version(),
         "model_name": str(source),
+        "model_source": resolved.to_dict(),
         "model_path": src,
         "is_local": is_local,
         "weights": weights,

@@ -266,16 +266,10 @@ def _pilot(ch: Chain) -> PhaseResult:
 
 
 def _data_gate(ch: Chain, run: Path, name: str) -> PhaseResult:
-    from cai_bootstrap.gates import DataGateThresholds, decide_data, write_gate_manifest
-    from cai_bootstrap.validation import validate_paths
+    from cai_bootstrap.gates import DataGateThresholds, run_data_gate
 
-    reports = validate_paths([run])
-    failures = [r.format() for r in reports if not r.ok]
     thresholds = DataGateThresholds(min_items=ch.cfg.pilot_min_items, max_items=ch.cfg.pilot_max_items)
-    decision = decide_data(run / "qc_summary.json", validation_failures=failures, gate=name, thresholds=thresholds)
-    manifest = ch.p("gates", f"{name}.json")
-    write_gate_manifest(decision, manifest, inputs={"qc_summary": run / "qc_summary.json", "dataset": run / "dataset.jsonl",
-                                                    "session_manifest": run / "session_manifest.json"})
+    decision, manifest = run_data_gate(run, gate=name, thresholds=thresholds, out=ch.p("gates", f"{name}.json"))
     return _gate_result(manifest, 0 if decision.passed else 1)
 
 

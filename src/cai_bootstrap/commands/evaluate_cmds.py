@@ -56,6 +56,14 @@ def register(sub) -> None:
     q.add_argument("--per-type", action="store_true", help="require every target type to be weak on its own")
     q.add_argument("--out", help="manifest path (default: EVAL/gate_gap.json)")
     q.set_defaults(func=_gate_gap)
+    for name, what in (("pilot", "GT-01: a pilot run passes its validation suites and QC thresholds (100-200 items)"),
+                       ("scale", "GT-01 after scale: a merged run passes its validation suites and QC thresholds")):
+        d = gs.add_parser(name, help=what)
+        d.add_argument("run_dir", metavar="RUN_DIR", help="generation run directory (dataset.jsonl, qc_summary.json, session_manifest.json)")
+        d.add_argument("--min-items", type=int, help="smallest pilot target (default: the GT-01 pilot range)")
+        d.add_argument("--max-items", type=int, help="largest pilot target (default: the GT-01 pilot range)")
+        d.add_argument("--out", help=f"manifest path (default: RUN_DIR/{name}_gate.json); `generate --mode scale --pilot-gate` reads it")
+        d.set_defaults(func=_gate_data, gate_kind=name)
     g.set_defaults(func=_gate_missing)
 
 
@@ -114,7 +122,7 @@ def _evaluate(args) -> int:
 def _gate_missing(args) -> int:
     from cai_bootstrap.cli import CLIError
 
-    raise CLIError("name a gate: `gate final` (GT-02) or `gate gap` (GT-03)")
+    raise CLIError("name a gate: `gate pilot` or `gate scale` (GT-01), `gate final` (GT-02) or `gate gap` (GT-03)")
 
 
 def _read_json(path: Path, hint: str) -> dict:
@@ -155,3 +163,22 @@ def _gate_gap(args) -> int:
     decision = decide_gap(rates, GapGateThresholds(max_base_rate=args.max_base_rate, target_types=targets,
                                                    per_type=args.per_type))
     return _finish_gate(decision, Path(args.out or Path(args.eval_dir) / "gate_gap.json"), {"rates": path})
+
+
+def _gate_data(args) -> int:
+    from dataclasses import replace
+
+    from cai_bootstrap.gates import PILOT_GATE, SCALE_GATE, DataGateThresholds, run_data_gate
+
+    thresholds = DataGateThresholds()
+    if args.min_items is not None:
+        thresholds = replace(thresholds, min_items=args.min_items)
+    if args.max_items is not None:
+        thresholds = replace(thresholds, max_items=args.max_items)
+    if not 1 <= thresholds.min_items <= thresholds.max_items:
+        raise ValueError(f"--min-items/--max-items must satisfy 1 <= min <= max, got {thresholds.min_items}..{thresholds.max_items}")
+    gate = PILOT_GATE if args.gate_kind == "pilot" else SCALE_GATE
+    decision, manifest = run_data_gate(args.run_dir, gate=gate, thresholds=thresholds, out=args.out)
+    print(decision.headline())
+    print(f"gate manifest: {manifest}")
+    return 0 if decision.passed else 1
