@@ -247,12 +247,13 @@ def test_every_drop_has_a_stable_reason_counted_and_written(tmp_path):
     ]
     results = [clean_response(r) for r in raws]
     # Frozen values: QC counts and rejects files key on these strings.
-    assert REASONS == ("empty", "delimiter_leak", "evaluator_marker_leak", "runaway")
+    assert REASONS == ("empty", "delimiter_leak", "evaluator_marker_leak", "runaway", "special_token_emitted")
     assert all((r.reason is None) == r.kept for r in results)
     assert all(r.reason in REASONS for r in results if not r.kept)
     summary = summarize(results)
     assert summary["generated"] == 7 and summary["kept"] == 2
-    assert summary["dropped"] == {"empty": 1, "delimiter_leak": 1, "evaluator_marker_leak": 1, "runaway": 2}
+    assert summary["dropped"] == {"empty": 1, "delimiter_leak": 1, "evaluator_marker_leak": 1, "runaway": 2,
+                                  "special_token_emitted": 0}
     assert summary["kept"] + sum(summary["dropped"].values()) == summary["generated"]
     assert summary["delimiter_missing"] == 7 and summary["runaway"] == 2
 
@@ -307,3 +308,31 @@ def test_cleaning_properties(raw):
         assert "###END" not in r.text and len(r.text) <= MAX_CHARS
     else:
         assert r.reason in REASONS
+
+
+# -- CG-03 / CL-06: responses in which the model emitted a forbidden token ----------------------
+
+
+@pytest.mark.spec("CL-06", "CG-03")
+@pytest.mark.parametrize(
+    "pieces, kept",
+    [
+        ([" Paris is the capital."], True),
+        ([" Paris is the capital.", "<|im_end|>"], False),  # a chat turn end, erased by decoding
+        ([" Paris", "<think>", " is the capital."], False),
+        (["<|im_start|>", "assistant\n Paris."], False),
+        ([" Paris is the capital.", "<|endoftext|>"], True),  # the EOS that ends the row is fine
+    ],
+)
+def test_emitted_special_token_drops_the_response(tiny_lm, pieces, kept):
+    ids = []
+    for p in pieces:
+        ids += [tiny_lm.tokenizer.convert_tokens_to_ids(p)] if p.startswith("<") and p.endswith(">") \
+            else tiny_lm.encode_continuation(p)
+    gen = tiny_lm._finish(ids, max_new_tokens=64)
+    [r] = clean_generations([gen], max_new_tokens=64)
+    assert r.kept is kept
+    if not kept:
+        assert r.reason == "special_token_emitted" and "special_token_emitted" in REASONS
+        assert summarize([r])["dropped"]["special_token_emitted"] == 1
+        assert reject_record(r, gen.text)["reason"] == "special_token_emitted"

@@ -36,7 +36,10 @@ REASON_EMPTY = "empty"
 REASON_DELIMITER_LEAK = "delimiter_leak"
 REASON_MARKER_LEAK = "evaluator_marker_leak"
 REASON_RUNAWAY = "runaway"
-REASONS = (REASON_EMPTY, REASON_DELIMITER_LEAK, REASON_MARKER_LEAK, REASON_RUNAWAY)
+# The model emitted a token base-model text may not hold (CG-03): decoding erased it, the
+# loader flagged it. Such a response came from a model writing chat markup; it is dropped.
+REASON_SPECIAL_TOKEN = "special_token_emitted"
+REASONS = (REASON_EMPTY, REASON_DELIMITER_LEAK, REASON_MARKER_LEAK, REASON_RUNAWAY, REASON_SPECIAL_TOKEN)
 
 # CL-02 cut rules, tried together; the earliest match wins. Each matches within one line,
 # which is what makes cleaning idempotent.
@@ -136,8 +139,12 @@ def clean_response(
     n_tokens: int | None = None,
     max_new_tokens: int | None = None,
     config: CleaningConfig = CleaningConfig(),
+    special_tokens: Sequence[Any] = (),
 ) -> CleanResult:
     """Clean one raw completion and decide whether it is kept.
+
+    ``special_tokens``: forbidden tokens found in the generation (``Generation.special_tokens``,
+    plus any its text encodes to); any at all drops the response as ``special_token_emitted``.
 
     The delimiter cut (CL-01) is followed by the CL-02 cuts as well, stricter than the
     catalogue: the pair critic judges only the first paragraph, so text kept past it would
@@ -152,8 +159,10 @@ def clean_response(
     text, rule, removed = trim(text)
     limit = hit_token_limit(n_tokens, max_new_tokens, config.token_limit_margin) if n_tokens is not None else False
 
-    if not text:
-        reason: str | None = REASON_EMPTY
+    if special_tokens:
+        reason: str | None = REASON_SPECIAL_TOKEN
+    elif not text:
+        reason = REASON_EMPTY
     elif PARTIAL_DELIMITER in text:
         reason = REASON_DELIMITER_LEAK
     elif leaked_markers(text):
@@ -177,7 +186,8 @@ def clean_response(
 
 def clean_generations(generations: Sequence[Any], *, max_new_tokens: int, config: CleaningConfig = CleaningConfig()) -> list[CleanResult]:
     """Clean loader ``Generation`` objects (anything with ``.text`` and ``.n_tokens``)."""
-    return [clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=max_new_tokens, config=config) for g in generations]
+    return [clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=max_new_tokens, config=config,
+                           special_tokens=getattr(g, "special_tokens", ())) for g in generations]
 
 
 def summarize(results: Iterable[CleanResult]) -> dict:
