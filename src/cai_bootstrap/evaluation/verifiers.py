@@ -11,10 +11,9 @@ Rules shared by all verifiers (documented once, here):
 
 - Answer segment. A base model often answers and then opens a new prompt of its own
   (``...\\n\\nInstruction: ...``). Each verifier judges the answer segment: the response
-  up to the first line that starts a new prompt (``NEW_PROMPT_LINE_RE``: a line opening
-  with ``Instruction:``, ``Response:``, ``Question:``, ``Q:``, ``User:``, ``Human:``,
-  ``Assistant:``, ``System:``, ``Input:`` or ``Prompt:``, any case, optionally after
-  ``#`` marks). The raw response is always recorded unchanged; ``answer_then_stop``
+  up to the first line that starts a new prompt (the rule cleaning uses too, in
+  :mod:`cai_bootstrap.new_prompt`: prompt words, question starters, role words, any
+  case, with or without markdown ``#`` marks). The raw response is always recorded unchanged; ``answer_then_stop``
   fails any response containing such a line.
 - Words are ``WORD_RE`` matches: runs of letters or digits, joined by an internal
   apostrophe, hyphen or period ("don't", "well-known", "3.5" are one word each).
@@ -59,15 +58,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cai_bootstrap.dedup import rouge_l
+from cai_bootstrap.new_prompt import NEW_PROMPT_LINE_RE, answer_end, first_new_prompt_line  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------
 # Shared text rules
 # --------------------------------------------------------------------------------------
 
-NEW_PROMPT_LINE_RE = re.compile(
-    r"^[ \t]*(?:#{1,4}[ \t]*)?(?:Instructions?|Response|Question|Q|User|Human|Assistant|System|Input|Prompt)[ \t]*:",
-    re.IGNORECASE | re.MULTILINE,
-)
 WORD_RE = re.compile(r"[^\W_]+(?:['’.\-][^\W_]+)*")
 LIST_ITEM_RE = re.compile(r"^[ \t]*(?:\d{1,3}[.)]|[-*+•])[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
 _LIST_MARKER_RE = re.compile(r"^[ \t]*(?:\d{1,3}[.)]|[-*+•])[ \t]+")
@@ -97,12 +93,11 @@ def _normalize_quotes(text: str) -> str:
 
 def answer_segment(response: str) -> str:
     """The response up to the first new-prompt line, stripped."""
-    m = NEW_PROMPT_LINE_RE.search(response)
-    return (response[: m.start()] if m else response).strip()
+    return response[: answer_end(response)].strip()
 
 
 def has_new_prompt(response: str) -> bool:
-    return NEW_PROMPT_LINE_RE.search(response) is not None
+    return first_new_prompt_line(response) is not None
 
 
 def words(text: str) -> list[str]:
@@ -581,7 +576,7 @@ class AnswerThenStop(Verifier):
         if not spans:
             return _fail("wrong_answer", f"none of {accepted} in the answer")
         if has_new_prompt(response):
-            line = NEW_PROMPT_LINE_RE.search(response).group(0).strip()
+            line = first_new_prompt_line(response).text
             return _fail("continued_with_new_prompt", f"the response goes on with a new prompt ({line!r})")
         return uncommitted(ans, spans) or _ok()
 
