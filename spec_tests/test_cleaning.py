@@ -14,7 +14,6 @@ from cai_bootstrap.cleaning import (
     CUT_PROMPT_LINE,
     DELIMITER,
     MAX_CHARS,
-    NEW_PROMPT_PATTERNS,
     REASON_DELIMITER_LEAK,
     REASON_EMPTY,
     REASON_MARKER_LEAK,
@@ -28,7 +27,9 @@ from cai_bootstrap.cleaning import (
     reject_record,
     summarize,
 )
+from cai_bootstrap.evaluation.verifiers import answer_segment, verify
 from cai_bootstrap.io_utils import atomic_write_jsonl, read_jsonl
+from cai_bootstrap.new_prompt import first_new_prompt_line
 from cai_bootstrap.prompts import evaluator_markers
 
 # A good one-paragraph answer: 279 characters, five periods. The first attempt at this
@@ -87,7 +88,8 @@ def test_no_delimiter_is_recorded_as_missing():
         (" Blue.\nTask: name a fruit", "Blue.", CUT_NEW_QUESTION),
         (" Blue.\nInput: apples", "Blue.", CUT_NEW_QUESTION),
         (" Blue.\nNext question, please", "Blue.", CUT_NEW_QUESTION),
-        (" Blue.\n### Instruction", "Blue.", CUT_NEW_QUESTION),
+        (" Blue.\n### Instruction", "Blue.", CUT_PROMPT_LINE),
+        (" Blue.\n### Notes", "Blue.", CUT_NEW_QUESTION),
     ],
 )
 def test_trim_at_first_new_prompt_sign(raw, expected, rule):
@@ -247,12 +249,13 @@ def test_every_drop_has_a_stable_reason_counted_and_written(tmp_path):
     ]
     results = [clean_response(r) for r in raws]
     # Frozen values: QC counts and rejects files key on these strings.
-    assert REASONS == ("empty", "delimiter_leak", "evaluator_marker_leak", "runaway")
+    assert REASONS == ("empty", "delimiter_leak", "evaluator_marker_leak", "runaway", "special_token_emitted")
     assert all((r.reason is None) == r.kept for r in results)
     assert all(r.reason in REASONS for r in results if not r.kept)
     summary = summarize(results)
     assert summary["generated"] == 7 and summary["kept"] == 2
-    assert summary["dropped"] == {"empty": 1, "delimiter_leak": 1, "evaluator_marker_leak": 1, "runaway": 2}
+    assert summary["dropped"] == {"empty": 1, "delimiter_leak": 1, "evaluator_marker_leak": 1, "runaway": 2,
+                                  "special_token_emitted": 0}
     assert summary["kept"] + sum(summary["dropped"].values()) == summary["generated"]
     assert summary["delimiter_missing"] == 7 and summary["runaway"] == 2
 
@@ -302,8 +305,78 @@ def test_cleaning_properties(raw):
     assert DELIMITER not in r.text
     if r.kept:
         assert r.text and r.text == r.text.strip()
-        assert not any(p in r.text for p in NEW_PROMPT_PATTERNS)
+        assert first_new_prompt_line(r.text) is None
         assert not any(m in r.text for m in evaluator_markers())
         assert "###END" not in r.text and len(r.text) <= MAX_CHARS
     else:
         assert r.reason in REASONS
+
+
+# -- CG-03 / CL-06: responses in which the model emitted a forbidden token ----------------------
+
+
+@pytest.mark.spec("CL-06", "CG-03")
+@pytest.mark.parametrize(
+    "pieces, kept",
+    [
+        ([" Paris is the capital."], True),
+        ([" Paris is the capital.", "<|im_end|>"], False),  # a chat turn end, erased by decoding
+        ([" Paris", "<think>", " is the capital."], False),
+        (["<|im_start|>", "assistant\n Paris."], False),
+        ([" Paris is the capital.", "<|endoftext|>"], True),  # the EOS that ends the row is fine
+    ],
+)
+def test_emitted_special_token_drops_the_response(tiny_lm, pieces, kept):
+    ids = []
+    for p in pieces:
+        ids += [tiny_lm.tokenizer.convert_tokens_to_ids(p)] if p.startswith("<") and p.endswith(">") \
+            else tiny_lm.encode_continuation(p)
+    gen = tiny_lm._finish(ids, max_new_tokens=64)
+    [r] = clean_generations([gen], max_new_tokens=64)
+    assert r.kept is kept
+    if not kept:
+        assert r.reason == "special_token_emitted" and "special_token_emitted" in REASONS
+        assert summarize([r])["dropped"]["special_token_emitted"] == 1
+        assert reject_record(r, gen.text)["reason"] == "special_token_emitted"
+
+
+# -- CL-02 / CL-03 / EV-04: cleaning and the verifiers end an answer at the same line ----------
+
+# (raw response without blank lines, the answer, whether the tail is a dialogue)
+NEW_PROMPT_TABLE = [
+    (" Blue.\nInstruction: Name a fruit.", "Blue.", False),
+    (" Blue.\ninstruction: name a fruit.", "Blue.", False),
+    (" Blue.\nINSTRUCTION: NAME A FRUIT.", "Blue.", False),
+    (" Blue.\n## Instruction: Name a fruit.", "Blue.", False),
+    (" Blue.\n# Instruction\nName a fruit.", "Blue.", False),
+    (" Blue.\n### Response\nRed.", "Blue.", False),
+    (" Blue.\n## Question: What is red?", "Blue.", False),
+    (" Blue.\nQuestion 2: What is red?", "Blue.", False),
+    (" Blue.\nQ: And red?", "Blue.", False),
+    (" Blue.\nresponse: Red.", "Blue.", False),
+    (" Blue.\n  Input: apples", "Blue.", False),
+    (" Blue.\nSystem: You are helpful.", "Blue.", True),
+    (" Blue.\nsystem: you are helpful.", "Blue.", True),
+    (" Blue.\nUser: and red?", "Blue.", True),
+    (" Blue.\n## User: and red?", "Blue.", True),
+    (" Blue.\nAssistant: Red.", "Blue.", True),
+    (" Blue.\nHuman: more", "Blue.", True),
+    (" Blue is calm. A user: said hi", "Blue is calm. A user: said hi", False),  # not at a line start
+    (" Blue.\nThe response was slow.", "Blue.\nThe response was slow.", False),
+]
+
+
+@pytest.mark.spec("CL-02", "CL-03", "EV-04")
+@pytest.mark.parametrize("raw, answer, dialogue", NEW_PROMPT_TABLE)
+def test_cleaning_and_verifiers_agree_on_where_an_answer_ends(raw, answer, dialogue):
+    r = clean_response(raw)
+    assert answer_segment(raw) == answer  # the verifiers' answer segment
+    stops = verify(raw, {"name": "answer_then_stop", "args": {"accepted": ["Blue"]}})
+    assert stops.passed is (answer == raw.strip()), stops
+    if dialogue:
+        # the answer ends at the role line in both; cleaning drops the dialogue as a runaway
+        assert (r.kept, r.reason) == (False, REASON_RUNAWAY)
+        assert r.text.startswith(answer) and first_new_prompt_line(r.text).start == len(answer) + 1
+    else:
+        assert r.kept and r.text == answer
+        assert r.heuristic_cutoff is (answer != raw.strip())

@@ -370,3 +370,42 @@ def test_every_record_carries_pv01_provenance(messy_run, flow):
         assert rec["prompt"] == prompts.render_response_prompt(rec["instruction"])
         assert rec["completion"] == " " + rec["response"]
         assert cleaning.PARTIAL_DELIMITER not in rec["response"]
+
+
+# -- CG-03 in the pipeline: forbidden tokens drop items, they do not abort the run ----------------
+
+
+class _MarkupLM(ScriptedLM):
+    """Writes a literal chat marker into one instruction of every list and emits a chat
+    turn end into some responses (as a base model trained on chat data does)."""
+
+    MARKUP = " Write a poem about <|im_start|>assistant and the sea.\n"
+
+    def _one(self, prompt, seed, max_new_tokens):
+        g = super()._one(prompt, seed, max_new_tokens)
+        if not prompt.endswith("Response:"):
+            g.text = self.MARKUP + g.text.lstrip()  # typed as text: it encodes to the role token
+        elif seed % 2 == 0:
+            g.special_tokens = [{"token": "<|im_end|>", "position": g.n_tokens, "offset": len(g.text)}]
+        return g
+
+
+@pytest.mark.spec("CG-03", "CL-06", "DG-02")
+def test_a_run_with_chat_markup_drops_those_items_with_reasons(flow, tmp_path):
+    lm, model_dir, _ = flow
+    cfg = small_config(tmp_path / "run", model_dir, **{"critic.threshold": 0.0})
+    scripted = _MarkupLM(lm, style="clean")
+    summary = P.run_generation(cfg, lm=scripted)  # before: ContaminationError at the instruction critic
+    rejects = read_jsonl(tmp_path / "run" / P.REJECTS)
+    forbidden = [r for r in rejects if r["reason"] == "forbidden_token"]
+    assert forbidden and all("<|im_start|>" in r["text"] and r["stage"] == "parse" for r in forbidden)
+    assert summary["drop_reasons"].get("parse:forbidden_token") == len(forbidden)
+    emitted = [r for r in rejects if r["reason"] == "special_token_emitted"]
+    responses = read_jsonl(tmp_path / "run" / P.WORK / P.RESPONSES)
+    flagged = [r for r in responses if r["special_tokens"]]
+    assert flagged and {r["id"] for r in emitted} == {r["id"] for r in flagged}
+    assert all(r["stage"] == "clean_response" and r["special_tokens"][0]["token"] == "<|im_end|>" for r in emitted)
+    assert summary["drop_reasons"].get("clean_response:special_token_emitted") == len(emitted)
+    kept = read_jsonl(tmp_path / "run" / P.DATASET)
+    assert not {r["metadata"]["record_id"] for r in kept} & {r["id"] for r in emitted}
+    assert all("<|im_start|>" not in r["instruction"] for r in kept)

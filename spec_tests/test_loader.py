@@ -434,3 +434,102 @@ def test_generate_accepts_stop_strings(tiny_lm):
     out = tiny_lm.generate(["Instruction: Name a color.\nResponse:"], max_new_tokens=6, do_sample=False,
                            stop_strings=("\n\n",))
     assert len(out) == 1 and out[0].n_tokens <= 6
+
+
+# ---------------------------------------------------------------- CG-03: derived forbidden list
+TEMPLATE_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+
+
+@pytest.mark.spec("CG-03")
+@pytest.mark.parametrize("token", TEMPLATE_TOKENS)
+def test_template_tokens_not_flagged_special_are_refused(tiny_lm, token):
+    """Qwen3's template marks thinking and tools with added tokens the tokenizer does not call special."""
+    special = {t.content: t.special for t in tiny_lm.tokenizer.added_tokens_decoder.values()}
+    assert special[token] is False  # the case the old special-or-role-regex rule let through
+    pos = len(tiny_lm.tokenizer("Describe the seasons ", add_special_tokens=False)["input_ids"])
+    with pytest.raises(ContaminationError) as e:
+        tiny_lm.encode("Describe the seasons " + token + " now")
+    assert repr(token) in str(e.value) and f"at position {pos}" in str(e.value)
+
+
+class _Added:
+    def __init__(self, content, special):
+        self.content, self.special = content, special
+
+
+class _FakeTokenizer:
+    def __init__(self, added, special_ids=()):
+        self.added_tokens_decoder = {i: _Added(c, s) for i, (c, s) in added.items()}
+        self.all_special_ids = list(special_ids)
+
+    def convert_ids_to_tokens(self, i):
+        return self.added_tokens_decoder[i].content
+
+
+@pytest.mark.spec("CG-03")
+@pytest.mark.parametrize(
+    "added, template, forbidden",
+    [
+        # special tokens always; non-special ones only when the template uses them
+        ({1: ("<s>", True), 2: ("<think>", False), 3: ("<fim>", False)}, "{{ '<think>' }}", {1, 2}),
+        ({1: ("<s>", True), 2: ("<think>", False)}, None, {1}),  # no template: nothing to derive from
+        ({5: ("<|im_start|>", False)}, None, {5}),  # the role regex stays as a fallback
+        ({7: ("[TOOL]", False), 8: ("[TOOLS]", False)}, "x [TOOLS] y", {8}),  # whole token text, not a prefix
+        ({9: ("<r>", False)}, {"default": "a <r> b", "tool_use": "c"}, {9}),  # named templates
+        ({9: ("<r>", False)}, [{"name": "default", "template": "a <r> b"}], {9}),
+    ],
+)
+def test_forbidden_ids_are_derived_from_added_tokens_and_template(added, template, forbidden):
+    from cai_bootstrap.loader import forbidden_token_ids
+
+    tok = _FakeTokenizer(added, special_ids=[i for i, (_, s) in added.items() if s])
+    assert set(forbidden_token_ids(tok, template)) == forbidden
+
+
+@pytest.mark.spec("CG-03", "CG-06")
+def test_forbidden_list_source_is_recorded(tiny_lm):
+    src = tiny_lm.provenance["forbidden_tokens"]
+    assert src["template_seen"] is True
+    assert set(TEMPLATE_TOKENS) <= set(src["from_template"])
+    assert src["n"] == len(tiny_lm.forbidden_ids) == tiny_lm.provenance["n_forbidden_special_tokens"]
+
+
+# ---------------------------------------------------------------- CG-03: what the model emits
+@pytest.mark.spec("CG-03")
+@pytest.mark.parametrize(
+    "pieces, stop, flagged",
+    [
+        ([" Paris."], False, []),
+        ([" Paris.", "<|im_end|>", " more"], False, [("<|im_end|>", 1)]),
+        ([" Sure", "<think>", " hmm"], False, [("<think>", 1)]),
+        ([" Paris.", "<|endoftext|>"], True, []),  # the EOS that ends a row is not a finding
+        (["<|im_start|>", "assistant"], False, [("<|im_start|>", 0)]),
+    ],
+)
+def test_emitted_special_tokens_are_flagged_not_erased(tiny_lm, pieces, stop, flagged):
+    ids, where = [], {}
+    for p in pieces:
+        if p.startswith("<") and p.endswith(">"):
+            where.setdefault(p, len(ids))
+            ids.append(tiny_lm.tokenizer.convert_tokens_to_ids(p))
+        else:
+            ids += tiny_lm.encode_continuation(p)
+    g = tiny_lm._finish(ids, max_new_tokens=64)
+    assert g.stopped_on_eos is stop
+    assert [(s["token"], s["position"]) for s in g.special_tokens] == [(t, where[t]) for t, _ in flagged]
+    for s in g.special_tokens:  # the offset says where in the decoded text the token was
+        assert s["offset"] == len(tiny_lm.tokenizer.decode(ids[: s["position"]], skip_special_tokens=True))
+
+
+@pytest.mark.spec("CG-03")
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("Write a poem about rain.", []),
+        ("Write <|im_start|> a poem.", ["<|im_start|>"]),
+        ("Think first <think> then answer </think>", ["<think>", "</think>"]),
+        ("plain <im_start> look-alike", []),
+    ],
+)
+def test_forbidden_tokens_in_text(tiny_lm, text, found):
+    assert tiny_lm.forbidden_tokens_in(text) == found

@@ -179,7 +179,7 @@ def test_bad_arguments_are_clear_errors():
 def test_reason_strings_are_stable():
     assert REASONS == (
         "empty_line", "meta_line", "number_only", "unnumbered_line", "too_short", "too_long", "no_verb",
-        "unfinished", "truncated_by_token_limit", "prompt_marker",
+        "unfinished", "truncated_by_token_limit", "prompt_marker", "forbidden_token",
     )
 
 
@@ -218,3 +218,32 @@ def test_numbered_valid_instructions_round_trip(items, start):
     assert r.texts == [p.text for p in items]
     assert [i.number for i in r.instructions] == list(range(start, start + len(items)))
     assert r.rejects == []
+
+
+# -- CG-03 at parse time: items with forbidden tokens never reach the critic -------------------
+
+_LIST = " Write a poem about the sea.\n6. List three uses of copper.\n7. Explain why ice floats on water."
+
+
+@pytest.mark.spec("CL-06", "CG-03")
+@pytest.mark.parametrize(
+    "text, offsets, dropped_lines",
+    [
+        (_LIST, [], []),
+        # typed as text: a literal chat marker in an item, as a base model may write it
+        (" Write a poem about <|im_start|> the sea.\n6. List three uses of copper.", [], [1]),
+        (" Write a poem about the sea.\n6. List three uses of copper <|im_end|>\n7. Explain why ice floats.", [], [2]),
+        (" Write a poem about the sea.\n6. Think <think> and list three uses of copper.", [], [2]),
+        # emitted and erased by decoding: the loader's offset says which item held it
+        (_LIST, [len(" Write a poem about the sea.\n6. List")], [2]),
+        (_LIST, [len(" Write a poem about the sea.")], [1]),  # right after an item's last character
+        (_LIST, [0], [1]),
+    ],
+)
+def test_items_with_forbidden_tokens_are_dropped_with_a_reason(tiny_lm, text, offsets, dropped_lines):
+    r = parse_instruction_list(text, continues_item=5, forbidden_offsets=offsets,
+                               forbidden_tokens_in=tiny_lm.forbidden_tokens_in)
+    assert sorted(x.line for x in r.rejects if x.reason == "forbidden_token") == dropped_lines
+    assert not set(dropped_lines) & {i.line for i in r.instructions}
+    for ins in r.instructions:  # what is kept encodes cleanly: the critic cannot abort on it
+        tiny_lm.encode(ins.text)

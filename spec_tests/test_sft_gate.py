@@ -49,7 +49,7 @@ def _cfg(run_dir, out, **extra):
 @pytest.mark.spec("SFT-01", "PV-05")
 def test_gate_passes_a_finished_run_with_the_real_expectation_suite(run_dir):
     gate = check_dataset_gate(run_dir)  # default validator: the sft_records Great Expectations suite
-    assert list(gate.checks) == ["manifest", "hashes", "qc", "expectations", "records"]
+    assert list(gate.checks) == ["manifest", "hashes", "qc", "qc_thresholds", "expectations", "records"]
     assert len(gate.records) == len(make_records())
     manifest = json.loads((run_dir / "session_manifest.json").read_text())
     pinned = {e["path"]: e["sha256"] for e in manifest["generated_artifacts"]}
@@ -154,6 +154,78 @@ def test_cli_reports_gate_failures_without_traceback(run_dir, tmp_path, capsys, 
     rc = main(["train", "--dataset", str(run_dir), "--out", str(tmp_path / "o"), "--smoke", "--max-steps", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "[manifest]" in err and "Traceback" not in err
+
+
+# -- QC-08: the thresholds a summary was judged under are checked, not only its verdict ---------------
+
+
+def _rehash(run):
+    """Re-pin the run's files in its manifest, as someone covering an edit would."""
+    from cai_bootstrap.provenance import add_generated_artifact, new_session_manifest, write_manifest
+
+    old = json.loads((run / "session_manifest.json").read_text())
+    manifest = new_session_manifest(planned_artifacts=["dataset.jsonl", "qc_summary.json"])
+    if "config" in old:
+        manifest["config"] = old["config"]
+    for name in ("dataset.jsonl", "qc_summary.json"):
+        add_generated_artifact(manifest, run / name, run)
+    write_manifest(run / "session_manifest.json", manifest)
+
+
+def _loosen(run, **changes):
+    p = run / "qc_summary.json"
+    summary = json.loads(p.read_text())
+    summary["thresholds"].update(changes)
+    p.write_text(json.dumps(summary))
+    _rehash(run)
+
+
+@pytest.mark.spec("QC-08", "SFT-01")
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"max_token_limit_rate": 0.99}, ["max_token_limit_rate", "0.99", "0.1"]),
+        ({"max_runaway_rate": 0.5}, ["max_runaway_rate"]),
+        ({"max_delimiter_leaks": 3}, ["max_delimiter_leaks"]),
+        ({"max_median_tokens": 400.0}, ["max_median_tokens"]),
+        ({"min_pair_acceptance": 0.0}, ["min_pair_acceptance"]),
+        ({"min_instruction_acceptance": 0.1, "max_runaway_rate": 0.9}, ["min_instruction_acceptance", "max_runaway_rate"]),
+        ({"require_sentinels": False}, ["require_sentinels"]),
+    ],
+)
+def test_gate_refuses_a_summary_judged_under_loosened_thresholds(run_dir, changes, named):
+    _loosen(run_dir, **changes)
+    with pytest.raises(DataGateError) as e:
+        check_dataset_gate(run_dir, validator=no_expectation_failures)
+    assert e.value.check == "qc_thresholds"
+    for w in named:
+        assert w in str(e.value)
+
+
+@pytest.mark.spec("QC-08", "SFT-01")
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"max_token_limit_rate": 0.05}, {"min_pair_acceptance": 0.5, "max_median_tokens": 30.0}],  # equal or stricter
+)
+def test_gate_accepts_thresholds_at_least_as_strict(run_dir, changes):
+    _loosen(run_dir, **changes)
+    assert check_dataset_gate(run_dir, validator=no_expectation_failures).checks["qc_thresholds"]
+
+
+@pytest.mark.spec("QC-08", "SFT-01")
+def test_gate_holds_a_summary_to_its_run_config_and_to_an_explicit_requirement(run_dir):
+    from cai_bootstrap.qc import QCThresholds
+
+    # The run's own config asked for stricter thresholds than its summary records.
+    m = json.loads((run_dir / "session_manifest.json").read_text())
+    m["config"] = {"qc": {**QCThresholds().to_dict(), "max_runaway_rate": 0.01}}
+    (run_dir / "session_manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataGateError, match=r"\[qc_thresholds\].*max_runaway_rate"):
+        check_dataset_gate(run_dir, validator=no_expectation_failures)
+    fresh = make_generation_run(run_dir.parent / "fresh")
+    with pytest.raises(DataGateError, match="min_pair_acceptance"):
+        check_dataset_gate(fresh, validator=no_expectation_failures,
+                           required_thresholds=QCThresholds(min_pair_acceptance=0.9))
 
 
 # -- SFT-06 --------------------------------------------------------------------------------------------

@@ -133,6 +133,50 @@ def test_every_registered_verifier_has_passing_and_failing_rows():
         assert outcomes == {True, False}, name
 
 
+# EV-04: an answer is one committed answer. Several candidates, a hedge or a negation
+# around the right one used to pass, as the accepted word or number was merely present.
+COMMITMENT_CASES = [
+    # fail: several candidates or hedged
+    ("answer_then_stop", {"accepted": ["Oslo"]}, "It could be 60, or maybe 7 ... or maybe Oslo", False, "hedged_answer"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "Paris or London", False, "hedged_answer"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "Maybe Paris.", False, "hedged_answer"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "Perhaps it is Paris, I am not sure.", False, "hedged_answer"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "Either Paris, Lyon", False, "hedged_answer"),
+    # fail: negated
+    ("answer_then_stop", {"accepted": ["Paris"]}, "It is not Paris.", False, "negated_answer"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "The capital isn't Paris.", False, "negated_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "The answer is not 27.", False, "negated_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "It isn't 27", False, "negated_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "It isn’t 27.", False, "negated_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "27 is wrong.", False, "negated_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "Never 27.", False, "negated_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "Maybe 27.", False, "hedged_answer"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "It might be 27.", False, "hedged_answer"),
+    ("translation", {"accepted": ["perro"]}, "It is not perro.", False, "negated_answer"),
+    ("translation", {"accepted": ["perro"]}, "Perro or can.", False, "hedged_answer"),
+    ("translation", {"accepted": ["perro"]}, "Probably perro.", False, "hedged_answer"),
+    # pass: one committed answer
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "27.", True, "ok"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "The answer is 27.", True, "ok"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "20 + 7 = 27", True, "ok"),
+    ("arithmetic", {"answer": 27, "operands": [20, 7]}, "No doubt: 27.", True, "ok"),
+    ("answer_then_stop", {"accepted": ["Oslo"]}, "Oslo is the capital of Norway.", True, "ok"),
+    ("answer_then_stop", {"accepted": ["Oslo"]}, "Oslo.", True, "ok"),
+    ("answer_then_stop", {"accepted": ["Au"]}, "The chemical symbol for gold is Au.", True, "ok"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "The capital of France is Paris, known for its museums.", True, "ok"),
+    ("translation", {"accepted": ["perro"]}, 'The Spanish word for "dog" is "perro".', True, "ok"),
+    ("translation", {"accepted": ["Haus"]}, "Haus.", True, "ok"),
+]
+
+
+@pytest.mark.spec("EV-04")
+@pytest.mark.parametrize("name,args,response,expected,reason", COMMITMENT_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(COMMITMENT_CASES)])
+def test_hedged_or_negated_answers_do_not_pass(name, args, response, expected, reason):
+    result = verify(response, {"name": name, "args": args})
+    assert (result.passed, result.reason) == (expected, reason), result
+
+
 # (name, args, long correct response, short wrong response)
 LENGTH_CASES = [
     ("arithmetic", {"answer": 85, "operands": [37, 48]},

@@ -22,13 +22,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
+from cai_bootstrap.new_prompt import NEW_PROMPT_LINE_RE, NEW_QUESTION, PROMPT_LINE, first_new_prompt_line
 from cai_bootstrap.prompts import evaluator_markers
 
 DELIMITER = "###END###"
 # A truncated delimiter (the token limit hit in the middle of it) is still a leak.
 PARTIAL_DELIMITER = "###END"
-# CL-03: text that means the model started a new prompt and cleaning did not cut it.
-NEW_PROMPT_PATTERNS = ("\n\nInstruction:", "\n\nQuestion:", "\n\nQ:", "\nUser:", "\nAssistant:", "\nHuman:")
 MAX_CHARS = 500
 
 # Stable drop reasons (CL-06). Never rename one: QC counts and rejects files key on them.
@@ -36,25 +35,18 @@ REASON_EMPTY = "empty"
 REASON_DELIMITER_LEAK = "delimiter_leak"
 REASON_MARKER_LEAK = "evaluator_marker_leak"
 REASON_RUNAWAY = "runaway"
-REASONS = (REASON_EMPTY, REASON_DELIMITER_LEAK, REASON_MARKER_LEAK, REASON_RUNAWAY)
+# The model emitted a token base-model text may not hold (CG-03): decoding erased it, the
+# loader flagged it. Such a response came from a model writing chat markup; it is dropped.
+REASON_SPECIAL_TOKEN = "special_token_emitted"
+REASONS = (REASON_EMPTY, REASON_DELIMITER_LEAK, REASON_MARKER_LEAK, REASON_RUNAWAY, REASON_SPECIAL_TOKEN)
 
-# CL-02 cut rules, tried together; the earliest match wins. Each matches within one line,
-# which is what makes cleaning idempotent.
+# CL-02 cut rules: a blank line, or a new-prompt line of the kinds below (the rule shared
+# with the verifiers, in new_prompt.py); the earliest wins. Role lines (User:, System: ...)
+# are not cut: the answer ended there too, but a dialogue means a runaway (CL-03).
 CUT_BLANK_LINE = "blank_line"
-CUT_PROMPT_LINE = "prompt_line"
-CUT_NEW_QUESTION = "new_question"
-_CUT_RULES: tuple[tuple[str, re.Pattern], ...] = (
-    (CUT_BLANK_LINE, re.compile(r"\n[ \t\r\f\v]*\n")),
-    (CUT_PROMPT_LINE, re.compile(r"^[ \t]*(?:Instruction|Q:|A:|Response:)", re.MULTILINE)),
-    (
-        CUT_NEW_QUESTION,
-        re.compile(
-            r"^[ \t]*(?:Question[ \t]*\d*[ \t]*[:.]|Q\d+[:.]|Problem[ \t]*\d*:|Exercise[ \t]*\d*:|Task[ \t]*\d*:"
-            r"|Prompt:|Query:|Input:|Next question|Another question|New question|###[ \t])",
-            re.MULTILINE,
-        ),
-    ),
-)
+CUT_PROMPT_LINE = PROMPT_LINE
+CUT_NEW_QUESTION = NEW_QUESTION
+_BLANK_LINE_RE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,7 @@ class CleaningConfig:
             raise ValueError(f"token_limit_margin must be a non-negative integer, got {self.token_limit_margin!r}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "delimiter": DELIMITER, "new_prompt_patterns": list(NEW_PROMPT_PATTERNS)}
+        return {**asdict(self), "delimiter": DELIMITER, "new_prompt_line_re": NEW_PROMPT_LINE_RE.pattern}
 
 
 @dataclass(frozen=True)
@@ -100,10 +92,12 @@ def trim(text: str) -> tuple[str, str | None, bool]:
     """CL-02: cut at the earliest blank line or new-prompt line; return (text, rule, removed_content)."""
     text = text.lstrip()
     best: tuple[int, str] | None = None
-    for rule, pattern in _CUT_RULES:
-        m = pattern.search(text)
-        if m and (best is None or m.start() < best[0]):
-            best = (m.start(), rule)
+    blank = _BLANK_LINE_RE.search(text)
+    if blank:
+        best = (blank.start(), CUT_BLANK_LINE)
+    line = first_new_prompt_line(text, (PROMPT_LINE, NEW_QUESTION))
+    if line and (best is None or line.start < best[0]):
+        best = (line.start, line.kind)
     if best is None:
         return text.strip(), None, False
     pos, rule = best
@@ -111,8 +105,9 @@ def trim(text: str) -> tuple[str, str | None, bool]:
 
 
 def is_runaway(text: str, *, max_chars: int = MAX_CHARS) -> bool:
-    """CL-03: leftover new-prompt text or too long. Length over 200 or many periods is fine."""
-    return len(text) > max_chars or any(p in text for p in NEW_PROMPT_PATTERNS)
+    """CL-03: a new-prompt line left in the text (a role line: a dialogue) or too long.
+    Length over 200 or many periods is fine."""
+    return len(text) > max_chars or first_new_prompt_line(text) is not None
 
 
 def hit_token_limit(n_tokens: int, max_new_tokens: int, margin: int = 0) -> bool:
@@ -136,8 +131,12 @@ def clean_response(
     n_tokens: int | None = None,
     max_new_tokens: int | None = None,
     config: CleaningConfig = CleaningConfig(),
+    special_tokens: Sequence[Any] = (),
 ) -> CleanResult:
     """Clean one raw completion and decide whether it is kept.
+
+    ``special_tokens``: forbidden tokens found in the generation (``Generation.special_tokens``,
+    plus any its text encodes to); any at all drops the response as ``special_token_emitted``.
 
     The delimiter cut (CL-01) is followed by the CL-02 cuts as well, stricter than the
     catalogue: the pair critic judges only the first paragraph, so text kept past it would
@@ -152,8 +151,10 @@ def clean_response(
     text, rule, removed = trim(text)
     limit = hit_token_limit(n_tokens, max_new_tokens, config.token_limit_margin) if n_tokens is not None else False
 
-    if not text:
-        reason: str | None = REASON_EMPTY
+    if special_tokens:
+        reason: str | None = REASON_SPECIAL_TOKEN
+    elif not text:
+        reason = REASON_EMPTY
     elif PARTIAL_DELIMITER in text:
         reason = REASON_DELIMITER_LEAK
     elif leaked_markers(text):
@@ -177,7 +178,8 @@ def clean_response(
 
 def clean_generations(generations: Sequence[Any], *, max_new_tokens: int, config: CleaningConfig = CleaningConfig()) -> list[CleanResult]:
     """Clean loader ``Generation`` objects (anything with ``.text`` and ``.n_tokens``)."""
-    return [clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=max_new_tokens, config=config) for g in generations]
+    return [clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=max_new_tokens, config=config,
+                           special_tokens=getattr(g, "special_tokens", ())) for g in generations]
 
 
 def summarize(results: Iterable[CleanResult]) -> dict:

@@ -9,7 +9,10 @@ that impossible and visible:
 - there is one encode path, ``add_special_tokens=False``, BOS prepended explicitly where
   the family needs it (CG-02);
 - every input is scanned for special/role tokens before any forward pass, by the encode
-  path and by a forward pre-hook on the model itself (CG-03);
+  path and by a forward pre-hook on the model itself (CG-03); the forbidden list is
+  derived from the tokenizer: every special token, every added token the chat template
+  uses (Qwen3's ``<think>`` and ``<tool_call>`` are not flagged special), and added tokens
+  that look like role markup; tokens the model emits are flagged on its ``Generation``;
 - the tokenizer's own special-token behaviour is diffed on the sentinel prompts (CG-04);
 - the sentinel suite runs at every load (CG-05) and everything is recorded (CG-06).
 
@@ -53,6 +56,10 @@ class Generation:
     hit_limit: bool
     stopped_on_eos: bool
     token_ids: list[int] = field(default_factory=list, repr=False)
+    # Forbidden tokens the model emitted (not the EOS that ended the row): the text is
+    # decoded without them, so this is the only trace. Each: token, position (in
+    # token_ids) and offset (in text, where the token was erased).
+    special_tokens: list[dict] = field(default_factory=list)
 
 
 def loader_version() -> str:
@@ -76,8 +83,12 @@ def _source_path(source: str | os.PathLike) -> tuple[str, bool]:
     return s, False
 
 
-def _disable_templates(tokenizer) -> None:
-    """CG-01: strip every template and make template use an error rather than a silent wrap."""
+def _disable_templates(tokenizer) -> Any:
+    """CG-01: strip every template and make template use an error rather than a silent wrap.
+
+    Returns the removed template: its text names the markup CG-03 must forbid.
+    """
+    removed = tokenizer.chat_template
     tokenizer.chat_template = None
     if hasattr(tokenizer, "default_chat_template"):
         try:
@@ -89,19 +100,70 @@ def _disable_templates(tokenizer) -> None:
         raise ContaminationError("apply_chat_template is disabled on base-model tokenizers (CG-01)")
 
     tokenizer.apply_chat_template = _refuse
+    return removed
 
 
-def forbidden_token_ids(tokenizer) -> dict[int, str]:
-    """Every special or role-like token id the tokenizer knows, mapped to its text."""
-    ids: dict[int, str] = {}
+def _template_texts(chat_template: Any) -> list[str]:
+    """The text of a chat template as tokenizers store it: one string, a dict of named
+    templates, or a list of ``{"name", "template"}`` entries."""
+    if not chat_template:
+        return []
+    if isinstance(chat_template, str):
+        return [chat_template]
+    if isinstance(chat_template, dict):
+        return [t for t in chat_template.values() if isinstance(t, str)]
+    if isinstance(chat_template, (list, tuple)):
+        return [e.get("template") for e in chat_template if isinstance(e, dict) and isinstance(e.get("template"), str)]
+    return []
+
+
+def forbidden_token_sources(tokenizer, chat_template: Any = None) -> dict[str, dict[int, str]]:
+    """Why each token is forbidden: special, used by the chat template, or role-like by name.
+
+    The template is the authority on what a chat model's markup is; a tokenizer may leave
+    such tokens unflagged (Qwen3's ``<think>``, ``<tool_call>``), so flags alone miss them.
+    It must be read before ``_disable_templates`` clears it.
+    """
+    special: dict[int, str] = {}
     for tid in getattr(tokenizer, "all_special_ids", []) or []:
         if tid is not None:
-            ids[int(tid)] = tokenizer.convert_ids_to_tokens(int(tid))
+            special[int(tid)] = tokenizer.convert_ids_to_tokens(int(tid))
+    templates = _template_texts(chat_template)
+    from_template: dict[int, str] = {}
+    role_like: dict[int, str] = {}
     for tid, tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
         content = getattr(tok, "content", str(tok))
-        if getattr(tok, "special", False) or _ROLE_TOKEN_RE.match(content):
-            ids[int(tid)] = content
+        if getattr(tok, "special", False):
+            special[int(tid)] = content
+        if any(_occurs_as_token(content, t) for t in templates):
+            from_template[int(tid)] = content
+        if _ROLE_TOKEN_RE.match(content):
+            role_like[int(tid)] = content
+    return {"special": special, "template": from_template, "role_regex": role_like}
+
+
+def _occurs_as_token(content: str, template: str) -> bool:
+    """``content`` is markup the template writes.
+
+    Only tokens that look like markup count (bracket or bar characters, no surrounding
+    whitespace): some tokenizers add whitespace runs or plain words as tokens, and a
+    template's text contains those too, without their being chat markup.
+    """
+    looks_like_markup = content == content.strip() and bool(content) and any(c in content for c in "<>[]|")
+    return looks_like_markup and content in template
+
+
+def forbidden_token_ids(tokenizer, chat_template: Any = None) -> dict[int, str]:
+    """Every token id a base-model input may not contain, mapped to its text (CG-03)."""
+    ids: dict[int, str] = {}
+    for found in forbidden_token_sources(tokenizer, chat_template).values():
+        ids.update(found)
     return ids
+
+
+def find_forbidden(ids: Sequence[int], forbidden: dict[int, str]) -> list[tuple[int, str]]:
+    """(position, token text) of every forbidden id in ``ids``."""
+    return [(pos, forbidden[int(t)]) for pos, t in enumerate(ids) if int(t) in forbidden]
 
 
 def check_token_ids(
@@ -213,6 +275,12 @@ class LoadedModel:
         check_token_ids(ids, self.forbidden_ids, bos_id=None)
         return ids
 
+    def forbidden_tokens_in(self, text: str) -> list[str]:
+        """Forbidden tokens that ``text`` would encode to, in order: a check that drops an
+        item instead of aborting the run as ``encode`` does."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [tok for _, tok in find_forbidden(ids, self.forbidden_ids)]
+
     def check_ids(self, ids: Sequence[int], *, allow_trailing_eos: bool = False) -> None:
         check_token_ids(
             ids,
@@ -315,12 +383,17 @@ class LoadedModel:
                     ids = ids[:end]
                     break
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        emitted = [
+            {"token": tok, "position": pos, "offset": len(self.tokenizer.decode(ids[:pos], skip_special_tokens=True))}
+            for pos, tok in find_forbidden(ids, self.forbidden_ids)
+        ]
         return Generation(
             text=text,
             n_tokens=len(ids),
             hit_limit=not stopped and not stopped_on_string and len(row) >= max_new_tokens,
             stopped_on_eos=stopped,
             token_ids=ids,
+            special_tokens=emitted,
         )
 
     def release(self) -> None:
@@ -484,7 +557,7 @@ def load_base_model(
     torch_dtype = getattr(torch, dtype)
 
     tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
-    _disable_templates(tokenizer)
+    chat_template = _disable_templates(tokenizer)  # its text names the markup to forbid (CG-03)
     config = AutoConfig.from_pretrained(src, revision=revision)
     is_test_model = is_local and (Path(src) / "cai_bootstrap_testmodel.json").exists()
     prof = (
@@ -531,8 +604,9 @@ def load_base_model(
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        forbidden_ids=forbidden_token_ids(tokenizer),
+        forbidden_ids=forbidden_token_ids(tokenizer, chat_template),
     )
+    sources = forbidden_token_sources(tokenizer, chat_template)
     _install_forward_guard(lm)
 
     weights = _hash_weights(Path(src)) if is_local else {"mode": "revision", "revision": revision or getattr(config, "_commit_hash", None)}
@@ -555,6 +629,13 @@ def load_base_model(
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
         "n_forbidden_special_tokens": len(lm.forbidden_ids),
+        "forbidden_tokens": {
+            "n": len(lm.forbidden_ids),
+            "template_seen": bool(_template_texts(chat_template)),
+            "n_special": len(sources["special"]),
+            "from_template": sorted(sources["template"].values()),
+            "from_role_regex": sorted(sources["role_regex"].values()),
+        },
         "delta_check": delta,
         "sentinels": None,
     }

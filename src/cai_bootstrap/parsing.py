@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from cai_bootstrap.prompts import evaluator_markers
 
@@ -28,6 +28,9 @@ REASON_NO_VERB = "no_verb"
 REASON_UNFINISHED = "unfinished"
 REASON_TRUNCATED = "truncated_by_token_limit"
 REASON_MARKER = "prompt_marker"
+# The item holds a token base-model inputs may not contain (CG-03): emitted by the model
+# or typed as text that encodes to one. It would abort the run at the critic's encode.
+REASON_FORBIDDEN_TOKEN = "forbidden_token"
 REASONS = (
     REASON_EMPTY_LINE,
     REASON_META,
@@ -39,6 +42,7 @@ REASONS = (
     REASON_UNFINISHED,
     REASON_TRUNCATED,
     REASON_MARKER,
+    REASON_FORBIDDEN_TOKEN,
 )
 
 MIN_CHARS = 12
@@ -127,12 +131,23 @@ def fragment_reason(text: str) -> str | None:
     return None
 
 
-def parse_instruction_list(text: str, *, continues_item: int | None = None, truncated: bool = False) -> ParseResult:
+def parse_instruction_list(
+    text: str,
+    *,
+    continues_item: int | None = None,
+    truncated: bool = False,
+    forbidden_offsets: Sequence[int] = (),
+    forbidden_tokens_in: Callable[[str], Sequence[str]] | None = None,
+) -> ParseResult:
     """Split a list continuation into instructions.
 
     ``continues_item`` is the open number the prompt ended with: text before the first
     numbered line is that item. Without it, such text is an unnumbered line and dropped.
     ``truncated`` says the generation hit its token limit, so the last item is cut off.
+    ``forbidden_offsets``: where in ``text`` the model emitted a forbidden token (erased
+    by decoding); the item on that line is dropped. ``forbidden_tokens_in``: the loader's
+    check of a text (``LoadedModel.forbidden_tokens_in``); an item that would encode to a
+    forbidden token is dropped too. Both drop with ``forbidden_token``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
@@ -141,6 +156,7 @@ def parse_instruction_list(text: str, *, continues_item: int | None = None, trun
     result = ParseResult()
     candidates: list[tuple[str, int | None, int]] = []
     seen_numbered = False
+    flagged_lines = _lines_at(text, forbidden_offsets)
     for lineno, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
         if not stripped:
@@ -167,13 +183,28 @@ def parse_instruction_list(text: str, *, continues_item: int | None = None, trun
         candidates.append((body, number, lineno))
     last_index = len(candidates) - 1
     for i, (body, number, lineno) in enumerate(candidates):
-        reason = REASON_TRUNCATED if truncated and i == last_index and _ends_item(text, lineno) else fragment_reason(body)
+        if lineno in flagged_lines or (forbidden_tokens_in is not None and forbidden_tokens_in(body)):
+            reason: str | None = REASON_FORBIDDEN_TOKEN
+        elif truncated and i == last_index and _ends_item(text, lineno):
+            reason = REASON_TRUNCATED
+        else:
+            reason = fragment_reason(body)
         if reason:
             result.rejects.append(ParseReject(body, reason, lineno))
         else:
             result.instructions.append(ParsedInstruction(body, number, lineno))
     result.rejects.sort(key=lambda r: r.line)
     return result
+
+
+def _lines_at(text: str, offsets: Sequence[int]) -> set[int]:
+    """1-based line numbers holding the given character offsets (one at a line's end counts for that line)."""
+    lines, start, out = text.split("\n"), 0, set()
+    for lineno, line in enumerate(lines, start=1):
+        end = start + len(line)
+        out.update(lineno for off in offsets if start <= off <= end)
+        start = end + 1
+    return out
 
 
 def _ends_item(text: str, lineno: int) -> bool:

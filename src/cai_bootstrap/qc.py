@@ -57,6 +57,27 @@ class QCThresholds:
         return asdict(self)
 
 
+# Which way each threshold tightens: "max" thresholds are stricter when lower, "min" when
+# higher, require_sentinels when true.
+_STRICTER_WHEN_LOWER = ("max_runaway_rate", "max_token_limit_rate", "max_delimiter_leaks", "max_median_tokens")
+_STRICTER_WHEN_HIGHER = ("min_instruction_acceptance", "min_pair_acceptance", "require_sentinels")
+
+
+def loosened_thresholds(recorded: QCThresholds, required: QCThresholds) -> list[str]:
+    """Each threshold ``recorded`` sets looser than ``required``, as a readable line; empty if none.
+
+    A summary whose verdict is consistent with its own thresholds proves nothing if those
+    thresholds were raised until the run passed (QC-08): a gate compares them too.
+    """
+    out = []
+    for name in _STRICTER_WHEN_LOWER + _STRICTER_WHEN_HIGHER:
+        got, want = getattr(recorded, name), getattr(required, name)
+        looser = got > want if name in _STRICTER_WHEN_LOWER else got < want
+        if looser:
+            out.append(f"{name} {got!r} is looser than the required {want!r}")
+    return out
+
+
 def _rate(num: int, den: int) -> float:
     return num / den if den else 0.0
 

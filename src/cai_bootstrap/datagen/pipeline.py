@@ -62,11 +62,20 @@ def prompt_indices(shard_index: int, n_shards: int, start: int, count: int) -> l
     return [shard_index + n_shards * k for k in range(start, start + count)]
 
 
-def parse_raw(raw_rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """Parse every raw list continuation into candidate instructions with stable ids."""
+def parse_raw(raw_rows: Sequence[dict], forbidden_tokens_in: Callable[[str], Sequence[str]] | None = None
+              ) -> tuple[list[dict], list[dict]]:
+    """Parse every raw list continuation into candidate instructions with stable ids.
+
+    Items holding a forbidden token (emitted, per the row's ``special_tokens``, or typed as
+    text the loader's ``forbidden_tokens_in`` finds) are dropped here with a reason: at the
+    critic, encoding them would abort the whole run (CG-03).
+    """
     candidates, rejects = [], []
     for row in sorted(raw_rows, key=lambda r: r["prompt_index"]):
-        res = parsing.parse_instruction_list(row["text"], continues_item=row["next_number"], truncated=row["hit_limit"])
+        res = parsing.parse_instruction_list(
+            row["text"], continues_item=row["next_number"], truncated=row["hit_limit"],
+            forbidden_offsets=[s["offset"] for s in row.get("special_tokens", ()) if "offset" in s],
+            forbidden_tokens_in=forbidden_tokens_in)
         for ins in res.instructions:
             candidates.append({"id": f"p{row['prompt_index']}-l{ins.line}", "instruction": ins.text, "prompt_index": row["prompt_index"]})
         for rej in res.rejects:
@@ -119,11 +128,13 @@ def finalize(rows: RunRows, *, config_max_new_tokens: int, metadata_for: Callabl
     pair_by_id = {p["id"]: p for p in rows.pair_verdicts}
     response_flags, kept_texts, kept_tokens, dataset = [], [], [], []
     for r in rows.responses:
-        res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=config_max_new_tokens)
+        res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=config_max_new_tokens,
+                                      special_tokens=r.get("special_tokens", ()))
         response_flags.append({"id": r["id"], "reason": res.reason, "delimiter_found": res.delimiter_found,
                                "heuristic_cutoff": res.heuristic_cutoff, "hit_token_limit": res.hit_token_limit})
         if not res.kept:
-            rejects.append({**cleaning.reject_record(res, r["raw"], id=r["id"], instruction=r["instruction"])})
+            extra = {"special_tokens": r["special_tokens"]} if r.get("special_tokens") else {}
+            rejects.append(cleaning.reject_record(res, r["raw"], id=r["id"], instruction=r["instruction"], **extra))
             continue
         pv = pair_by_id.get(r["id"])
         if pv is None:
@@ -205,12 +216,13 @@ def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[l
                                seed=cfg.seed + 7919 * (idx[0] + 1), batch_size=len(idx), progress=False)
             store.append_batch(
                 {"id": f"prompt-{i}", "prompt_index": i, "seed": cfg.seed + i, "next_number": b.next_number,
-                 "prompt_provenance": b.provenance(), "text": g.text, "n_tokens": g.n_tokens, "hit_limit": g.hit_limit}
+                 "prompt_provenance": b.provenance(), "text": g.text, "n_tokens": g.n_tokens, "hit_limit": g.hit_limit,
+                 "special_tokens": g.special_tokens}
                 for i, b, g in zip(idx, built, gens)
             )
         # Rounds come in increasing prompt index, so parsing and deduplicating round by
         # round against one growing pool equals doing it once over all rows.
-        candidates, parse_rejects = parse_raw([store.get(f"prompt-{i}") for i in idx])
+        candidates, parse_rejects = parse_raw([store.get(f"prompt-{i}") for i in idx], lm.forbidden_tokens_in)
         new_kept, dedup_rejects = dedup_candidates(candidates, index)
         kept += new_kept
         rejects += parse_rejects + dedup_rejects
@@ -237,6 +249,12 @@ def judge(critic, items: Sequence[dict], render: Callable[[dict], dict], store: 
     bar.close()
 
 
+def emitted_or_typed(lm, gen) -> list[dict]:
+    """Forbidden tokens of a generation: those the model emitted (erased from its text by
+    decoding) and those its text would encode to, which would abort the pair critic (CG-03)."""
+    return list(gen.special_tokens) + [{"token": t, "in_text": True} for t in lm.forbidden_tokens_in(gen.text)]
+
+
 def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store: PhaseStore) -> None:
     """Sample one response per accepted instruction; each batch has its own seed, so a redone batch comes out the same."""
     rc = cfg.responses
@@ -254,7 +272,8 @@ def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store:
                            stop_strings=("\n\n",) if rc.stop_at_blank_line else ())
         made = utc_now()
         store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": t, "raw": g.text,
-                            "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed, "generated_at": made}
+                            "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed, "generated_at": made,
+                            "special_tokens": emitted_or_typed(lm, g)}
                            for c, t, g in zip(chunk, texts, gens))
         bar.update(len(chunk))
     bar.close()
@@ -297,7 +316,8 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
 
     to_judge = []
     for r in responses:
-        res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=cfg.responses.max_new_tokens)
+        res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=cfg.responses.max_new_tokens,
+                                      special_tokens=r.get("special_tokens", ()))
         if res.kept:
             to_judge.append({"id": r["id"], "instruction": r["instruction"], "response": res.text,
                              "clean_tokens": len(lm.encode_continuation(res.text))})

@@ -11,10 +11,9 @@ Rules shared by all verifiers (documented once, here):
 
 - Answer segment. A base model often answers and then opens a new prompt of its own
   (``...\\n\\nInstruction: ...``). Each verifier judges the answer segment: the response
-  up to the first line that starts a new prompt (``NEW_PROMPT_LINE_RE``: a line opening
-  with ``Instruction:``, ``Response:``, ``Question:``, ``Q:``, ``User:``, ``Human:``,
-  ``Assistant:``, ``System:``, ``Input:`` or ``Prompt:``, any case, optionally after
-  ``#`` marks). The raw response is always recorded unchanged; ``answer_then_stop``
+  up to the first line that starts a new prompt (the rule cleaning uses too, in
+  :mod:`cai_bootstrap.new_prompt`: prompt words, question starters, role words, any
+  case, with or without markdown ``#`` marks). The raw response is always recorded unchanged; ``answer_then_stop``
   fails any response containing such a line.
 - Words are ``WORD_RE`` matches: runs of letters or digits, joined by an internal
   apostrophe, hyphen or period ("don't", "well-known", "3.5" are one word each).
@@ -31,6 +30,13 @@ Rules shared by all verifiers (documented once, here):
   on-topic answer uses; one of them must appear at a word start ("hik" matches
   "hiking"). Without it, random text of the right length or casing would pass.
 - Refusal: a refusal phrase (``REFUSAL_RE``) within the first two sentences.
+- Committed answers (``answer_then_stop``, ``arithmetic``, ``translation``): the answer
+  must be given, not offered among others or denied. A hedge anywhere in the answer
+  (``HEDGE_RE``: "or", "maybe", "perhaps", "possibly", "probably", "might", "could be",
+  "either", "not sure", "I think", "I guess") fails as ``hedged_answer``; a negation
+  before the accepted answer in its clause ("not", "never", "no", "...n't") or a verdict
+  after it ("is wrong", "is not", "is incorrect") fails as ``negated_answer``. Without
+  this, "It could be 60, or maybe 7 ... or maybe Oslo" passed for Oslo.
 
 Two context rules are applied by ``verify`` before a checker runs (a checker's
 ``check`` itself sees only text and args):
@@ -52,15 +58,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cai_bootstrap.dedup import rouge_l
+from cai_bootstrap.new_prompt import NEW_PROMPT_LINE_RE, answer_end, first_new_prompt_line  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------
 # Shared text rules
 # --------------------------------------------------------------------------------------
 
-NEW_PROMPT_LINE_RE = re.compile(
-    r"^[ \t]*(?:#{1,4}[ \t]*)?(?:Instructions?|Response|Question|Q|User|Human|Assistant|System|Input|Prompt)[ \t]*:",
-    re.IGNORECASE | re.MULTILINE,
-)
 WORD_RE = re.compile(r"[^\W_]+(?:['’.\-][^\W_]+)*")
 LIST_ITEM_RE = re.compile(r"^[ \t]*(?:\d{1,3}[.)]|[-*+•])[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
 _LIST_MARKER_RE = re.compile(r"^[ \t]*(?:\d{1,3}[.)]|[-*+•])[ \t]+")
@@ -90,12 +93,11 @@ def _normalize_quotes(text: str) -> str:
 
 def answer_segment(response: str) -> str:
     """The response up to the first new-prompt line, stripped."""
-    m = NEW_PROMPT_LINE_RE.search(response)
-    return (response[: m.start()] if m else response).strip()
+    return response[: answer_end(response)].strip()
 
 
 def has_new_prompt(response: str) -> bool:
-    return NEW_PROMPT_LINE_RE.search(response) is not None
+    return first_new_prompt_line(response) is not None
 
 
 def words(text: str) -> list[str]:
@@ -156,13 +158,42 @@ def first_json_object(text: str) -> dict | None:
 _NUMBER_RE = re.compile(r"(?<![\w.])(-(?=\d))?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w])")
 
 
-def numbers(text: str) -> list[float]:
-    """Numbers written in digits; a minus counts only where it is not a subtraction sign."""
+def number_matches(text: str) -> list[tuple[re.Match, float]]:
+    """Each number written in digits with its match; a minus counts only where it is not a subtraction sign."""
     out = []
     for m in _NUMBER_RE.finditer(text):
         v = float(m.group(2).replace(",", "") + (m.group(3) or ""))
-        out.append(-v if m.group(1) else v)
+        out.append((m, -v if m.group(1) else v))
     return out
+
+
+def numbers(text: str) -> list[float]:
+    """Numbers written in digits; a minus counts only where it is not a subtraction sign."""
+    return [v for _, v in number_matches(text)]
+
+
+HEDGE_RE = re.compile(
+    r"\b(?:or|maybe|perhaps|possibly|probably|might|could\s+be|either|not\s+sure|i\s+think|i\s+guess)\b",
+    re.IGNORECASE,
+)
+_NEGATION_BEFORE_RE = re.compile(r"\b(?:not|never|no)\b|n't\b", re.IGNORECASE)
+_NEGATION_AFTER_RE = re.compile(r"^[\W_]{0,3}\s*(?:is|was|would\s+be)\s+(?:not|wrong|incorrect)\b|^[\W_]{0,3}\s*isn't\b",
+                                re.IGNORECASE)
+# A clause ends at sentence punctuation, a semicolon, a colon or a line break.
+_CLAUSE_END_RE = re.compile(r"[.!?;:\n]")
+
+
+def uncommitted(ans: str, spans: list[tuple[int, int]]) -> VerifyResult | None:
+    """A failure when the answer hedges, or negates the accepted answer at ``spans``; else None."""
+    ans = _normalize_quotes(ans)
+    m = HEDGE_RE.search(ans)
+    if m:
+        return _fail("hedged_answer", f"the answer hedges or lists candidates ({m.group(0)!r})")
+    for start, end in spans:
+        clause = _CLAUSE_END_RE.split(ans[:start])[-1]
+        if _NEGATION_BEFORE_RE.search(clause) or _NEGATION_AFTER_RE.search(ans[end:]):
+            return _fail("negated_answer", f"the answer {ans[start:end]!r} is denied, not given")
+    return None
 
 
 def refusal_in_opening(text: str, n_sentences: int = 2) -> bool:
@@ -506,12 +537,13 @@ class Translation(Verifier):
 
     def check(self, response: str, *, accepted: list[str], forbidden: list[str] = ()) -> VerifyResult:
         ans = fold_accents(answer_segment(response))
-        if not any(keyword_re(fold_accents(a)).search(ans) for a in accepted):
+        spans = [m.span() for a in accepted for m in keyword_re(fold_accents(a)).finditer(ans)]
+        if not spans:
             return _fail("wrong_translation", f"none of {accepted} in the answer")
         others = [f for f in forbidden if keyword_re(fold_accents(f)).search(ans)]
         if others:
             return _fail("other_translations", f"also gives unrelated words {others}")
-        return _ok()
+        return uncommitted(ans, spans) or _ok()
 
 
 @register
@@ -520,14 +552,16 @@ class Arithmetic(Verifier):
     description = "the answer number appears and no number other than it and the operands"
 
     def check(self, response: str, *, answer: float, operands: list[float] = ()) -> VerifyResult:
-        nums = numbers(answer_segment(response))
+        ans = answer_segment(response)
+        nums = numbers(ans)
         if not any(abs(x - answer) < 1e-9 for x in nums):
             return _fail("wrong_answer", f"expected {answer:g}; numbers found {[f'{x:g}' for x in nums]}")
         allowed = [answer, *operands]
         stray = [x for x in nums if not any(abs(x - a) < 1e-9 for a in allowed)]
         if stray:
             return _fail("conflicting_numbers", f"other numbers besides {answer:g}: {[f'{x:g}' for x in stray]}")
-        return _ok(f"{answer:g}")
+        spans = [m.span() for m, x in number_matches(ans) if abs(x - answer) < 1e-9]
+        return uncommitted(ans, spans) or _ok(f"{answer:g}")
 
 
 @register
@@ -538,12 +572,13 @@ class AnswerThenStop(Verifier):
 
     def check(self, response: str, *, accepted: list[str]) -> VerifyResult:
         ans = answer_segment(response)
-        if not any(keyword_re(a).search(ans) for a in accepted):
+        spans = [m.span() for a in accepted for m in keyword_re(a).finditer(ans)]
+        if not spans:
             return _fail("wrong_answer", f"none of {accepted} in the answer")
         if has_new_prompt(response):
-            line = NEW_PROMPT_LINE_RE.search(response).group(0).strip()
+            line = first_new_prompt_line(response).text
             return _fail("continued_with_new_prompt", f"the response goes on with a new prompt ({line!r})")
-        return _ok()
+        return uncommitted(ans, spans) or _ok()
 
 
 def _compliance_signs(ans: str, compliance_terms: list[str]) -> list[str]:

@@ -8,6 +8,10 @@ model loads and stop at the first failure with the check's name and the fix:
 2. ``hashes``: it lists ``dataset.jsonl`` and ``qc_summary.json`` and both still have
    the sha256 it pinned (an edited dataset is a new dataset and needs its own run);
 3. ``qc``: ``qc_summary.json`` says ``thresholds_passed: true`` (read, never recomputed);
+   ``qc_thresholds``: and the thresholds it was judged under are no looser than those
+   required: the caller's, else the shipped defaults, and never looser than the ``qc``
+   section of the run configuration its manifest records (QC-08). A verdict that follows
+   from its own thresholds proves nothing if the thresholds were raised until it passed;
 4. ``expectations``: the dataset passes its Great Expectations suite;
 5. ``records``: every record has a non-empty ``instruction`` and ``response``.
 
@@ -29,7 +33,7 @@ from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD, normalize, rouge_l
 DATASET_FILE = "dataset.jsonl"
 QC_FILE = "qc_summary.json"
 MANIFEST_FILE = "session_manifest.json"
-GATE_CHECKS = ("manifest", "hashes", "qc", "expectations", "records")
+GATE_CHECKS = ("manifest", "hashes", "qc", "qc_thresholds", "expectations", "records")
 
 # A validator returns the failed expectations of one file (empty: it passed).
 Validator = Callable[[Path], Sequence[str]]
@@ -109,8 +113,13 @@ def default_validator(path: Path) -> list[str]:
     return failures
 
 
-def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = None) -> GateResult:
-    """Run checks 1-5 in order; raise :class:`DataGateError` at the first failure."""
+def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = None,
+                       required_thresholds=None) -> GateResult:
+    """Run the checks in order; raise :class:`DataGateError` at the first failure.
+
+    ``required_thresholds`` (a ``QCThresholds``): the least strict QC the training run
+    accepts; None means the shipped defaults.
+    """
     from cai_bootstrap.io_utils import MalformedInputError, read_jsonl
     from cai_bootstrap.provenance import InputIntegrityError, verify_inputs
     from cai_bootstrap.qc import QCSummaryError, read_qc_decision
@@ -156,6 +165,7 @@ def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = Non
             "the thresholds are not loosened to let a dataset through.",
         )
     checks["qc"] = "thresholds_passed: true"
+    checks["qc_thresholds"] = _check_recorded_thresholds(qc_path, manifest, required_thresholds)
 
     failures = list((validator or default_validator)(dataset))
     if failures:
@@ -181,6 +191,31 @@ def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = Non
         raise DataGateError("records", ("; ".join(bad[:20]) if bad else f"{dataset} holds no records") + ". Fix: regenerate the dataset.")
     checks["records"] = f"{len(records)} records with instruction and response"
     return GateResult(run, dataset, dataset_sha, qc_path, manifest, records, checks)
+
+
+def _check_recorded_thresholds(qc_path: Path, manifest: Path, required) -> str:
+    """QC-08: the summary's thresholds against the required ones and its run's own config."""
+    import json
+
+    from cai_bootstrap.qc import QCThresholds, loosened_thresholds
+
+    summary = json.loads(qc_path.read_text(encoding="utf-8"))
+    recorded = QCThresholds(**summary["thresholds"])  # read_qc_decision has validated them
+    references = {"required": required if required is not None else QCThresholds()}
+    run_qc = (json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}).get("qc")
+    if isinstance(run_qc, dict):
+        try:
+            references["the run's configuration"] = QCThresholds(**run_qc)
+        except (TypeError, ValueError) as e:
+            raise DataGateError("qc_thresholds", f"{manifest}: its config.qc is malformed ({e}); regenerate the run") from None
+    problems = [f"{line} ({what})" for what, ref in references.items() for line in loosened_thresholds(recorded, ref)]
+    if problems:
+        raise DataGateError(
+            "qc_thresholds",
+            f"{qc_path} was judged under loosened QC thresholds: {'; '.join(problems)}. "
+            "Fix: regenerate the data under the required thresholds; a summary passed by raising them is not a pass.",
+        )
+    return "recorded thresholds are no looser than " + " and ".join(references)
 
 
 # -- SFT-06: leakage against the held-out eval set ---------------------------------------------------
