@@ -8,8 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai_bootstrap import critic
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
 from cai_bootstrap.decoding import OVERSAMPLE_RANGE, RESPONSE_TEMPERATURE_RANGE, InstructionDecoding, ResponseDecoding
+from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
+from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -24,7 +27,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# Defaults and ranges come from their one home (decoding.py, qc.py); these models only
+# Defaults and ranges come from their one home (decoding.py, critic.py, qc.py, gates.py); these models only
 # add the run-file layer (batch sizes, field-named errors).
 _I, _R, _Q = InstructionDecoding, ResponseDecoding, QCThresholds
 
@@ -50,8 +53,8 @@ class ResponseGen(_Strict):
 
 
 class CriticCfg(_Strict):
-    threshold: float = Field(1.0, ge=0)
-    batch_size: int = Field(16, ge=1, le=512)
+    threshold: float = Field(critic.DEFAULT_THRESHOLD, ge=0)
+    batch_size: int = Field(critic.DEFAULT_BATCH_SIZE, ge=1, le=512)
     prefix_reuse: bool = True
 
 
@@ -71,11 +74,11 @@ class QCCfg(_Strict):
 class GenerateConfig(_Strict):
     """One data-generation run (a pilot, or one shard of a scale run)."""
 
-    model: str = "gemma-3-270m"
+    model: str = GEMMA_NAME
     profile: str | None = None
     out_dir: Path = Path("runs/stage1/pilot")  # scale runs default to runs/stage1/shard-I-of-N
     mode: Literal["pilot", "scale"] = "pilot"
-    target: int = Field(100, ge=1, le=1_000_000)
+    target: int = Field(DEFAULT_PILOT_TARGET, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0)
     shard: str = "0/1"
     device: str | None = None

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint
+
+# statsmodels is imported where it is used: it takes seconds to import, and the CLI reads
+# the defaults below on every start.
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_BOOTSTRAP_SAMPLES = 10_000
@@ -45,6 +45,8 @@ def wilson_ci(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) ->
     _check_confidence(confidence)
     if n == 0:
         return (0.0, 1.0)
+    from statsmodels.stats.proportion import proportion_confint
+
     lo, hi = proportion_confint(successes, n, alpha=1.0 - confidence, method="wilson")
     # At 0 and n the bounds are exactly 0 and 1; say so rather than leave rounding residue.
     lo = 0.0 if successes == 0 else max(0.0, float(lo))
@@ -76,8 +78,10 @@ def mcnemar_test(n01: int, n10: int, *, exact_below: int = EXACT_BELOW) -> McNem
     exact = n < exact_below
     if not exact and n01 == n10:
         return McNemarResult(0.0, 1.0, "chi2_continuity")
+    from statsmodels.stats.contingency_tables import mcnemar
+
     # Only the discordant cells enter the test; the concordant ones are set to zero.
-    res = _sm_mcnemar([[0, n01], [n10, 0]], exact=exact, correction=True)
+    res = mcnemar([[0, n01], [n10, 0]], exact=exact, correction=True)
     return McNemarResult(float(res.statistic), float(res.pvalue), "exact_binomial" if exact else "chi2_continuity")
 
 
@@ -141,6 +145,8 @@ def benjamini_hochberg(p_values: Sequence[float], fdr: float = DEFAULT_FDR) -> t
         return [], []
     if np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
         raise ValueError(f"p-values must be in [0, 1], got {p_values}")
+    from statsmodels.stats.multitest import multipletests
+
     reject, adjusted, _, _ = multipletests(p, alpha=fdr, method="fdr_bh")
     return [float(x) for x in adjusted], [bool(x) for x in reject]
 
