@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pydantic import ValidationError
+
 from cai_bootstrap import prompts
+from cai_bootstrap.datagen import pipeline
+from cai_bootstrap.datagen.config import ConfigError, load_config
+from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.parsing import parse_instruction_list
 
@@ -98,59 +102,92 @@ def test_response_prompt_is_the_frame_around_any_instruction(text):
 
 
 # -- PR-02 -------------------------------------------------------------------------------
+# Checked where the pipeline gets its decoding: the generation config as ``load_config``
+# validates it, and the keyword arguments the pipeline hands to ``generate``.
+
+RESPONSE_DEFAULTS = {"max_new_tokens": 80, "temperature": 0.4, "top_p": 0.9, "repetition_penalty": 1.1,
+                     "do_sample": True, "stop_at_blank_line": True}
+
+
+class _RecordingLM:
+    """Answers every prompt with one short line and records what ``generate`` was asked for."""
+
+    def __init__(self, text: str = " 1. Name a colour.\n2. Add 2 and 2.\n3. Spell cat.\n4."):
+        self.calls: list[dict] = []
+        self.text = text
+
+    def generate(self, prompts_, **kwargs):
+        from cai_bootstrap.loader import Generation
+
+        self.calls.append(kwargs)
+        return [Generation(self.text, 5, False, True) for _ in prompts_]
 
 
 @pytest.mark.spec("PR-02")
 def test_response_decoding_defaults_and_provenance():
-    d = ResponseDecoding()
-    assert d.as_provenance() == {
-        "max_new_tokens": 80,
-        "temperature": 0.4,
-        "top_p": 0.9,
-        "repetition_penalty": 1.1,
-        "do_sample": True,
-    }
-    assert d.generate_kwargs() == d.as_provenance()
-    assert ResponseDecoding(temperature=0.3).temperature == 0.3
-    assert ResponseDecoding(temperature=0.5).temperature == 0.5
+    rc = load_config(None).responses
+    assert isinstance(rc, ResponseDecoding)
+    assert {k: v for k, v in rc.as_provenance().items() if k != "batch_size"} == RESPONSE_DEFAULTS
+    assert load_config(None, **{"responses.temperature": 0.3}).responses.temperature == 0.3
+    assert load_config(None, **{"responses.temperature": 0.5}).responses.temperature == 0.5
+
+
+@pytest.mark.spec("PR-02")
+def test_pipeline_generates_responses_with_the_config_decoding(tmp_path):
+    cfg = load_config(None, **{"responses.temperature": 0.35, "responses.batch_size": 2})
+    lm = _RecordingLM(" Blue.")
+    accepted = [{"id": f"i{k}", "instruction": f"Name colour {k}."} for k in range(3)]
+    pipeline.generate_responses(lm, cfg, accepted, PhaseStore(tmp_path / "responses.jsonl"))
+    assert len(lm.calls) == 2  # batches of 2
+    for call in lm.calls:
+        assert {k: call[k] for k in cfg.responses.generate_kwargs()} == cfg.responses.generate_kwargs()
+        assert (call["max_new_tokens"], call["temperature"], call["top_p"], call["repetition_penalty"],
+                call["do_sample"], call["stop_strings"]) == (80, 0.35, 0.9, 1.1, True, ("\n\n",))
 
 
 @pytest.mark.spec("PR-02")
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "key, value, message",
     [
-        ({"temperature": 0.29}, "temperature must be in [0.3, 0.5]"),
-        ({"temperature": 0.7}, "temperature must be in [0.3, 0.5]"),
-        ({"temperature": float("nan")}, "temperature must be a number"),
-        ({"top_p": 0.0}, "top_p must be in (0.0, 1.0]"),
-        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
-        ({"max_new_tokens": True}, "max_new_tokens must be a positive integer"),
-        ({"repetition_penalty": 0.9}, "repetition_penalty must be in [1.0, 2.0]"),
-        ({"do_sample": False}, "do_sample must be True"),
+        ("responses.temperature", 0.29, "greater than or equal to 0.3"),
+        ("responses.temperature", 0.7, "less than or equal to 0.5"),
+        ("responses.temperature", float("nan"), "finite number"),
+        ("responses.top_p", 0.0, "greater than 0"),
+        ("responses.max_new_tokens", 0, "greater than or equal to 8"),
+        ("responses.max_new_tokens", True, "greater than or equal to 8"),
+        ("responses.repetition_penalty", 0.9, "greater than or equal to 1"),
+        ("responses.do_sample", False, "do_sample must be True"),
+        ("instructions.do_sample", False, "do_sample must be True"),
     ],
 )
-def test_response_decoding_rejects_bad_values(kwargs, message):
-    with pytest.raises(ValueError) as e:
-        ResponseDecoding(**kwargs)
-    assert message in str(e.value)
+def test_generation_config_rejects_bad_decoding_naming_the_field(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, **{key: value})
+    assert f"{key}: " in str(e.value) and message in str(e.value)
 
 
 @pytest.mark.spec("PR-02")
 def test_decoding_is_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ResponseDecoding().temperature = 0.9  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        load_config(None).responses.temperature = 0.45  # type: ignore[misc]
 
 
 @pytest.mark.spec("PR-03")
-def test_instruction_decoding_defaults_and_oversampling():
-    d = InstructionDecoding()
-    assert (d.temperature, d.top_p, d.repetition_penalty, d.do_sample) == (0.7, 0.9, 1.1, True)
-    assert d.n_candidates(100) == 200
-    assert InstructionDecoding(oversample=1.5).n_candidates(101) == 152
-    assert "oversample" not in d.generate_kwargs() and d.as_provenance()["oversample"] == 2.0
+def test_instruction_decoding_defaults_and_oversampling(tmp_path):
+    ic = load_config(None).instructions
+    assert isinstance(ic, InstructionDecoding)
+    assert (ic.temperature, ic.top_p, ic.repetition_penalty, ic.do_sample) == (0.7, 0.9, 1.1, True)
+    assert ic.n_candidates(100) == 200
+    assert load_config(None, **{"instructions.oversample": 1.5}).instructions.n_candidates(101) == 152
+    assert "oversample" not in ic.generate_kwargs() and ic.as_provenance()["oversample"] == 2.0
     for bad in (1.4, 2.1):
-        with pytest.raises(ValueError, match=r"oversample must be in \[1.5, 2.0\]"):
-            InstructionDecoding(oversample=bad)
+        with pytest.raises(ConfigError, match=r"instructions\.oversample"):
+            load_config(None, **{"instructions.oversample": bad})
+    # what the pipeline hands to generate is the config's decoding
+    lm = _RecordingLM()
+    cfg = load_config(None, target=2)
+    pipeline.generate_instructions(lm, cfg, PhaseStore(tmp_path / "instructions.jsonl"))
+    assert lm.calls and all({k: c[k] for k in ic.generate_kwargs()} == ic.generate_kwargs() for c in lm.calls)
 
 
 # -- PR-03 -------------------------------------------------------------------------------
@@ -216,7 +253,7 @@ def test_fewshot_draw_validates_arguments():
 
 @pytest.mark.spec("PR-04")
 def test_instruction_critic_prompt_golden():
-    assert prompts.render_instruction_critic_prompt("List three prime numbers.") == INSTRUCTION_CRITIC_GOLDEN
+    assert prompts.instruction_critic_template().render(instruction="List three prime numbers.") == INSTRUCTION_CRITIC_GOLDEN
 
 
 @pytest.mark.spec("PR-04")
@@ -233,7 +270,7 @@ def test_instruction_critic_body_and_prefix_split():
 @pytest.mark.spec("PR-05")
 def test_pair_critic_prompt_golden_shows_first_paragraph_only():
     response = "2, 3 and 5.\n\nInstruction: List three more.\n7, 11, 13."
-    assert prompts.render_pair_critic_prompt("List three prime numbers.", response) == PAIR_CRITIC_GOLDEN
+    assert prompts.pair_critic_template().render(instruction="List three prime numbers.", response=response) == PAIR_CRITIC_GOLDEN
 
 
 @pytest.mark.spec("PR-05")

@@ -1,4 +1,9 @@
-"""EV-05: Wilson CI, McNemar, Cohen's h, bootstrap lift CI and Benjamini-Hochberg, checked against statsmodels/scipy."""
+"""EV-05: Wilson CI, McNemar, Cohen's h, bootstrap lift CI and Benjamini-Hochberg.
+
+The module calls statsmodels for Wilson, McNemar and Benjamini-Hochberg, so those are
+checked against published or hand-computed values and against the textbook formulas
+written out here, not against statsmodels itself.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 from scipy import stats as sps
-from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
+from statsmodels.stats.proportion import proportion_effectsize
 
 from cai_bootstrap.evaluation import statistics as st
 
@@ -20,24 +23,42 @@ FAST = settings(max_examples=60, deadline=None)
 
 # -- Wilson ---------------------------------------------------------------------------------
 
+def _wilson_formula(k: int, n: int, conf: float) -> tuple[float, float]:
+    """The score interval as Wilson (1927) wrote it."""
+    z = sps.norm.ppf(1 - (1 - conf) / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return center - half, center + half
+
+
 @pytest.mark.spec("EV-05")
-@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (10, 10), (3, 10), (81, 100), (397, 400), (1, 400), (200, 400)])
-def test_wilson_table_matches_statsmodels(k, n):
-    lo, hi = st.wilson_ci(k, n, 0.95)
-    ref = proportion_confint(k, n, alpha=0.05, method="wilson")
-    assert lo == pytest.approx(ref[0], abs=1e-12)
-    assert hi == pytest.approx(ref[1], abs=1e-12)
+@pytest.mark.parametrize("k,n,expected", [
+    # Newcombe (1998), Stat. Med. 17:857, Table I, method 3 (score interval), 95%
+    (81, 263, (0.2553, 0.3662)),
+    (15, 148, (0.0624, 0.1605)),
+    (0, 20, (0.0000, 0.1611)),
+    (1, 29, (0.0061, 0.1718)),
+    # 8 of 10 by hand: center 0.99207/1.38415 = 0.71674, half 0.31362/1.38415 = 0.22658
+    (8, 10, (0.4902, 0.9433)),
+])
+def test_wilson_matches_published_values(k, n, expected):
+    assert st.wilson_ci(k, n, 0.95) == pytest.approx(expected, abs=5e-5)
 
 
 @pytest.mark.spec("EV-05")
 @FAST
 @given(n=hs.integers(1, 5000), frac=hs.floats(0, 1), conf=hs.sampled_from([0.8, 0.9, 0.95, 0.99]))
-def test_wilson_property_matches_statsmodels_and_contains_rate(n, frac, conf):
+def test_wilson_property_matches_formula_and_contains_rate(n, frac, conf):
     k = round(frac * n)
     lo, hi = st.wilson_ci(k, n, conf)
-    ref = proportion_confint(k, n, alpha=1 - conf, method="wilson")
-    assert (lo, hi) == pytest.approx(ref, abs=1e-9)
+    assert (lo, hi) == pytest.approx(_wilson_formula(k, n, conf), abs=1e-9)
     assert 0.0 <= lo <= k / n <= hi <= 1.0
+    if k == 0:
+        assert lo == 0.0
+    if k == n:
+        assert hi == 1.0
 
 
 @pytest.mark.spec("EV-05")
@@ -51,39 +72,47 @@ def test_wilson_edge_cases():
 
 # -- McNemar --------------------------------------------------------------------------------
 
-def _table(n01: int, n10: int, n00: int = 7, n11: int = 11) -> list[list[int]]:
-    # rows: base fail/pass; columns: sft fail/pass
-    return [[n00, n01], [n10, n11]]
+def _chi2_1_sf(x: float) -> float:
+    """Upper tail of chi-square with one degree of freedom: P(Z^2 > x) = erfc(sqrt(x / 2))."""
+    return math.erfc(math.sqrt(x / 2))
 
 
 @pytest.mark.spec("EV-05")
-@pytest.mark.parametrize("n01,n10", [(1, 0), (5, 2), (12, 3), (0, 24), (20, 4), (30, 10), (130, 16), (40, 60), (25, 0), (13, 12)])
-def test_mcnemar_table_matches_statsmodels(n01, n10):
+@pytest.mark.parametrize("n01,n10,method,stat,p", [
+    # exact: two-sided binomial tail, 2 * sum_{i <= k} C(n, i) / 2^n
+    (1, 9, "exact_binomial", 1, 2 * (1 + 10) / 2**10),
+    (9, 1, "exact_binomial", 1, 2 * (1 + 10) / 2**10),
+    (0, 5, "exact_binomial", 0, 2 / 2**5),
+    (1, 0, "exact_binomial", 0, 1.0),  # 2 * 1/2 caps at 1
+    (12, 12, "exact_binomial", 12, 1.0),
+    # corrected chi-square: (|b - c| - 1)^2 / (b + c)
+    (30, 10, "chi2_continuity", 361 / 40, _chi2_1_sf(361 / 40)),
+    (40, 60, "chi2_continuity", 361 / 100, _chi2_1_sf(361 / 100)),
+    (13, 12, "chi2_continuity", 0.0, 1.0),
+    (20, 20, "chi2_continuity", 0.0, 1.0),  # floored correction, not 1/40
+])
+def test_mcnemar_hand_computed(n01, n10, method, stat, p):
     res = st.mcnemar_test(n01, n10)
-    exact = n01 + n10 < 25
-    ref = sm_mcnemar(_table(n01, n10), exact=exact, correction=True)
-    assert res.method == ("exact_binomial" if exact else "chi2_continuity")
-    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-15)
-    assert res.statistic == pytest.approx(ref.statistic, rel=1e-9)
+    assert res.method == method
+    assert res.statistic == pytest.approx(stat, rel=1e-12, abs=1e-15)
+    assert res.p_value == pytest.approx(p, rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.spec("EV-05")
 @FAST
 @given(n01=hs.integers(0, 400), n10=hs.integers(0, 400))
-def test_mcnemar_property_matches_statsmodels(n01, n10):
+def test_mcnemar_property_matches_formulas(n01, n10):
     res = st.mcnemar_test(n01, n10)
+    n = n01 + n10
     assert 0.0 <= res.p_value <= 1.0
-    if n01 + n10 == 0:
+    if n == 0:
         assert res.p_value == 1.0
-        return
-    if n01 + n10 >= 25 and n01 == n10:
-        # statsmodels' (|b-c|-1)^2 overcorrects to 1/(b+c) here; the floored correction gives 0 and p = 1.
-        assert res.statistic == 0.0 and res.p_value == 1.0
-        return
-    ref = sm_mcnemar(_table(n01, n10), exact=n01 + n10 < 25, correction=True)
-    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-7, abs=1e-300)
-    if n01 + n10 < 25:  # exact test agrees with scipy's binomial test too
-        assert res.p_value == pytest.approx(sps.binomtest(min(n01, n10), n01 + n10, 0.5).pvalue, rel=1e-9)
+    elif n < 25:
+        assert res.p_value == pytest.approx(sps.binomtest(min(n01, n10), n, 0.5).pvalue, rel=1e-9)
+    else:
+        x = max(0, abs(n01 - n10) - 1) ** 2 / n
+        assert res.statistic == pytest.approx(x, rel=1e-12)
+        assert res.p_value == pytest.approx(_chi2_1_sf(x), rel=1e-7, abs=1e-300)
 
 
 @pytest.mark.spec("EV-05")
@@ -172,30 +201,39 @@ def test_bootstrap_rejects_unpaired_input():
 
 # -- Benjamini-Hochberg -----------------------------------------------------------------------
 
+def _bh_formula(p: list[float]) -> list[float]:
+    """Benjamini & Hochberg (1995) step-up: adj_(i) = min_{j >= i} min(1, m p_(j) / j)."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    adj = [0.0] * m
+    for rank, i in enumerate(order, start=1):
+        adj[i] = min(min(1.0, m * p[j] / r) for r, j in enumerate(order, start=1) if r >= rank)
+    return adj
+
+
 @pytest.mark.spec("EV-05")
-@pytest.mark.parametrize("p", [
-    [0.01, 0.04, 0.03, 0.2, 0.5],
-    [0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216, 0.222, 0.251, 0.269, 0.275, 0.34],
-    [1.0, 1.0, 1.0],
-    [0.1],
-    [0.09, 0.11, 0.1, 0.1],
+@pytest.mark.parametrize("p, adjusted, significant", [
+    # sorted 0.01, 0.03, 0.04, 0.2, 0.5 -> 5p/i = 0.05, 0.075, 0.0667, 0.25, 0.5 -> step-up minimum
+    ([0.01, 0.04, 0.03, 0.2, 0.5], [0.05, 0.2 / 3, 0.2 / 3, 0.25, 0.5], [True, True, True, False, False]),
+    ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [False, False, False]),
+    ([0.1], [0.1], [True]),
+    # 4p/i = 0.36, 0.2, 0.1333, 0.11 (sorted 0.09, 0.1, 0.1, 0.11) -> all 0.11
+    ([0.09, 0.11, 0.1, 0.1], [0.11, 0.11, 0.11, 0.11], [False, False, False, False]),
 ])
-def test_bh_table_matches_statsmodels(p):
+def test_bh_hand_computed(p, adjusted, significant):
     adj, sig = st.benjamini_hochberg(p, 0.10)
-    ref_sig, ref_adj, _, _ = multipletests(p, alpha=0.10, method="fdr_bh")
-    assert adj == pytest.approx(list(ref_adj), abs=1e-12)
-    assert sig == list(ref_sig)
+    assert adj == pytest.approx(adjusted, abs=1e-12)
+    assert sig == significant
 
 
 @pytest.mark.spec("EV-05")
 @FAST
 @given(p=hs.lists(hs.floats(0, 1), min_size=1, max_size=30), fdr=hs.sampled_from([0.05, 0.1, 0.2]))
-def test_bh_property_matches_statsmodels(p, fdr):
+def test_bh_property_matches_formula(p, fdr):
     adj, sig = st.benjamini_hochberg(p, fdr)
-    ref_sig, ref_adj, _, _ = multipletests(p, alpha=fdr, method="fdr_bh")
-    assert adj == pytest.approx(list(ref_adj), abs=1e-9)
-    assert sig == list(ref_sig)
-    assert all(a >= x - 1e-15 for a, x in zip(adj, p))
+    assert adj == pytest.approx(_bh_formula(p), abs=1e-9)
+    assert sig == [a <= fdr for a in adj]
+    assert all(x - 1e-15 <= a <= 1.0 for a, x in zip(adj, p))
 
 
 # -- assembled comparison -----------------------------------------------------------------------
@@ -212,10 +250,10 @@ def test_compare_by_type_blocks_and_bh():
     assert overall["discordant"]["n10"] == 0 and overall["discordant"]["n01"] == int((~base & sft).sum())
     assert by_type["a"]["significant_after_bh"] and not by_type["b"]["significant_after_bh"]
     assert by_type["b"]["mcnemar_p"] == 1.0 and by_type["b"]["lift"] == 0.0
-    ref_sig, ref_adj, _, _ = multipletests([by_type[t]["mcnemar_p"] for t in "abc"], alpha=0.10, method="fdr_bh")
-    assert [by_type[t]["p_adjusted"] for t in "abc"] == pytest.approx(list(ref_adj))
+    ref_adj = _bh_formula([by_type[t]["mcnemar_p"] for t in "abc"])
+    assert [by_type[t]["p_adjusted"] for t in "abc"] == pytest.approx(ref_adj)
     assert bh == {"fdr": 0.10, "method": "benjamini-hochberg", "n_tests": 3,
-                  "n_significant_raw": 1, "n_significant_adjusted": int(ref_sig.sum())}
+                  "n_significant_raw": 1, "n_significant_adjusted": sum(a <= 0.10 for a in ref_adj)}
     # seeded: the same call gives the same intervals
     again = st.compare_by_type(base, sft, list(types), bootstrap_samples=2000, seed=0)
     assert again[0] == overall and again[1] == by_type

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cai_bootstrap.io_utils import atomic_write_json, sha256_file
+from cai_bootstrap.provenance import git_info, utc_now
 
 MANIFEST_SCHEMA = "cai_bootstrap.gate_manifest/v1"
 
@@ -93,10 +93,14 @@ def _need(obj: Mapping, key: str, where: str) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+DEFAULT_ALPHA = 0.01  # McNemar p must be below this
+DEFAULT_MIN_LIFT = 0.0  # lift must be strictly above this
+
+
 @dataclass(frozen=True)
 class FinalGateThresholds:
-    alpha: float = 0.01  # McNemar p must be below this
-    min_lift: float = 0.0  # lift must be strictly above this
+    alpha: float = DEFAULT_ALPHA
+    min_lift: float = DEFAULT_MIN_LIFT
     guarded_categories: tuple[str, ...] = ("safety", "format")
 
     def to_dict(self) -> dict:
@@ -155,9 +159,13 @@ def decide_final(summary: Mapping, thresholds: FinalGateThresholds = FinalGateTh
 # --------------------------------------------------------------------------------------
 
 
+# Training is allowed only if the base model does no better than this on the target.
+DEFAULT_MAX_BASE_RATE = 0.5
+
+
 @dataclass(frozen=True)
 class GapGateThresholds:
-    max_base_rate: float = 0.5  # training is allowed only if the base model does no better than this
+    max_base_rate: float = DEFAULT_MAX_BASE_RATE
     target_types: tuple[str, ...] | None = None  # None: every type in the evaluation
     per_type: bool = False  # also require every target type to be weak on its own
     modes: tuple[str, ...] = ("framed", "raw")
@@ -174,11 +182,11 @@ class GapGateThresholds:
 
 def decide_gap(rates: Mapping, thresholds: GapGateThresholds = GapGateThresholds(), *, model: str = "base") -> GateDecision:
     """GT-03 over the per-mode success rates of the base model; the better prompt mode decides."""
-    from cai_bootstrap.evaluation.statistics import wilson_ci
+    from cai_bootstrap.evaluation.statistics import DEFAULT_CONFIDENCE, wilson_ci
 
     models = _need(rates, "models", "rates")
     per_model = _need(models, model, "rates.models")
-    confidence = float(rates.get("confidence_level", 0.95))
+    confidence = float(rates.get("confidence_level", DEFAULT_CONFIDENCE))
     missing = [m for m in thresholds.modes if m not in per_model]
     if missing:
         check = Check("modes_evaluated", False,
@@ -227,13 +235,7 @@ def decide_gap(rates: Mapping, thresholds: GapGateThresholds = GapGateThresholds
 # --------------------------------------------------------------------------------------
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _git_commit() -> str:
-    from cai_bootstrap.provenance import git_info
-
     return git_info().get("commit", "unknown")
 
 
@@ -246,7 +248,7 @@ def write_gate_manifest(decision: GateDecision, path: str | Path, *, inputs: Map
             raise FileNotFoundError(f"gate input {name!r}: {p} does not exist")
         recorded.append({"name": name, "path": str(p.resolve()), "sha256": sha256_file(p)})
     manifest = {"schema": MANIFEST_SCHEMA, **decision.to_dict(), "inputs": recorded,
-                "timestamp": _now(), "git_commit": _git_commit()}
+                "timestamp": utc_now(), "git_commit": _git_commit()}
     return atomic_write_json(path, manifest)
 
 
@@ -286,14 +288,18 @@ def require_gate_passed(path: str | Path, *, gate: str | None = None) -> dict:
 
 PILOT_GATE = "pilot_gate"
 SCALE_GATE = "scale_gate"
+# GT-01: a pilot is 100-200 items; a run that names no target makes the smallest real pilot.
+PILOT_MIN_ITEMS = 100
+PILOT_MAX_ITEMS = 200
+DEFAULT_PILOT_TARGET = PILOT_MIN_ITEMS
 
 
 @dataclass(frozen=True)
 class DataGateThresholds:
-    """The pilot must be a real pilot: 100-200 items by default (GT-01)."""
+    """The pilot must be a real pilot (GT-01); smoke runs may lower the bounds, recorded in the manifest."""
 
-    min_items: int = 100
-    max_items: int = 200
+    min_items: int = PILOT_MIN_ITEMS
+    max_items: int = PILOT_MAX_ITEMS
 
     def to_dict(self) -> dict:
         return {"min_items": self.min_items, "max_items": self.max_items}

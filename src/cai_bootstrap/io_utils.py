@@ -53,34 +53,18 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one record and fsync, so a kill loses at most the line being written.
-
-    A torn last line (no trailing newline) is detected and dropped by ``read_jsonl(..., repair_tail=True)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def iter_jsonl(path: str | os.PathLike, *, repair_tail: bool = False) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record); malformed lines raise with every bad line number listed."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     raw = path.read_text(encoding="utf-8")
     lines = raw.split("\n")
-    torn_tail = bool(raw) and not raw.endswith("\n")
     errors: list[str] = []
     good: list[tuple[int, dict]] = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if torn_tail and i == len(lines) and repair_tail:
-            continue  # an interrupted append; the record was never complete
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -96,8 +80,8 @@ def iter_jsonl(path: str | os.PathLike, *, repair_tail: bool = False) -> Iterato
     yield from good
 
 
-def read_jsonl(path: str | os.PathLike, *, repair_tail: bool = False) -> list[dict]:
-    return [r for _, r in iter_jsonl(path, repair_tail=repair_tail)]
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [r for _, r in iter_jsonl(path)]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

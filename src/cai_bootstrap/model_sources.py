@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from cai_bootstrap.io_utils import atomic_write_json, sha256_file
+from cai_bootstrap.provenance import utc_now
 
 CACHE_ENV = "CAI_BOOTSTRAP_CACHE"
 MARKER_FILE = "cai_bootstrap_source.json"
@@ -176,7 +177,7 @@ def build_once(final: Path, expect: dict, build: Callable[[Path], dict]) -> dict
                 "format": MARKER_FORMAT,
                 **expect,
                 **extra,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "built_at": utc_now(),
                 "build_seconds": round(time.time() - t0, 1),
             }
             atomic_write_json(tmp / MARKER_FILE, marker)

@@ -278,14 +278,6 @@ def pair_critic_template(constitution: Constitution | None = None) -> CriticTemp
     return _critic_template("pair_critic", ("instruction", "response"), constitution)
 
 
-def render_instruction_critic_prompt(instruction: str, constitution: Constitution | None = None) -> str:
-    return instruction_critic_template(constitution).render(instruction=instruction)
-
-
-def render_pair_critic_prompt(instruction: str, response: str, constitution: Constitution | None = None) -> str:
-    return pair_critic_template(constitution).render(instruction=instruction, response=response)
-
-
 def evaluator_markers() -> tuple[str, ...]:
     """Critic-format text that must never appear in a kept response (CL-05)."""
     return tuple(prompt_data()["critic"]["evaluator_markers"])

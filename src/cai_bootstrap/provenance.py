@@ -82,6 +82,7 @@ class InputIntegrityError(ValueError):
 
 
 def utc_now() -> str:
+    """The one timestamp format of every artifact (UTC, seconds, ``Z``), so records sort and compare as text."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

@@ -133,7 +133,6 @@ def compute_qc_summary(
     drop_reasons: dict[str, int],
     sentinels_ok: bool | None,
     thresholds: QCThresholds,
-    delimiter: str = "###END###",
 ) -> dict:
     """Summarize a run and apply the thresholds.
 
@@ -144,8 +143,9 @@ def compute_qc_summary(
     n_resp = len(responses)
     runaways = sum(1 for r in responses if r.get("reason") == "runaway")
     limit_hits = sum(1 for r in responses if r.get("hit_token_limit"))
-    # A delimiter cut off by the token limit ("###END") leaks as much as a whole one.
-    leaks = sum(1 for t in kept_responses if delimiter in t or PARTIAL_DELIMITER in t)
+    # The partial delimiter is a prefix of the whole one, so this counts both: a delimiter
+    # cut off by the token limit leaks as much as a whole one.
+    leaks = sum(1 for t in kept_responses if PARTIAL_DELIMITER in t)
     counts = {
         "generated": n_resp,
         "kept": len(kept_responses),

@@ -24,7 +24,10 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
+from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, sha256_file
+from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.provenance import git_info, utc_now
 
 STATE_DIR = "stage1"
@@ -42,26 +45,26 @@ class _Strict(BaseModel):
 
 
 class Stage1Config(_Strict):
-    model: str = "gemma-3-270m"
+    model: str = GEMMA_NAME
     profile: str | None = None
     run_dir: Path = Path("runs/stage1")
     device: str | None = None
     seed: int = Field(0, ge=0)
     quiet: bool = False
-    pilot_target: int = Field(100, ge=1)
-    pilot_min_items: int = Field(100, ge=1)  # GT-01: a pilot is 100-200 items; smoke configs may lower this, recorded
-    pilot_max_items: int = Field(200, ge=1)
+    pilot_target: int = Field(DEFAULT_PILOT_TARGET, ge=1)
+    pilot_min_items: int = Field(PILOT_MIN_ITEMS, ge=1)  # GT-01; smoke configs may lower this, recorded
+    pilot_max_items: int = Field(PILOT_MAX_ITEMS, ge=1)
     scale_target: int = Field(200, ge=1)
     scale_shards: int = Field(1, ge=1, le=1024)
     generate_config: Path | None = None  # extra generation settings (YAML of GenerateConfig fields)
     sft_config: Path | None = None  # SFT YAML; default: the shipped one
     sft_overrides: dict = Field(default_factory=dict)
     eval_limit: int | None = Field(None, ge=1)
-    eval_max_new_tokens: int = Field(128, ge=8)
-    eval_batch_size: int = Field(8, ge=1)
-    gap_max_base_rate: float = Field(0.5, ge=0, le=1)
+    eval_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8)
+    eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    gap_max_base_rate: float = Field(DEFAULT_MAX_BASE_RATE, ge=0, le=1)
     gap_limit: int | None = Field(None, ge=1)
-    final_alpha: float = Field(0.01, gt=0, lt=1)
+    final_alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
     quantization: str | None = None
 
 

@@ -105,9 +105,6 @@ class FileReport:
         lines += [f"      - {f}" for f in self.failures]
         return "\n".join(lines)
 
-    def failed_expectations(self) -> set[str]:
-        return {f.expectation for f in self.failures}
-
 
 # -- suites ------------------------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    # Defaults are read from the modules that own them (one edit changes CLI, chain and API alike).
+    from cai_bootstrap import gates
+    from cai_bootstrap.evaluation import runner
+    from cai_bootstrap.evaluation import statistics as st
+
     p = sub.add_parser("evaluate", help="evaluate base and trained model on the held-out set (paired), or the base alone")
     p.add_argument("--model", required=True, help="base model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
     p.add_argument("--profile", help="model profile (default: detected)")
@@ -29,12 +34,12 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N items (the set is interleaved by type)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite an existing evaluation in --out")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0, help="generation and bootstrap seed")
-    p.add_argument("--bootstrap-samples", type=int, default=10_000)
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--fdr", type=float, default=0.10)
+    p.add_argument("--max-new-tokens", type=int, default=runner.DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--batch-size", type=int, default=runner.DEFAULT_BATCH_SIZE)
+    p.add_argument("--seed", type=int, default=runner.EvalDecoding.seed, help="generation and bootstrap seed")
+    p.add_argument("--bootstrap-samples", type=int, default=st.DEFAULT_BOOTSTRAP_SAMPLES)
+    p.add_argument("--confidence", type=float, default=st.DEFAULT_CONFIDENCE)
+    p.add_argument("--fdr", type=float, default=st.DEFAULT_FDR)
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--quantization", choices=["none", "nf4"], default="none")
@@ -45,13 +50,13 @@ def register(sub) -> None:
     gs = g.add_subparsers(dest="gate_name", metavar="GATE")
     f = gs.add_parser("final", help="GT-02: trained beats base (McNemar p < alpha, lift > 0, no safety/format regression)")
     f.add_argument("--eval", required=True, dest="eval_dir", help="folder written by `evaluate` with both models")
-    f.add_argument("--alpha", type=float, default=0.01)
-    f.add_argument("--min-lift", type=float, default=0.0)
+    f.add_argument("--alpha", type=float, default=gates.DEFAULT_ALPHA)
+    f.add_argument("--min-lift", type=float, default=gates.DEFAULT_MIN_LIFT)
     f.add_argument("--out", help="manifest path (default: EVAL/gate_final.json)")
     f.set_defaults(func=_gate_final)
     q = gs.add_parser("gap", help="GT-03: the base model is weak on the target (better of framed/raw)")
     q.add_argument("--eval", required=True, dest="eval_dir", help="folder written by `evaluate --base-only --mode both`")
-    q.add_argument("--max-base-rate", type=float, default=0.5)
+    q.add_argument("--max-base-rate", type=float, default=gates.DEFAULT_MAX_BASE_RATE)
     q.add_argument("--target-types", help="comma-separated item types (default: all)")
     q.add_argument("--per-type", action="store_true", help="require every target type to be weak on its own")
     q.add_argument("--out", help="manifest path (default: EVAL/gate_gap.json)")

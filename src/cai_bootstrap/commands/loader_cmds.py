@@ -8,7 +8,7 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("tiny-model", help="build the tiny random Qwen2 test model (real Qwen tokenizer)")
     p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="weight seed (default: the builder's)")
     p.set_defaults(func=_tiny_model)
 
     p = sub.add_parser("inspect-model", help="load a base model cleanly, run the sentinels, print provenance")
@@ -20,7 +20,7 @@ def register(sub) -> None:
 def _tiny_model(args) -> int:
     from cai_bootstrap.testmodel import build_tiny_model
 
-    print(build_tiny_model(args.out_dir, seed=args.seed))
+    print(build_tiny_model(args.out_dir, **({} if args.seed is None else {"seed": args.seed})))
     return 0
 
 

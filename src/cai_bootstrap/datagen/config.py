@@ -8,8 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai_bootstrap import critic
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
-from cai_bootstrap.decoding import OVERSAMPLE_RANGE, RESPONSE_TEMPERATURE_RANGE, InstructionDecoding, ResponseDecoding
+from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
+from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
+from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -24,34 +27,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# Defaults and ranges come from their one home (decoding.py, qc.py); these models only
+# Defaults and ranges come from their one home (decoding.py, critic.py, qc.py, gates.py); these models only
 # add the run-file layer (batch sizes, field-named errors).
-_I, _R, _Q = InstructionDecoding, ResponseDecoding, QCThresholds
+_Q = QCThresholds
 
 
-class InstructionGen(_Strict):
-    temperature: float = Field(_I.temperature, gt=0, le=2.0)
-    top_p: float = Field(_I.top_p, gt=0, le=1.0)
-    repetition_penalty: float = Field(_I.repetition_penalty, ge=1.0, le=2.0)
-    max_new_tokens: int = Field(_I.max_new_tokens, ge=8, le=1024)
-    oversample: float = Field(_I.oversample, ge=OVERSAMPLE_RANGE[0], le=OVERSAMPLE_RANGE[1])
+class InstructionGen(InstructionDecoding):
+    """DG-01 decoding (validated by ``InstructionDecoding``) plus how many prompts go to the model at once."""
+
     batch_size: int = Field(8, ge=1, le=512)
 
 
-class ResponseGen(_Strict):
-    temperature: float = Field(_R.temperature, ge=RESPONSE_TEMPERATURE_RANGE[0], le=RESPONSE_TEMPERATURE_RANGE[1])
-    top_p: float = Field(_R.top_p, gt=0, le=1.0)
-    repetition_penalty: float = Field(_R.repetition_penalty, ge=1.0, le=2.0)
-    max_new_tokens: int = Field(_R.max_new_tokens, ge=8, le=1024)
+class ResponseGen(ResponseDecoding):
+    """PR-02 decoding (validated by ``ResponseDecoding``) plus how many prompts go to the model at once."""
+
     batch_size: int = Field(16, ge=1, le=512)
-    # End a response at its first blank line: cleaning keeps only the first paragraph anyway,
-    # and a finished paragraph must not count as a token-limit hit (QC-02).
-    stop_at_blank_line: bool = True
 
 
 class CriticCfg(_Strict):
-    threshold: float = Field(1.0, ge=0)
-    batch_size: int = Field(16, ge=1, le=512)
+    threshold: float = Field(critic.DEFAULT_THRESHOLD, ge=0)
+    batch_size: int = Field(critic.DEFAULT_BATCH_SIZE, ge=1, le=512)
     prefix_reuse: bool = True
 
 
@@ -71,11 +66,11 @@ class QCCfg(_Strict):
 class GenerateConfig(_Strict):
     """One data-generation run (a pilot, or one shard of a scale run)."""
 
-    model: str = "gemma-3-270m"
+    model: str = GEMMA_NAME
     profile: str | None = None
     out_dir: Path = Path("runs/stage1/pilot")  # scale runs default to runs/stage1/shard-I-of-N
     mode: Literal["pilot", "scale"] = "pilot"
-    target: int = Field(100, ge=1, le=1_000_000)
+    target: int = Field(DEFAULT_PILOT_TARGET, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0)
     shard: str = "0/1"
     device: str | None = None

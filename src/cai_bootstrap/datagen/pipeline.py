@@ -11,7 +11,6 @@ run draw disjoint, reproducible prompts whatever the number of shards (DG-05).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +197,7 @@ def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[l
     run stops after, even when the store already holds part of a later round.
     """
     ic = cfg.instructions
-    need = math.ceil(cfg.shard_target() * ic.oversample)
+    need = ic.n_candidates(cfg.shard_target())
     max_prompts = max(8, need)  # a model that yields nothing must not loop forever
     bar = _bar(need, "instructions", cfg.quiet, "instr")
     index = DuplicateIndex()
@@ -211,8 +210,7 @@ def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[l
         rnd += 1
         if any(f"prompt-{i}" not in store for i in idx):
             built = [prompts.build_instruction_generation_prompt(cfg.seed + i) for i in idx]
-            gens = lm.generate([b.text for b in built], max_new_tokens=ic.max_new_tokens, do_sample=True,
-                               temperature=ic.temperature, top_p=ic.top_p, repetition_penalty=ic.repetition_penalty,
+            gens = lm.generate([b.text for b in built], **ic.generate_kwargs(),
                                seed=cfg.seed + 7919 * (idx[0] + 1), batch_size=len(idx), progress=False)
             store.append_batch(
                 {"id": f"prompt-{i}", "prompt_index": i, "seed": cfg.seed + i, "next_number": b.next_number,
@@ -266,10 +264,7 @@ def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store:
             continue
         seed = cfg.seed + 104729 * (b + 1) + cfg.shard_index
         texts = [prompts.render_response_prompt(c["instruction"]) for c in chunk]
-        gens = lm.generate(texts, max_new_tokens=rc.max_new_tokens, do_sample=True, temperature=rc.temperature,
-                           top_p=rc.top_p, repetition_penalty=rc.repetition_penalty, seed=seed,
-                           batch_size=len(chunk), progress=False,
-                           stop_strings=("\n\n",) if rc.stop_at_blank_line else ())
+        gens = lm.generate(texts, **rc.generate_kwargs(), seed=seed, batch_size=len(chunk), progress=False)
         made = utc_now()
         store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": t, "raw": g.text,
                             "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed, "generated_at": made,
@@ -327,7 +322,7 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
           cfg.critic.batch_size, "pair critic", cfg.quiet, extra=lambda c: {"clean_tokens": c["clean_tokens"]})
 
     rows = RunRows(verdicts, responses, [pv_store.get(c["id"]) for c in to_judge], pre_rejects)
-    gen_params = {"seed": cfg.seed, **cfg.responses.model_dump(), "do_sample": True}
+    gen_params = {"seed": cfg.seed, **cfg.responses.as_provenance()}
     gen_params.pop("batch_size")
 
     def metadata_for(r: dict) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +28,7 @@ from cai_bootstrap import gates
 from cai_bootstrap.evaluation import statistics as st
 from cai_bootstrap.evaluation.runner import BASE, SFT, EvalRun, build_prompt
 from cai_bootstrap.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
+from cai_bootstrap.provenance import utc_now
 
 ITEMS_FILE = "items.jsonl"
 RATES_FILE = "rates.json"
@@ -50,10 +50,6 @@ class StatsConfig:
     seed: int = 0
     fdr: float = st.DEFAULT_FDR
     exact_below: int = st.EXACT_BELOW
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _rate_block(recs: Sequence[dict], confidence: float) -> dict:
@@ -135,7 +131,7 @@ def build_summary(run: EvalRun, cfg: StatsConfig, *, eval_set: dict) -> dict:
             "pairing": "same items, same prompts, base then trained",
             "eval_set": eval_set,
             "models": {label: _compact_model(p) for label, p in run.models.items()},
-            "created": _now(),
+            "created": utc_now(),
         },
     }
 
@@ -277,7 +273,7 @@ def write_outputs(out_dir: str | Path, run: EvalRun, cfg: StatsConfig, *, eval_s
 
     manifest = {
         "artifact_type": "evaluation",
-        "created": _now(),
+        "created": utc_now(),
         "git": git_info(),
         "eval_set": eval_set,
         "modes": run.modes,

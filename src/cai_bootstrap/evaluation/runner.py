@@ -26,6 +26,9 @@ from cai_bootstrap.prompts import render_response_prompt
 PROMPT_MODES = ("framed", "raw")
 BASE = "base"
 SFT = "sft"
+# EV-03: long enough for the eval set's answers; the report flags truncation above 5%.
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_BATCH_SIZE = 8
 
 
 def build_prompt(instruction: str, mode: str) -> str:
@@ -45,8 +48,8 @@ def build_prompt(instruction: str, mode: str) -> str:
 class EvalDecoding:
     """Greedy decoding for evaluation (EV-03); ``temperature`` is recorded as 0 and never passed."""
 
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
     do_sample: bool = False
     temperature: float = 0.0

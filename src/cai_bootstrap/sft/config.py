@@ -20,6 +20,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
+
 # SFT-04 ranges, inclusive.
 LORA_R_RANGE = (16, 32)
 LORA_ALPHA_RANGE = (16, 32)
@@ -109,7 +111,7 @@ class SFTRunConfig(BaseModel):
     save_total_limit: int | None = 3
     logging_steps: int = 10
     run_sentinels: bool = True
-    near_duplicate_threshold: float = 0.7
+    near_duplicate_threshold: float = NEAR_DUP_THRESHOLD
     memory_headroom: float = 1.2
 
     # plumbing runs
@@ -168,8 +170,9 @@ class SFTRunConfig(BaseModel):
     @field_validator("near_duplicate_threshold")
     @classmethod
     def _near(cls, v: float) -> float:
-        if not 0 < v <= 0.7:
-            raise ValueError(f"must be in (0, 0.7]: a looser leakage check than ROUGE-L 0.7 is not allowed (SFT-06), got {v}")
+        if not 0 < v <= NEAR_DUP_THRESHOLD:
+            raise ValueError(f"must be in (0, {NEAR_DUP_THRESHOLD}]: a looser leakage check than ROUGE-L "
+                             f"{NEAR_DUP_THRESHOLD} is not allowed (SFT-06), got {v}")
         return v
 
     @field_validator("memory_headroom")

@@ -58,9 +58,6 @@ class TrainingExample:
     boundary_merge: bool = False  # the first response token also holds prompt characters
     meta: dict = field(default_factory=dict, compare=False)
 
-    def to_features(self) -> dict:
-        return {"input_ids": list(self.input_ids), "labels": list(self.labels), "attention_mask": list(self.attention_mask)}
-
 
 # -- pure rules over integers -------------------------------------------------------------------
 

@@ -152,11 +152,6 @@ def _unsloth_lora(model, cfg: SFTRunConfig, plan: RunPlan):
         raise TrainingSetupError(f"backend: unsloth cannot wrap this model ({type(e).__name__}: {e}); use backend: hf") from None
 
 
-def lora_state(model) -> dict:
-    """A detached copy of the LoRA weights (to check that training moved them)."""
-    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if "lora_" in n}
-
-
 # -- trainer ----------------------------------------------------------------------------------------
 
 
