@@ -168,6 +168,8 @@ def render_response_prompt(instruction: str) -> str:
 
 # -- PR-07: the demonstration frame (context distillation) --------------------------------------
 
+# What the base model is shown when it answers for training data; records keep zero-shot.
+RESPONSE_FRAMES = ("demonstrations", "zero_shot")
 DEFAULT_N_DEMONSTRATIONS = 4
 # A frame longer than this stops being a short prompt for a 270M model; the pool must exceed it.
 MAX_DEMONSTRATIONS = 8

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
 from cai_bootstrap.decoding import OVERSAMPLE_RANGE, RESPONSE_TEMPERATURE_RANGE, InstructionDecoding, ResponseDecoding
+from cai_bootstrap.prompts import DEFAULT_N_DEMONSTRATIONS, MAX_DEMONSTRATIONS, RESPONSE_FRAMES
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -47,6 +48,18 @@ class ResponseGen(_Strict):
     # End a response at its first blank line: cleaning keeps only the first paragraph anyway,
     # and a finished paragraph must not count as a token-limit hit (QC-02).
     stop_at_blank_line: bool = True
+    # PR-07: the base model answers after K answered examples (what it already does in
+    # context); training records keep only the zero-shot prompt.
+    response_frame: Literal[RESPONSE_FRAMES] = "demonstrations"  # type: ignore[valid-type]
+    n_demonstrations: int = Field(DEFAULT_N_DEMONSTRATIONS, ge=1, le=MAX_DEMONSTRATIONS)
+
+    @model_validator(mode="after")
+    def _frame_needs_stops(self):
+        """Without the blank-line stop the model would go on to write the frame's next example."""
+        if self.response_frame == "demonstrations" and not self.stop_at_blank_line:
+            raise ValueError("response_frame 'demonstrations' ends each answer at the blank line; "
+                             "set stop_at_blank_line true or use response_frame 'zero_shot'")
+        return self
 
 
 class CriticCfg(_Strict):
