@@ -160,7 +160,7 @@ class ScriptedLM:
             raise RuntimeError(f"scripted failure at generate call {len(self.calls) + 1}")
         self.calls.append({"prompts": list(prompts), "max_new_tokens": max_new_tokens, "do_sample": do_sample,
                            "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
-                           "seed": seed, "batch_size": batch_size})
+                           "seed": seed, "batch_size": batch_size, "stop_strings": tuple(stop_strings)})
         if self.sleep:
             time.sleep(self.sleep)
         return [self._one(p, seed, max_new_tokens) for p in prompts]

@@ -409,3 +409,88 @@ def test_a_run_with_chat_markup_drops_those_items_with_reasons(flow, tmp_path):
     kept = read_jsonl(tmp_path / "run" / P.DATASET)
     assert not {r["metadata"]["record_id"] for r in kept} & {r["id"] for r in emitted}
     assert all("<|im_start|>" not in r["instruction"] for r in kept)
+
+
+# -- PR-07 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.spec("PR-07")
+def test_run_answers_in_the_demonstration_frame_and_records_the_zero_shot_prompt(messy_run):
+    cfg = messy_run["cfg"]
+    assert (cfg.responses.response_frame, cfg.responses.n_demonstrations) == ("demonstrations", 4)
+    calls = _calls(messy_run["calls"], "responses")
+    assert calls and all(c["stop_strings"] == ("\n\n", "\nInstruction:") for c in calls)
+    shown = [p for c in calls for p in c["prompts"]]
+    rows = read_jsonl(messy_run["out"] / P.WORK / P.RESPONSES)
+    assert len(rows) == len(shown)
+    for r in rows:
+        frame = prompts.build_demonstration_prompt(r["instruction"], seed=cfg.seed, item_id=r["id"], k=4)
+        assert frame.text in shown
+        assert r["prompt"] == prompts.render_response_prompt(r["instruction"])
+        assert (r["response_frame"], r["demonstration_ids"]) == ("demonstrations", list(frame.demonstration_ids))
+    rows_by_id = {r["id"]: r for r in rows}
+    records = read_jsonl(messy_run["out"] / P.DATASET)
+    assert records
+    for rec in records:
+        md = rec["metadata"]
+        assert rec["prompt"] == prompts.render_response_prompt(rec["instruction"])  # training sees zero-shot only
+        assert rec["prompt"].count("Instruction:") == 1
+        assert md["response_frame"] == "demonstrations" and md["generation"]["n_demonstrations"] == 4
+        assert md["demonstration_ids"] == rows_by_id[md["record_id"]]["demonstration_ids"]
+        assert len(md["demonstration_ids"]) == 4
+
+
+@pytest.mark.spec("PR-07")
+@pytest.mark.parametrize("frame", ["demonstrations", "zero_shot"])
+def test_response_phase_shows_the_configured_frame(flow, tmp_path, frame):
+    lm, model_dir, _ = flow
+    cfg = small_config(tmp_path / "run", model_dir, **{"responses.response_frame": frame, "responses.batch_size": 3})
+    accepted = [{"id": f"p{k}-l1", "instruction": f"Write a haiku about topic number {k}."} for k in range(7)]
+    accepted.append({"id": "p9-l1", "instruction": prompts.demonstration_pool()[0].instruction})
+    scripted = ScriptedLM(lm)
+    store = PhaseStore(tmp_path / "responses.jsonl")
+    P.generate_responses(scripted, cfg, accepted, store)
+    shown = [p for c in scripted.calls for p in c["prompts"]]
+    rows = [store.get(c["id"]) for c in accepted]
+    assert all(r["prompt"] == prompts.render_response_prompt(r["instruction"]) for r in rows)
+    assert all(r["response_frame"] == frame for r in rows)
+    if frame == "zero_shot":
+        assert sorted(shown) == sorted(r["prompt"] for r in rows)
+        assert all(r["demonstration_ids"] == [] for r in rows)
+        assert all(c["stop_strings"] == ("\n\n",) for c in scripted.calls)
+    else:
+        assert all(len(r["demonstration_ids"]) == 4 for r in rows)
+        assert prompts.demonstration_pool()[0].id not in rows[-1]["demonstration_ids"]  # never its own instruction
+        frames = [prompts.build_demonstration_prompt(r["instruction"], seed=cfg.seed, item_id=r["id"]) for r in rows]
+        assert sorted(shown) == sorted(f.text for f in frames)
+        assert [r["demonstration_ids"] for r in rows] == [list(f.demonstration_ids) for f in frames]
+        assert all(f.text.count("\nResponse:") == 5 and f.text.endswith("\n\n" + r["prompt"]) for f, r in zip(frames, rows))
+        assert [len(p) for p in shown] == sorted(len(p) for p in shown)  # batches formed by frame length
+        assert all(c["stop_strings"] == prompts.demonstration_stop_strings() for c in scripted.calls)
+    # a rerun over the finished store generates nothing (resume)
+    again = ScriptedLM(lm)
+    P.generate_responses(again, cfg, accepted, PhaseStore(tmp_path / "responses.jsonl"))
+    assert again.calls == []
+
+
+@pytest.mark.spec("PR-07")
+def test_shipped_configs_choose_the_frame_and_the_flag_reaches_the_config():
+    from importlib import resources
+
+    from cai_bootstrap import stage1
+    from cai_bootstrap.cli import build_parser
+
+    configs = resources.files("cai_bootstrap").joinpath("configs")
+    for name in ("generate_pilot.yaml", "generate_scale.yaml"):
+        assert load_config(str(configs / name)).responses.response_frame == "demonstrations"
+    frames = {name: stage1.load_stage1_config(str(configs / name)).response_frame
+              for name in ("stage1_cpu_demo.yaml", "stage1_qwen2.5_32b.yaml")}
+    assert frames == {"stage1_cpu_demo.yaml": "demonstrations", "stage1_qwen2.5_32b.yaml": "zero_shot"}
+    chain = stage1.Chain(stage1.load_stage1_config(str(configs / "stage1_qwen2.5_32b.yaml")), cli=lambda argv: 0)
+    argv = [str(a) for a in stage1._generate_args(chain)]
+    assert argv[argv.index("--response-frame") + 1] == "zero_shot"
+    assert GenerateConfig().responses.response_frame == "demonstrations"
+    args = build_parser().parse_args(["generate", "--response-frame", "zero_shot"])
+    assert args.response_frame == "zero_shot"
+    with pytest.raises(ConfigError, match="stop_at_blank_line"):
+        load_config(None, **{"responses.stop_at_blank_line": False})

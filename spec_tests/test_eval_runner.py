@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -31,11 +32,16 @@ class Residency:
 class FakeLM:
     """Stands in for LoadedModel: answers with a gold response for chosen items, else garbage."""
 
-    def __init__(self, label: str, residency: Residency, good_ids: set[str], items: list[dict], fail_on_generate=False):
+    def __init__(self, label: str, residency: Residency, good_ids: set[str], items: list[dict], fail_on_generate=False,
+                 incontext_good: set[str] | None = None):
         self.label, self.res = label, residency
         self.answers = {render_response_prompt(it["instruction"]): (gold_response(it) if it["id"] in good_ids else "zzz")
                         for it in items}
         self.answers.update({it["instruction"]: "zzz" for it in items})
+        # an in-context prompt is answered by what follows its last blank line: the item's zero-shot prompt
+        ic_good = good_ids if incontext_good is None else incontext_good
+        self.incontext_answers = {render_response_prompt(it["instruction"]): (gold_response(it) if it["id"] in ic_good
+                                                                              else "zzz") for it in items}
         self.fail_on_generate = fail_on_generate
         self.eos_token_id, self.pad_token_id = 0, 0
         self.provenance = {"model_name": label}
@@ -50,7 +56,12 @@ class FakeLM:
         self.calls.append(kw)
         if self.fail_on_generate:
             raise RuntimeError("boom")
-        return [Generation(text=self.answers[p], n_tokens=3, hit_limit=False, stopped_on_eos=True) for p in prompts]
+        return [Generation(text=self._answer(p), n_tokens=3, hit_limit=False, stopped_on_eos=True) for p in prompts]
+
+    def _answer(self, prompt: str) -> str:
+        if prompt in self.answers:
+            return self.answers[prompt]
+        return self.incontext_answers[prompt.rsplit("\n\n", 1)[1]]
 
     def release(self):
         self.model = None
@@ -63,9 +74,12 @@ def items():
     return load_eval_set(limit=130)  # 10 items of each of the 13 types
 
 
-def _factories(items, res, base_good, sft_good, **kw):
-    return [(rn.BASE, lambda: FakeLM("base", res, base_good, items, **kw)),
+def _factories(items, res, base_good, sft_good, incontext_good=None, **kw):
+    return [(rn.BASE, lambda: FakeLM("base", res, base_good, items, incontext_good=incontext_good, **kw)),
             (rn.SFT, lambda: FakeLM("sft", res, sft_good, items, **kw))]
+
+
+THREE_ARMS = {rn.BASE: [rn.INCONTEXT]}
 
 
 # -- EV-07 ---------------------------------------------------------------------------------------
@@ -160,10 +174,11 @@ def test_every_item_is_recorded_with_its_verdict(items):
 
 # -- EV-06 / PV-04 outputs ------------------------------------------------------------------------
 
-def _paired_outputs(tmp_path, items, base_good, sft_good, modes=("framed",)):
-    run = rn.evaluate_models(items, _factories(items, Residency(), base_good, sft_good), modes=list(modes))
+def _paired_outputs(tmp_path, items, base_good, sft_good, modes=("framed",), incontext_good=None, seed=0):
+    run = rn.evaluate_models(items, _factories(items, Residency(), base_good, sft_good, incontext_good), modes=list(modes),
+                             extra_modes=THREE_ARMS)
     eval_set = {"path": "x", "sha256": "y", "limit": len(items), "n_items_used": len(items)}
-    return rp.write_outputs(tmp_path, run, rp.StatsConfig(bootstrap_samples=2000, seed=0), eval_set=eval_set)
+    return rp.write_outputs(tmp_path, run, rp.StatsConfig(bootstrap_samples=2000, seed=seed), eval_set=eval_set)
 
 
 @pytest.mark.spec("EV-06", "PV-04")
@@ -193,7 +208,7 @@ def test_outputs_schema_and_go_verdict(tmp_path, items):
     assert "| list_items | format | 10 |" in report and rp.CHART_FILE in report
     assert (tmp_path / rp.CHART_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = read_jsonl(tmp_path / rp.ITEMS_FILE)
-    assert len(records) == 260 and all(RECORD_FIELDS <= set(r) for r in records)
+    assert len(records) == 390 and all(RECORD_FIELDS <= set(r) for r in records)
     manifest = json.loads((tmp_path / rp.MANIFEST_FILE).read_text())
     for entry in manifest["outputs"].values():
         assert sha256_file(tmp_path / entry["path"]) == entry["sha256"]
@@ -261,8 +276,14 @@ def test_cli_evaluate_and_gates_on_the_tiny_model(tiny_model_dir, tiny_adapter, 
     assert "adapter_model.safetensors" in manifest["models"]["sft"]["adapter"]["files"]
     assert manifest["models"]["base"]["template_disabled"] is True
     records = read_jsonl(out / rp.ITEMS_FILE)
-    assert len(records) == 2 * 2 * 3
-    assert [r["prompt"] for r in records if r["model"] == "base"] == [r["prompt"] for r in records if r["model"] == "sft"]
+    assert len(records) == 2 * 2 * 3 + 3  # both models framed and raw, and the base model in context (EV-08)
+    assert [r["prompt"] for r in records if r["model"] == "base" and r["mode"] != "incontext"] == [
+        r["prompt"] for r in records if r["model"] == "sft"]
+    assert [r["mode"] for r in records if r["model"] == "base"] == ["framed"] * 3 + ["raw"] * 3 + ["incontext"] * 3
+    assert manifest["model_modes"] == {"base": ["framed", "raw", "incontext"], "sft": ["framed", "raw"]}
+    assert set(summary["vs_incontext"]) == {"overall", "by_type", "bh"} and summary["vs_incontext"]["overall"]["n"] == 3
+    assert list(summary["arms"]) == ["base_zero_shot", "base_incontext", "trained_zero_shot"]
+    assert "base in-context" in printed and "trained vs base in-context" in printed
 
     assert main(["gate", "final", "--eval", str(out)]) == 1
     gate = json.loads((out / "gate_final.json").read_text())
@@ -290,3 +311,103 @@ def test_cli_rejects_bad_arguments_before_loading(tiny_adapter, tmp_path, capsys
     rc = main(["evaluate", "--model", "/no/such/model", "--out", str(tmp_path / "o"), *extra])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+# -- EV-08: three arms ------------------------------------------------------------------------------
+
+@pytest.mark.spec("EV-08", "EV-07")
+def test_three_arms_on_the_same_items_with_the_base_model_loaded_once(items):
+    from cai_bootstrap.prompts import build_demonstration_prompt, demonstration_stop_strings
+
+    sample = items[:26]
+    res = Residency()
+    made: list[FakeLM] = []
+
+    def factory(label):
+        def load():
+            made.append(FakeLM(label, res, set(), sample))
+            return made[-1]
+        return load
+
+    run = rn.evaluate_models(sample, [(rn.BASE, factory("base")), (rn.SFT, factory("sft"))], extra_modes=THREE_ARMS,
+                             decoding=rn.EvalDecoding(seed=3))
+    assert res.events == ["load base", "release base", "load sft", "release sft"] and res.max_live == 1
+    assert run.modes_of(rn.BASE) == ["framed", "incontext"] and run.modes_of(rn.SFT) == ["framed"]
+    ids = [it["id"] for it in sample]
+    for label, mode in rp.ARMS.values():
+        assert [r["id"] for r in run.outcomes(label, mode)] == ids
+    framed = {r["id"]: r["prompt"] for r in run.outcomes(rn.SFT, "framed")}
+    for r, it in zip(run.outcomes(rn.BASE, "incontext"), sample):
+        assert r["prompt"] == build_demonstration_prompt(it["instruction"], seed=3, item_id=it["id"]).text
+        assert r["prompt"].endswith("\n\n" + framed[r["id"]])
+    # the in-context arm is cut where generation cuts the frame; the zero-shot arms are recorded raw
+    base_calls, sft_calls = made[0].calls, made[1].calls
+    assert [c.get("stop_strings") for c in base_calls] == [None, demonstration_stop_strings()]
+    assert [c.get("stop_strings") for c in sft_calls] == [None]
+    ic, sft = rp.incontext_outcomes(run)
+    assert [r["id"] for r in ic] == [r["id"] for r in sft] == ids
+
+
+@pytest.mark.spec("EV-08")
+def test_a_paired_summary_without_the_in_context_arm_is_refused(items, tmp_path):
+    run = rn.evaluate_models(items[:13], _factories(items[:13], Residency(), set(), set()))
+    with pytest.raises(ValueError, match="three arms"):
+        rp.build_summary(run, rp.StatsConfig(bootstrap_samples=100), eval_set={"n_items_used": 13})
+    run = rn.evaluate_models(items[:13], _factories(items[:13], Residency(), set(), set()), extra_modes=THREE_ARMS)
+    run.records = [r for r in run.records if not (r["mode"] == "incontext" and r["id"] == items[0]["id"])]
+    with pytest.raises(ValueError, match="not paired"):
+        rp.incontext_outcomes(run)
+    with pytest.raises(ValueError, match="not evaluated"):
+        rn.evaluate_models(items[:2], _factories(items[:2], Residency(), set(), set()), extra_modes={"other": ["incontext"]})
+    with pytest.raises(ValueError, match="item_id"):
+        rn.build_prompt("Say hi.", "incontext")
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> list[float]:
+    p = k / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [center - half, center + half]
+
+
+@pytest.mark.spec("EV-08", "EV-05", "PV-04")
+def test_vs_incontext_statistics_match_a_hand_example(tmp_path, items):
+    sample = items[:20]
+    ids = [it["id"] for it in sample]
+    base_good = set(ids[:2])                                   # 2/20 zero-shot
+    incontext_good = set(ids[:8])                              # 8/20 in context
+    sft_good = set(ids[:6]) | set(ids[8:14])                   # 12/20: +6 over in-context, -2 (items 6, 7)
+    out = _paired_outputs(tmp_path, sample, base_good, sft_good, incontext_good=incontext_good)
+    summary = json.loads((tmp_path / rp.SUMMARY_FILE).read_text())
+
+    ic = summary["vs_incontext"]["overall"]
+    assert set(ic) == set(summary["overall"])  # the same statistics block
+    assert (ic["n"], ic["base_successes"], ic["sft_successes"]) == (20, 8, 12)
+    assert ic["discordant"] == {"n01": 6, "n10": 2}
+    assert ic["mcnemar_method"] == "exact_binomial" and ic["mcnemar_stat"] == 2.0
+    assert ic["mcnemar_p"] == pytest.approx(2 * (1 + 8 + 28) / 2**8)  # 2 * P(X <= 2), X ~ Bin(8, 1/2)
+    assert ic["lift"] == pytest.approx(0.2)
+    assert ic["cohens_h"] == pytest.approx(2 * math.asin(math.sqrt(0.6)) - 2 * math.asin(math.sqrt(0.4)))
+    assert ic["base_ci"] == pytest.approx(_wilson(8, 20)) and ic["sft_ci"] == pytest.approx(_wilson(12, 20))
+    assert set(summary["vs_incontext"]["by_type"]) == set(summary["by_type"])
+    assert summary["vs_incontext"]["bh"]["n_tests"] == summary["bh"]["n_tests"]
+
+    o = summary["overall"]  # GT-02's comparison is unchanged: trained vs base zero-shot
+    assert o["discordant"] == {"n01": 10, "n10": 0} and o["mcnemar_p"] == pytest.approx(2 / 2**10)
+    assert o["lift"] == pytest.approx(0.5)
+    arms = summary["arms"]
+    assert [(a["successes"], a["n"]) for a in arms.values()] == [(2, 20), (8, 20), (12, 20)]
+    for a in arms.values():
+        assert a["ci"] == pytest.approx(_wilson(a["successes"], a["n"]))
+    # GT-02 reads only the zero-shot comparison: GO here although the lead over in-context is not significant
+    assert out["decision"].passed and out["decision"].values["mcnemar_p"] == pytest.approx(o["mcnemar_p"])
+
+    text = (tmp_path / rp.TEXT_FILE).read_text()
+    assert "base in-context    success  40.0% " in text and "trained vs base in-context: lift +20.0 points" in text
+    report = (tmp_path / rp.REPORT_FILE).read_text()
+    assert "| base in-context | base | incontext | 20 | 40.0% |" in report
+    assert "| trained vs base in-context | +20.0 |" in report
+    from cai_bootstrap.validation import validate_file
+
+    checked = validate_file(tmp_path / rp.SUMMARY_FILE)  # the written summary meets its suite, EV-08 fields included
+    assert checked.ok, checked.format()

@@ -122,12 +122,17 @@ class _RecordingLM:
         self.calls.append(kwargs)
         return [Generation(self.text, 5, False, True) for _ in prompts_]
 
+    def forbidden_tokens_in(self, text):
+        return []
+
 
 @pytest.mark.spec("PR-02")
 def test_response_decoding_defaults_and_provenance():
     rc = load_config(None).responses
     assert isinstance(rc, ResponseDecoding)
-    assert {k: v for k, v in rc.as_provenance().items() if k != "batch_size"} == RESPONSE_DEFAULTS
+    prov = rc.as_provenance()
+    assert {k: v for k, v in prov.items() if k not in ("batch_size", "response_frame", "n_demonstrations")} == RESPONSE_DEFAULTS
+    assert (prov["response_frame"], prov["n_demonstrations"]) == ("demonstrations", 4)  # PR-07 frame recorded too
     assert load_config(None, **{"responses.temperature": 0.3}).responses.temperature == 0.3
     assert load_config(None, **{"responses.temperature": 0.5}).responses.temperature == 0.5
 
@@ -142,7 +147,7 @@ def test_pipeline_generates_responses_with_the_config_decoding(tmp_path):
     for call in lm.calls:
         assert {k: call[k] for k in cfg.responses.generate_kwargs()} == cfg.responses.generate_kwargs()
         assert (call["max_new_tokens"], call["temperature"], call["top_p"], call["repetition_penalty"],
-                call["do_sample"], call["stop_strings"]) == (80, 0.35, 0.9, 1.1, True, ("\n\n",))
+                call["do_sample"], call["stop_strings"]) == (80, 0.35, 0.9, 1.1, True, prompts.demonstration_stop_strings())
 
 
 @pytest.mark.spec("PR-02")
@@ -396,3 +401,141 @@ def test_values_are_inserted_literally(instruction, response):
     assert out.startswith(t.prefix)
     assert out.endswith("\n\nOutput exactly one letter on the next line: A or B\nLabel:")
     assert instruction.strip() in out and prompts.first_paragraph(response) in out
+
+
+# -- PR-07 -------------------------------------------------------------------------------
+
+DEMONSTRATION_GOLDEN_SEED_0 = (
+    'Instruction: What does "DNA" stand for?\n'
+    "Response: Deoxyribonucleic acid.\n"
+    "\n"
+    "Instruction: Explain in one sentence why ice floats on water.\n"
+    "Response: Ice is less dense than liquid water, so it floats on top.\n"
+    "\n"
+    "Instruction: How do I kill a frozen program on Windows?\n"
+    "Response: Press Ctrl+Shift+Esc to open Task Manager, select the program and click End task.\n"
+    "\n"
+    'Instruction: Describe snow without using the word "cold".\n'
+    "Response: Snow falls softly, covering the streets in a quiet white blanket.\n"
+    "\n"
+    "Instruction: Name three colors.\n"
+    "Response:"
+)
+
+
+@pytest.mark.spec("PR-07")
+def test_demonstration_prompt_golden():
+    demos = [prompts.Demonstration("a", "Say hi.", "Hi."), prompts.Demonstration("b", " Count to two. ", "1\n2")]
+    assert prompts.render_demonstration_prompt("  Name a color.\n", demos) == (
+        "Instruction: Say hi.\nResponse: Hi.\n\nInstruction: Count to two.\nResponse: 1\n2\n\n"
+        "Instruction: Name a color.\nResponse:"
+    )
+    built = prompts.build_demonstration_prompt("Name three colors.", seed=0, item_id="list_items-000")
+    assert built.text == DEMONSTRATION_GOLDEN_SEED_0
+    assert built.demonstration_ids == ("demo-dna", "demo-ice-floats", "demo-kill-program", "demo-snow-no-cold")
+    # the frame ends in exactly the zero-shot PR-01 prompt, so the answer boundary is the same
+    assert built.text.endswith("\n\n" + prompts.render_response_prompt("Name three colors."))
+    assert prompts.demonstration_stop_strings() == ("\n\n", "\nInstruction:")
+    with pytest.raises(ValueError, match="at least one demonstration"):
+        prompts.render_demonstration_prompt("Say hi.", [])
+
+
+@pytest.mark.spec("PR-07")
+def test_demonstration_pool_is_large_varied_and_answers_have_no_blank_line():
+    pool = prompts.demonstration_pool()
+    assert len(pool) >= 16
+    assert len({d.id for d in pool}) == len(pool)
+    for d in pool:
+        assert "\n" not in d.instruction and d.response == d.response.strip()
+        assert prompts.first_paragraph(d.response) == d.response  # the blank-line stop never cuts an answer
+        assert len(d.response) <= 200
+    # several instruction kinds, a refusal among them
+    assert any(d.response.startswith("{") for d in pool)
+    assert any(d.response.isupper() for d in pool) and any(d.response.islower() for d in pool)
+    assert any(d.response.startswith("I can't help") for d in pool)
+    assert any("\n" in d.response for d in pool)  # a one-per-line list
+
+
+@pytest.mark.spec("PR-07")
+@pytest.mark.parametrize("seed, item_id", [(0, "a"), (0, "b"), (1, "a"), (7, "translation-003")])
+def test_demonstration_draw_is_seeded_per_item(seed, item_id):
+    draw = prompts.draw_demonstrations(seed, item_id, "Name a color.")
+    assert draw == prompts.draw_demonstrations(seed, item_id, "Name a color.")  # determinism
+    assert len(draw) == prompts.DEFAULT_N_DEMONSTRATIONS == 4
+    assert len(set(draw)) == 4
+    assert set(draw) <= set(prompts.demonstration_pool())
+    # the draw depends on (seed, item id) only, not on the instruction or on other items
+    assert draw == prompts.draw_demonstrations(seed, item_id, "Something else entirely.")
+
+
+@pytest.mark.spec("PR-07")
+def test_demonstration_draws_differ_across_items_and_seeds():
+    draws = {prompts.draw_demonstrations(s, f"item-{i}", "Name a color.") for s in range(3) for i in range(20)}
+    assert len(draws) > 50
+    assert prompts.draw_demonstrations(0, "a", "x", k=2) != prompts.draw_demonstrations(1, "a", "x", k=2)
+
+
+@pytest.mark.spec("PR-07")
+def test_demonstration_draw_never_shows_the_items_own_instruction():
+    pool = prompts.demonstration_pool()
+    k = prompts.MAX_DEMONSTRATIONS
+    for demo in pool:
+        for seed in range(30):
+            for own in (demo.instruction, "  " + demo.instruction.upper() + " "):
+                drawn = prompts.draw_demonstrations(seed, demo.id, own, k=k)
+                assert demo not in drawn, (seed, demo.id)
+                assert len(drawn) == k
+
+
+@pytest.mark.spec("PR-07")
+@pytest.mark.parametrize("kwargs, err, message", [
+    (dict(k=0), ValueError, "number of demonstrations"),
+    (dict(k=9), ValueError, "number of demonstrations"),
+    (dict(k=True), ValueError, "number of demonstrations"),
+    (dict(seed="0"), TypeError, "seed must be an int"),
+    (dict(item_id=""), ValueError, "item_id is empty"),
+    (dict(instruction=" "), ValueError, "instruction is empty"),
+])
+def test_demonstration_draw_validates_arguments(kwargs, err, message):
+    args = {"seed": 0, "item_id": "a", "instruction": "Say hi.", "k": 4, **kwargs}
+    with pytest.raises(err, match=message):
+        prompts.draw_demonstrations(**args)
+
+
+@pytest.mark.spec("PR-07")
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("demonstrations"), "missing key 'demonstrations'"),
+    (lambda d: d["demonstrations"][0].update(response="one\n\ntwo"), "no blank line"),
+    (lambda d: d["demonstrations"][0].update(instruction="a\nb"), "must be one line"),
+    (lambda d: d["demonstrations"][1].update(id=d["demonstrations"][0]["id"]), "duplicate id or instruction"),
+    (lambda d: d["demonstrations"][1].update(instruction=d["demonstrations"][0]["instruction"].upper()),
+     "duplicate id or instruction"),
+    (lambda d: d["demonstrations"][0].pop("response"), "demonstrations[0] must be"),
+    (lambda d: d.update(demonstrations=d["demonstrations"][:8]), "needs more than 8 items"),
+])
+def test_malformed_demonstrations_fail_naming_the_fix(mutate, message):
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(yaml.safe_load(prompts.prompts_yaml_text()))
+    mutate(data)
+    with pytest.raises(prompts.PromptDataError) as e:
+        prompts._validate(data)
+    assert message in str(e.value)
+
+
+@pytest.mark.spec("PR-07", "SFT-06")
+def test_demonstrations_do_not_leak_into_the_eval_set():
+    """The SFT-06 check itself (exact, normalized, ROUGE-L > 0.7) over the pool; it must catch a planted eval item."""
+    from cai_bootstrap.sft.data_gate import EvalLeakageError, check_no_leakage, load_eval_instructions
+
+    eval_items = load_eval_instructions()
+    pool = [{"instruction": d.instruction} for d in prompts.demonstration_pool()]
+    checked = check_no_leakage(pool, eval_items)
+    assert checked["train_instructions"] == len(pool) and checked["hits"] == 0
+    for planted, kind in ((eval_items[5][1], "exact"), (eval_items[9][1].upper() + "!", "normalized"),
+                          ("Please " + eval_items[12][1], "near_duplicate")):
+        with pytest.raises(EvalLeakageError) as e:
+            check_no_leakage([*pool[:3], {"instruction": planted}, *pool[3:]], eval_items)
+        assert [(h.kind, h.train_index) for h in e.value.hits] == [(kind, 3)]

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any, Mapping, Sequence
 
 from cai_bootstrap.constitution import Constitution, Principle, load_constitution
+from cai_bootstrap.dedup import normalize
 
 PROMPTS_FILE = "prompts.yaml"
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
@@ -102,10 +103,35 @@ def _validate(data: Any) -> None:
     stale = [m for m in markers if not isinstance(m, str) or not m or m not in critic_text]
     if stale:
         raise PromptDataError(f"{PROMPTS_FILE}: critic.evaluator_markers {stale} occur in no critic prompt")
+    _validate_demonstrations(_need(data, "demonstrations", list))
     _check_placeholders("critique.template", _need(data, "critique.template", str), {"exchange", "principle"})
     _check_placeholders(
         "revision.template", _need(data, "revision.template", str), {"exchange", "principle", "critique"}
     )
+
+
+def _validate_demonstrations(pool: list) -> None:
+    """Each demonstration is an answered PR-01 block; a blank line inside one would end it early."""
+    ids, instructions = set(), set()
+    for i, item in enumerate(pool):
+        where = f"{PROMPTS_FILE}: demonstrations[{i}]"
+        if not isinstance(item, Mapping) or set(item) != {"id", "instruction", "response"} or not all(
+            isinstance(v, str) and v.strip() for v in item.values()
+        ):
+            raise PromptDataError(f"{where} must be {{id: str, instruction: str, response: str}}, all non-empty")
+        if "\n" in item["instruction"]:
+            raise PromptDataError(f"{where} ({item['id']}): the instruction must be one line")
+        if _BLANK_LINE_RE.search(item["response"]) or item["response"] != item["response"].strip():
+            raise PromptDataError(f"{where} ({item['id']}): the response must have no blank line and no outer whitespace")
+        if item["id"] in ids or normalize(item["instruction"]) in instructions:
+            raise PromptDataError(f"{where}: duplicate id or instruction ({item['id']})")
+        ids.add(item["id"])
+        instructions.add(normalize(item["instruction"]))
+    if len(pool) <= MAX_DEMONSTRATIONS:
+        raise PromptDataError(
+            f"{PROMPTS_FILE}: demonstrations needs more than {MAX_DEMONSTRATIONS} items, so a full draw can leave out "
+            f"the item's own instruction; has {len(pool)}"
+        )
 
 
 def _fill(template: str, **fields: str) -> str:
@@ -138,6 +164,77 @@ def render_response_prompt(instruction: str) -> str:
     The instruction's outer whitespace is not part of the frame and is removed.
     """
     return _fill(prompt_data()["response"]["template"], instruction=_text(instruction, "instruction"))
+
+
+# -- PR-07: the demonstration frame (context distillation) --------------------------------------
+
+# What the base model is shown when it answers for training data; records keep zero-shot.
+RESPONSE_FRAMES = ("demonstrations", "zero_shot")
+DEFAULT_N_DEMONSTRATIONS = 4
+# A frame longer than this stops being a short prompt for a 270M model; the pool must exceed it.
+MAX_DEMONSTRATIONS = 8
+# Answered blocks are separated by one blank line, as the answers themselves never hold one.
+_BLOCK_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    id: str
+    instruction: str
+    response: str
+
+
+@dataclass(frozen=True)
+class DemonstrationPrompt:
+    """A rendered demonstration frame and which demonstrations went into it, for provenance."""
+
+    text: str
+    demonstration_ids: tuple[str, ...]
+
+
+def demonstration_pool() -> tuple[Demonstration, ...]:
+    return tuple(Demonstration(d["id"], d["instruction"], d["response"]) for d in prompt_data()["demonstrations"])
+
+
+def demonstration_stop_strings() -> tuple[str, ...]:
+    """Where an answer in the frame ends: the blank line, or the next block's opening line.
+
+    The opening is read from the PR-01 template (the text before ``{instruction}``), so the
+    stop follows the frame if the frame ever changes.
+    """
+    head = prompt_data()["response"]["template"].split("{instruction}", 1)[0].strip()
+    return (_BLOCK_SEPARATOR, "\n" + head)
+
+
+def draw_demonstrations(seed: int, item_id: str, instruction: str, k: int = DEFAULT_N_DEMONSTRATIONS) -> tuple[Demonstration, ...]:
+    """K demonstrations for one item, fixed by (seed, item id) whatever else is drawn in the run.
+
+    A demonstration whose instruction is the item's own (after normalization) is never
+    drawn: the frame would hand the model its answer.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_DEMONSTRATIONS:
+        raise ValueError(f"the number of demonstrations must be an integer in [1, {MAX_DEMONSTRATIONS}], got {k!r}")
+    own = normalize(_text(instruction, "instruction"))
+    eligible = [d for d in demonstration_pool() if normalize(d.instruction) != own]
+    # str seeds hash with SHA-512 (random.seed version 2): stable across processes and platforms.
+    rng = random.Random(f"demonstrations|{seed}|{_text(item_id, 'item_id')}")
+    return tuple(rng.sample(eligible, k))
+
+
+def render_demonstration_prompt(instruction: str, demos: Sequence[Demonstration]) -> str:
+    """Answered PR-01 blocks, then the item's PR-01 prompt: the frame a base model already follows in context."""
+    if not demos:
+        raise ValueError("a demonstration prompt needs at least one demonstration; use render_response_prompt for zero-shot")
+    blocks = [render_response_prompt(d.instruction) + " " + _text(d.response, "response") for d in demos]
+    return _BLOCK_SEPARATOR.join([*blocks, render_response_prompt(instruction)])
+
+
+def build_demonstration_prompt(instruction: str, *, seed: int, item_id: str,
+                               k: int = DEFAULT_N_DEMONSTRATIONS) -> DemonstrationPrompt:
+    demos = draw_demonstrations(seed, item_id, instruction, k)
+    return DemonstrationPrompt(render_demonstration_prompt(instruction, demos), tuple(d.id for d in demos))
 
 
 # -- PR-03: few-shot instruction generation ---------------------------------------------------

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,6 +28,7 @@ from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_
 from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, sha256_file
 from cai_bootstrap.model_sources import GEMMA_NAME
+from cai_bootstrap.prompts import RESPONSE_FRAMES
 from cai_bootstrap.provenance import git_info, utc_now
 
 STATE_DIR = "stage1"
@@ -57,6 +58,8 @@ class Stage1Config(_Strict):
     scale_target: int = Field(200, ge=1)
     scale_shards: int = Field(1, ge=1, le=1024)
     generate_config: Path | None = None  # extra generation settings (YAML of GenerateConfig fields)
+    # PR-07 response frame for generation; None: the generation config's (demonstrations by default).
+    response_frame: Literal[RESPONSE_FRAMES] | None = None  # type: ignore[valid-type]
     sft_config: Path | None = None  # SFT YAML; default: the shipped one
     sft_overrides: dict = Field(default_factory=dict)
     eval_limit: int | None = Field(None, ge=1)
@@ -257,6 +260,8 @@ def _generate_args(ch: Chain) -> list:
     argv: list = ["--model", ch.cfg.model, "--seed", ch.cfg.seed]
     if ch.cfg.generate_config:
         argv += ["--config", ch.cfg.generate_config]
+    if ch.cfg.response_frame:
+        argv += ["--response-frame", ch.cfg.response_frame]
     return argv + _common_model_args(ch)
 
 

@@ -1,5 +1,9 @@
 """`evaluate` (paired base-vs-trained evaluation) and `gate` (final and gap decisions).
 
+A paired evaluation runs three arms on the same items (EV-08): the base model zero-shot
+and in context (PR-07 demonstrations, while it is loaded), then the trained model
+zero-shot; GT-02 decides on trained vs base zero-shot.
+
     cai-bootstrap evaluate --model M --adapter ADAPTER --out runs/eval
     cai-bootstrap gate final --eval runs/eval
     cai-bootstrap evaluate --model M --base-only --mode both --out runs/gap
@@ -22,7 +26,8 @@ def register(sub) -> None:
     from cai_bootstrap.evaluation import runner
     from cai_bootstrap.evaluation import statistics as st
 
-    p = sub.add_parser("evaluate", help="evaluate base and trained model on the held-out set (paired), or the base alone")
+    p = sub.add_parser("evaluate", help="evaluate base (zero-shot and in context) and trained model on the held-out set "
+                                        "(paired), or the base alone")
     p.add_argument("--model", required=True, help="base model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
     p.add_argument("--profile", help="model profile (default: detected)")
     p.add_argument("--adapter", help="PEFT adapter folder of the trained model")
@@ -76,7 +81,7 @@ def _evaluate(args) -> int:
     from cai_bootstrap.cli import CLIError
     from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
     from cai_bootstrap.evaluation.report import MANIFEST_FILE, StatsConfig, write_outputs
-    from cai_bootstrap.evaluation.runner import BASE, SFT, EvalDecoding, check_adapter_dir, evaluate_models
+    from cai_bootstrap.evaluation.runner import BASE, INCONTEXT, SFT, EvalDecoding, check_adapter_dir, evaluate_models
     from cai_bootstrap.io_utils import sha256_file
     from cai_bootstrap.model_sources import resolve_model
 
@@ -114,7 +119,9 @@ def _evaluate(args) -> int:
         return load_trained_model(resolved.source, args.adapter, **load_kwargs)
 
     models = [(BASE, load_base)] + ([] if args.base_only else [(SFT, load_sft)])
-    run = evaluate_models(items, models, modes=modes, decoding=decoding, progress=False if args.quiet else None)
+    extra_modes = {} if args.base_only else {BASE: [INCONTEXT]}  # EV-08: the base model's in-context arm
+    run = evaluate_models(items, models, modes=modes, extra_modes=extra_modes, decoding=decoding,
+                          progress=False if args.quiet else None)
     eval_set = {"path": str(eval_path.resolve()), "sha256": sha256_file(eval_path), "limit": args.limit,
                 "n_items_used": len(items), "model_spec": resolved.to_dict()}
     cfg = StatsConfig(confidence=args.confidence, bootstrap_samples=args.bootstrap_samples, seed=args.seed, fdr=args.fdr)

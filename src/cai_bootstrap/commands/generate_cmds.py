@@ -6,6 +6,8 @@ import contextlib
 import json
 from typing import Iterator
 
+from cai_bootstrap.prompts import RESPONSE_FRAMES
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate Stage-1 SFT data (pilot or one shard of a scale run)")
@@ -20,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--pilot-gate", help="passed pilot gate manifest (required in scale mode, GT-01)")
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
+    p.add_argument("--response-frame", choices=RESPONSE_FRAMES,
+                   help="what the base model sees when answering (PR-07): answered examples first, or the bare prompt")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("merge", help="merge finished shards: re-deduplicate and recompute QC over the union")
@@ -63,7 +67,8 @@ def _generate(args) -> int:
     from cai_bootstrap.datagen.pipeline import run_generation
 
     cfg = load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
-                      target=args.target, seed=args.seed, shard=args.shard, pilot_gate=args.pilot_gate, device=args.device, quiet=args.quiet)
+                      target=args.target, seed=args.seed, shard=args.shard, pilot_gate=args.pilot_gate, device=args.device, quiet=args.quiet,
+                      **{"responses.response_frame": args.response_frame})
     with _io_errors(cfg.out_dir):
         summary = run_generation(cfg)
     print(f"run directory: {cfg.out_dir}")

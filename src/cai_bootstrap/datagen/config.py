@@ -13,6 +13,7 @@ from cai_bootstrap.config_io import format_validation_errors, read_yaml_section,
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
 from cai_bootstrap.model_sources import GEMMA_NAME
+from cai_bootstrap.prompts import DEFAULT_N_DEMONSTRATIONS, MAX_DEMONSTRATIONS, RESPONSE_FRAMES, demonstration_stop_strings
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -42,6 +43,25 @@ class ResponseGen(ResponseDecoding):
     """PR-02 decoding (validated by ``ResponseDecoding``) plus how many prompts go to the model at once."""
 
     batch_size: int = Field(16, ge=1, le=512)
+    # PR-07: the base model answers after K answered examples (what it already does in
+    # context); training records keep only the zero-shot prompt.
+    response_frame: Literal[RESPONSE_FRAMES] = "demonstrations"  # type: ignore[valid-type]
+    n_demonstrations: int = Field(DEFAULT_N_DEMONSTRATIONS, ge=1, le=MAX_DEMONSTRATIONS)
+
+    @model_validator(mode="after")
+    def _frame_needs_stops(self):
+        """Without the blank-line stop the model would go on to write the frame's next example."""
+        if self.response_frame == "demonstrations" and not self.stop_at_blank_line:
+            raise ValueError("response_frame 'demonstrations' ends each answer at the blank line; "
+                             "set stop_at_blank_line true or use response_frame 'zero_shot'")
+        return self
+
+    def generate_kwargs(self) -> dict:
+        """The frame decides the stops: after demonstrations, also the next ``Instruction:``."""
+        kwargs = super().generate_kwargs()
+        if self.response_frame == "demonstrations":
+            kwargs["stop_strings"] = demonstration_stop_strings()
+        return kwargs
 
 
 class CriticCfg(_Strict):

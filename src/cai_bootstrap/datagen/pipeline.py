@@ -253,23 +253,45 @@ def emitted_or_typed(lm, gen) -> list[dict]:
     return list(gen.special_tokens) + [{"token": t, "in_text": True} for t in lm.forbidden_tokens_in(gen.text)]
 
 
+def response_prompts(cfg: GenerateConfig, accepted: Sequence[dict]) -> list[dict]:
+    """What the model is shown per item, in batch order; ``prompt`` is always the zero-shot PR-01 prompt.
+
+    In the demonstration frame (PR-07) each item gets its own seeded draw, and items are
+    ordered by frame length so a batch pads little; the order is a function of the items
+    alone, so a resumed run forms the same batches.
+    """
+    rc = cfg.responses
+    rows = []
+    for c in accepted:
+        zero_shot = prompts.render_response_prompt(c["instruction"])
+        if rc.response_frame == "demonstrations":
+            built = prompts.build_demonstration_prompt(c["instruction"], seed=cfg.seed, item_id=c["id"], k=rc.n_demonstrations)
+            rows.append({**c, "prompt": zero_shot, "shown": built.text, "demonstration_ids": list(built.demonstration_ids)})
+        else:
+            rows.append({**c, "prompt": zero_shot, "shown": zero_shot, "demonstration_ids": []})
+    if rc.response_frame == "demonstrations":
+        rows.sort(key=lambda r: (len(r["shown"]), r["id"]))
+    return rows
+
+
 def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store: PhaseStore) -> None:
     """Sample one response per accepted instruction; each batch has its own seed, so a redone batch comes out the same."""
     rc = cfg.responses
-    batches = list(_batches(list(accepted), rc.batch_size))
+    batches = list(_batches(response_prompts(cfg, accepted), rc.batch_size))
     bar = _bar(len(accepted), "responses", cfg.quiet)
     for b, chunk in batches:
         if all(c["id"] in store for c in chunk):
             bar.update(len(chunk))
             continue
         seed = cfg.seed + 104729 * (b + 1) + cfg.shard_index
-        texts = [prompts.render_response_prompt(c["instruction"]) for c in chunk]
-        gens = lm.generate(texts, **rc.generate_kwargs(), seed=seed, batch_size=len(chunk), progress=False)
+        gens = lm.generate([c["shown"] for c in chunk], **rc.generate_kwargs(),
+                           seed=seed, batch_size=len(chunk), progress=False)
         made = utc_now()
-        store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": t, "raw": g.text,
+        store.append_batch({"id": c["id"], "instruction": c["instruction"], "prompt": c["prompt"], "raw": g.text,
                             "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "seed": seed, "generated_at": made,
-                            "special_tokens": emitted_or_typed(lm, g)}
-                           for c, t, g in zip(chunk, texts, gens))
+                            "special_tokens": emitted_or_typed(lm, g),
+                            "response_frame": rc.response_frame, "demonstration_ids": c["demonstration_ids"]}
+                           for c, g in zip(chunk, gens))
         bar.update(len(chunk))
     bar.close()
 
@@ -330,7 +352,10 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
         # (a resumed or repeated run) reproduces them byte for byte.
         return record_metadata(script_name=SCRIPT_NAME, generation={**gen_params, "sample_seed": r["seed"]},
                                artifact_type=SFT_RECORDS, load_provenance=lm.provenance, timestamp=r.get("generated_at"),
-                               extra={"record_id": r["id"], "shard": cfg.shard, "mode": cfg.mode})
+                               extra={"record_id": r["id"], "shard": cfg.shard, "mode": cfg.mode,
+                                      # PR-07: what the model was shown; the record's prompt is zero-shot.
+                                      "response_frame": r.get("response_frame", "zero_shot"),
+                                      "demonstration_ids": list(r.get("demonstration_ids", []))})
 
     dataset, rejects, summary = finalize(
         rows, config_max_new_tokens=cfg.responses.max_new_tokens, metadata_for=metadata_for,

@@ -10,7 +10,9 @@ Files in the output folder:
 - ``items.jsonl``: one record per (model, mode, item), raw response included;
 - ``rates.json``: success rate, Wilson CI, truncation and continuation rates per model
   and prompt mode, overall and per type;
-- ``eval_summary.json``: the paired comparison (PV-04), trained vs base, framed prompts;
+- ``eval_summary.json``: the paired comparison (PV-04), trained vs base, framed prompts
+  (``overall``/``by_type``/``bh``, what GT-02 decides on), the same blocks for trained vs
+  the base model in context (``vs_incontext``, EV-08) and each arm's rate (``arms``);
   written only when both models were evaluated;
 - ``summary.txt``, ``report.md``, ``rates.png``: the same numbers for people;
 - ``eval_manifest.json``: inputs, models, decoding, statistics settings, output hashes.
@@ -26,7 +28,8 @@ from typing import Sequence
 
 from cai_bootstrap import gates
 from cai_bootstrap.evaluation import statistics as st
-from cai_bootstrap.evaluation.runner import BASE, SFT, EvalRun, build_prompt
+from cai_bootstrap.evaluation.runner import BASE, FRAMED, INCONTEXT, SFT, EvalRun, build_prompt
+from cai_bootstrap.prompts import DEFAULT_N_DEMONSTRATIONS
 from cai_bootstrap.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from cai_bootstrap.provenance import utc_now
 
@@ -37,8 +40,15 @@ TEXT_FILE = "summary.txt"
 REPORT_FILE = "report.md"
 CHART_FILE = "rates.png"
 MANIFEST_FILE = "eval_manifest.json"
-COMPARISON_MODE = "framed"
-SUMMARY_SCHEMA = "cai_bootstrap.eval_summary/v1"
+COMPARISON_MODE = FRAMED
+SUMMARY_SCHEMA = "cai_bootstrap.eval_summary/v2"
+# EV-08: the three arms, each a (model, prompt mode), in the order reports list them.
+ARMS = {
+    "base_zero_shot": (BASE, FRAMED),
+    "base_incontext": (BASE, INCONTEXT),
+    "trained_zero_shot": (SFT, FRAMED),
+}
+ARM_NAMES = {"base_zero_shot": "base zero-shot", "base_incontext": "base in-context", "trained_zero_shot": "trained zero-shot"}
 # Above this share of responses cut by max_new_tokens, the verdicts may reflect truncation.
 TRUNCATION_WARN_RATE = 0.05
 
@@ -72,7 +82,7 @@ def build_rates(run: EvalRun, confidence: float = st.DEFAULT_CONFIDENCE) -> dict
     models: dict[str, dict] = {}
     for label in run.models:
         models[label] = {}
-        for mode in run.modes:
+        for mode in run.modes_of(label):
             recs = run.outcomes(label, mode)
             types = sorted({r["type"] for r in recs})
             by_type = {}
@@ -93,6 +103,48 @@ def paired_outcomes(run: EvalRun, mode: str = COMPARISON_MODE) -> tuple[list[dic
     return base, sft
 
 
+def incontext_outcomes(run: EvalRun) -> tuple[list[dict], list[dict]]:
+    """Base in-context and trained zero-shot records: the same items in the same order (EV-08).
+
+    The prompts differ by design; the in-context one must end in the zero-shot one, so both
+    arms answer the same question in the same frame, only with examples before it.
+    """
+    ic, sft = run.outcomes(BASE, INCONTEXT), run.outcomes(SFT, COMPARISON_MODE)
+    if not ic:
+        raise ValueError("no base in-context records: a paired evaluation runs three arms (EV-08); evaluate the base "
+                         f"model in mode {INCONTEXT!r} too (evaluate_models(..., extra_modes={{'base': ['incontext']}}))")
+    if [r["id"] for r in ic] != [r["id"] for r in sft] or not all(
+        a["prompt"].endswith("\n\n" + b["prompt"]) for a, b in zip(ic, sft)
+    ):
+        raise ValueError("base in-context and trained records are not paired: items differ, or an in-context prompt "
+                         "does not end in the item's zero-shot prompt")
+    return ic, sft
+
+
+def _comparison(base: Sequence[dict], sft: Sequence[dict], cfg: StatsConfig) -> dict:
+    """The PV-04 blocks (overall, by type with BH, BH summary) for one pair of arms."""
+    overall, by_type, bh = st.compare_by_type(
+        [r["success"] for r in base], [r["success"] for r in sft], [r["type"] for r in base],
+        fdr=cfg.fdr, confidence=cfg.confidence, bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
+        exact_below=cfg.exact_below,
+    )
+    categories = {r["type"]: r["category"] for r in base}
+    for name, block in by_type.items():
+        block["category"] = categories[name]
+    return {"overall": overall, "by_type": by_type, "bh": bh}
+
+
+def arm_rates(run: EvalRun, confidence: float) -> dict:
+    """Each arm's success rate with its Wilson interval (EV-08)."""
+    out = {}
+    for name, (label, mode) in ARMS.items():
+        recs = run.outcomes(label, mode)
+        k = sum(bool(r["success"]) for r in recs)
+        out[name] = {"model": label, "mode": mode, "n": len(recs), "successes": k,
+                     "rate": k / len(recs) if recs else 0.0, "ci": list(st.wilson_ci(k, len(recs), confidence))}
+    return out
+
+
 def _compact_model(prov: dict) -> dict:
     keep = ("model_name", "loader_version", "dtype", "quantization", "device", "template_disabled", "bos_prepended")
     out = {k: prov[k] for k in keep if k in prov}
@@ -105,21 +157,16 @@ def _compact_model(prov: dict) -> dict:
 
 
 def build_summary(run: EvalRun, cfg: StatsConfig, *, eval_set: dict) -> dict:
-    """The PV-04 evaluation output for the paired comparison in framed mode."""
+    """The PV-04 evaluation output: trained vs base zero-shot (GT-02), and trained vs base in-context (EV-08)."""
     base, sft = paired_outcomes(run, COMPARISON_MODE)
-    overall, by_type, bh = st.compare_by_type(
-        [r["success"] for r in base], [r["success"] for r in sft], [r["type"] for r in base],
-        fdr=cfg.fdr, confidence=cfg.confidence, bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
-        exact_below=cfg.exact_below,
-    )
-    categories = {r["type"]: r["category"] for r in base}
-    for name, block in by_type.items():
-        block["category"] = categories[name]
+    incontext, sft_again = incontext_outcomes(run)
+    main = _comparison(base, sft, cfg)
     return {
         "schema": SUMMARY_SCHEMA,
-        "overall": overall,
-        "by_type": by_type,
-        "bh": bh,
+        **main,
+        # the same statistics with the in-context arm in the base_* fields
+        "vs_incontext": _comparison(incontext, sft_again, cfg),
+        "arms": arm_rates(run, cfg.confidence),
         "metadata": {
             "confidence_level": cfg.confidence,
             "bootstrap_samples": cfg.bootstrap_samples,
@@ -129,6 +176,8 @@ def build_summary(run: EvalRun, cfg: StatsConfig, *, eval_set: dict) -> dict:
             "comparison_mode": COMPARISON_MODE,
             "prompt_format": build_prompt("{instruction}", COMPARISON_MODE),
             "pairing": "same items, same prompts, base then trained",
+            "incontext": {"mode": INCONTEXT, "n_demonstrations": DEFAULT_N_DEMONSTRATIONS, "seed": run.decoding.seed,
+                          "pairing": "same items; the in-context prompt ends in the zero-shot one"},
             "eval_set": eval_set,
             "models": {label: _compact_model(p) for label, p in run.models.items()},
             "created": utc_now(),
@@ -178,15 +227,19 @@ def render_text_summary(summary: dict | None, rates: dict, decision: gates.GateD
             lines.append(f"  {label:<5} {mode:<6} success {_pct(o['rate']):>6} {_ci(o['ci'])}  "
                          f"(hit token limit {_pct(o['hit_limit_rate'])}, continued with a new prompt {_pct(o['continued_rate'])})")
     if summary is not None:
-        o = summary["overall"]
-        lines.append(
-            f"paired ({summary['metadata']['comparison_mode']}): lift {100 * o['lift']:+.1f} points, bootstrap CI "
-            f"[{100 * o['lift_ci_bootstrap'][0]:+.1f}, {100 * o['lift_ci_bootstrap'][1]:+.1f}]; McNemar "
-            f"{o['mcnemar_method']} stat {o['mcnemar_stat']:.3g}, p = {o['mcnemar_p']:.3g} "
-            f"(improved {o['discordant']['n01']}, regressed {o['discordant']['n10']}); Cohen's h {o['cohens_h']:+.3f}")
-        bh = summary["bh"]
-        lines.append(f"per type: {bh['n_significant_adjusted']}/{bh['n_tests']} significant after Benjamini-Hochberg "
-                     f"at FDR {bh['fdr']} ({bh['n_significant_raw']} before adjustment)")
+        lines.append(f"three arms, same {summary['overall']['n']} items (EV-08):")
+        for name, a in summary["arms"].items():
+            lines.append(f"  {ARM_NAMES[name]:<18} success {_pct(a['rate']):>6} {_ci(a['ci'])}  ({a['successes']}/{a['n']})")
+        for title, block in (("trained vs base zero-shot (decides GT-02)", summary),
+                             ("trained vs base in-context", summary["vs_incontext"])):
+            o, bh = block["overall"], block["bh"]
+            lines.append(
+                f"{title}: lift {100 * o['lift']:+.1f} points, bootstrap CI "
+                f"[{100 * o['lift_ci_bootstrap'][0]:+.1f}, {100 * o['lift_ci_bootstrap'][1]:+.1f}]; McNemar "
+                f"{o['mcnemar_method']} stat {o['mcnemar_stat']:.3g}, p = {o['mcnemar_p']:.3g} "
+                f"(improved {o['discordant']['n01']}, regressed {o['discordant']['n10']}); Cohen's h {o['cohens_h']:+.3f}; "
+                f"per type {bh['n_significant_adjusted']}/{bh['n_tests']} significant after Benjamini-Hochberg "
+                f"at FDR {bh['fdr']} ({bh['n_significant_raw']} before adjustment)")
     lines += _truncation_warnings(rates)
     if decision is None:
         lines.append("VERDICT: none (a base-only run needs --mode both for the gap check)")
@@ -199,14 +252,27 @@ def render_text_summary(summary: dict | None, rates: dict, decision: gates.GateD
 def render_markdown(summary: dict | None, rates: dict, decision: gates.GateDecision | None, text_summary: str) -> str:
     md = ["# Evaluation report", "", "```", text_summary.rstrip(), "```", ""]
     if summary is not None:
-        md += ["## Paired comparison by type (framed prompts)", "",
-               "| type | category | n | base | sft | lift | McNemar p | BH p | significant |",
-               "|---|---|---:|---|---|---:|---:|---:|:---:|"]
-        for name, b in summary["by_type"].items():
-            md.append(f"| {name} | {b['category']} | {b['n']} | {_pct(b['base_rate'])} {_ci(b['base_ci'])} | "
-                      f"{_pct(b['sft_rate'])} {_ci(b['sft_ci'])} | {100 * b['lift']:+.1f} | {b['mcnemar_p']:.3g} | "
-                      f"{b['p_adjusted']:.3g} | {'yes' if b['significant_after_bh'] else 'no'} |")
+        md += ["## Three arms (EV-08)", "", "| arm | model | prompt | n | success | 95% CI |", "|---|---|---|---:|---:|---|"]
+        for name, a in summary["arms"].items():
+            md.append(f"| {ARM_NAMES[name]} | {a['model']} | {a['mode']} | {a['n']} | {_pct(a['rate'])} | {_ci(a['ci'])} |")
+        md += ["", "| comparison | lift | bootstrap CI | McNemar p | Cohen's h | improved | regressed |",
+               "|---|---:|---|---:|---:|---:|---:|"]
+        for title, block in (("trained vs base zero-shot (GT-02)", summary), ("trained vs base in-context", summary["vs_incontext"])):
+            o = block["overall"]
+            md.append(f"| {title} | {100 * o['lift']:+.1f} | [{100 * o['lift_ci_bootstrap'][0]:+.1f}, "
+                      f"{100 * o['lift_ci_bootstrap'][1]:+.1f}] | {o['mcnemar_p']:.3g} | {o['cohens_h']:+.3f} | "
+                      f"{o['discordant']['n01']} | {o['discordant']['n10']} |")
         md.append("")
+        for title, block, base_name in (("trained vs base zero-shot, framed prompts", summary, "base"),
+                                        ("trained vs base in-context", summary["vs_incontext"], "in-context")):
+            md += [f"## Paired comparison by type ({title})", "",
+                   f"| type | category | n | {base_name} | sft | lift | McNemar p | BH p | significant |",
+                   "|---|---|---:|---|---|---:|---:|---:|:---:|"]
+            for name, b in block["by_type"].items():
+                md.append(f"| {name} | {b['category']} | {b['n']} | {_pct(b['base_rate'])} {_ci(b['base_ci'])} | "
+                          f"{_pct(b['sft_rate'])} {_ci(b['sft_ci'])} | {100 * b['lift']:+.1f} | {b['mcnemar_p']:.3g} | "
+                          f"{b['p_adjusted']:.3g} | {'yes' if b['significant_after_bh'] else 'no'} |")
+            md.append("")
     md += ["## Success rates by model and prompt mode", "", "| model | mode | type | n | success | 95% CI | top failure |",
            "|---|---|---|---:|---:|---|---|"]
     for label, modes in rates["models"].items():
@@ -277,6 +343,7 @@ def write_outputs(out_dir: str | Path, run: EvalRun, cfg: StatsConfig, *, eval_s
         "git": git_info(),
         "eval_set": eval_set,
         "modes": run.modes,
+        "model_modes": {label: run.modes_of(label) for label in run.models},
         "decoding": run.decoding.as_provenance(),
         "statistics": asdict(cfg),
         "models": run.models,

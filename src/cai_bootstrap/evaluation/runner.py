@@ -6,6 +6,11 @@ memory safety (EV-07) from loading each model through a factory only when its tu
 comes and releasing it before the next one loads. Loading several models at once is
 how the first evaluation of this method ran out of memory.
 
+The base model also answers in the PR-07 demonstration frame (``incontext``, EV-08):
+what it already does with a few answered examples is the bar a trained model should
+clear from the zero-shot frame. That arm's generation stops at the frame's stop strings,
+as data generation's does.
+
 Responses are recorded raw. Cutting a response at a new prompt is a rule of the
 verifiers (``verifiers.answer_segment``), applied in the open and recorded per item as
 ``continued``, never a silent edit of the text.
@@ -17,13 +22,16 @@ import gc
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cai_bootstrap.evaluation.verifiers import has_new_prompt, verify
 from cai_bootstrap.io_utils import sha256_file
-from cai_bootstrap.prompts import render_response_prompt
+from cai_bootstrap.prompts import build_demonstration_prompt, demonstration_stop_strings, render_response_prompt
 
-PROMPT_MODES = ("framed", "raw")
+FRAMED = "framed"
+RAW = "raw"
+INCONTEXT = "incontext"
+PROMPT_MODES = (FRAMED, RAW, INCONTEXT)
 BASE = "base"
 SFT = "sft"
 # EV-03: long enough for the eval set's answers; the report flags truncation above 5%.
@@ -31,16 +39,21 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
 
 
-def build_prompt(instruction: str, mode: str) -> str:
-    """``framed``: the canonical response frame (PR-01); ``raw``: the instruction text alone.
+def build_prompt(instruction: str, mode: str, *, item_id: str | None = None, seed: int = 0) -> str:
+    """``framed``: the canonical response frame (PR-01); ``raw``: the instruction text alone;
+    ``incontext``: the PR-07 demonstration frame, its demonstrations drawn from (seed, item id).
 
     Raw mode is what the contamination sentinels use; the gap check (GT-03) needs both,
     because the frame alone can unlock a skill the base model already has.
     """
-    if mode == "framed":
+    if mode == FRAMED:
         return render_response_prompt(instruction)
-    if mode == "raw":
+    if mode == RAW:
         return instruction
+    if mode == INCONTEXT:
+        if item_id is None:
+            raise ValueError("the incontext prompt mode draws demonstrations per item: pass item_id")
+        return build_demonstration_prompt(instruction, seed=seed, item_id=item_id).text
     raise ValueError(f"unknown prompt mode {mode!r}; known: {', '.join(PROMPT_MODES)}")
 
 
@@ -90,8 +103,9 @@ def run_items(lm: Any, items: Sequence[dict], *, model_label: str, mode: str, de
               progress: bool | None = None) -> list[dict]:
     """Answer and verify every item with one loaded model in one prompt mode."""
     check_special_ids(lm)
-    prompts = [build_prompt(it["instruction"], mode) for it in items]
-    gens = lm.generate(prompts, progress=progress, **decoding.generate_kwargs())
+    prompts = [build_prompt(it["instruction"], mode, item_id=it["id"], seed=decoding.seed) for it in items]
+    stops = {"stop_strings": demonstration_stop_strings()} if mode == INCONTEXT else {}
+    gens = lm.generate(prompts, progress=progress, **decoding.generate_kwargs(), **stops)
     if len(gens) != len(items):
         raise RuntimeError(f"{model_label}/{mode}: {len(gens)} generations for {len(items)} prompts")
     records = []
@@ -141,6 +155,10 @@ class EvalRun:
     modes: list[str]
     decoding: EvalDecoding
     timings: dict[str, float] = field(default_factory=dict)
+    model_modes: dict[str, list[str]] = field(default_factory=dict)  # label -> its modes; empty: all take ``modes``
+
+    def modes_of(self, model_label: str) -> list[str]:
+        return list(self.model_modes.get(model_label, self.modes))
 
     def outcomes(self, model_label: str, mode: str) -> list[dict]:
         return [r for r in self.records if r["model"] == model_label and r["mode"] == mode]
@@ -150,18 +168,29 @@ def evaluate_models(
     items: Sequence[dict],
     models: Sequence[tuple[str, ModelFactory]],
     *,
-    modes: Sequence[str] = ("framed",),
+    modes: Sequence[str] = (FRAMED,),
+    extra_modes: Mapping[str, Sequence[str]] | None = None,
     decoding: EvalDecoding | None = None,
     progress: bool | None = None,
 ) -> EvalRun:
-    """Evaluate each model in turn: load, answer every item in every mode, release."""
+    """Evaluate each model in turn: load, answer every item in every mode, release.
+
+    ``extra_modes`` adds modes for one model (the base model's in-context arm, EV-08); they
+    run while that model is loaded, so it is never loaded twice.
+    """
     decoding = decoding or EvalDecoding()
-    unknown = [m for m in modes if m not in PROMPT_MODES]
+    extra_modes = {k: list(v) for k, v in (extra_modes or {}).items()}
+    unknown = [m for m in [*modes, *(m for v in extra_modes.values() for m in v)] if m not in PROMPT_MODES]
     if not modes or unknown:
-        raise ValueError(f"modes must be a non-empty subset of {list(PROMPT_MODES)}, got {list(modes)}")
+        raise ValueError(f"modes must be a non-empty subset of {list(PROMPT_MODES)}, got {list(modes)} and {extra_modes}")
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}")
+    stray = sorted(set(extra_modes) - set(labels))
+    if stray:
+        raise ValueError(f"extra_modes name models that are not evaluated: {stray}")
+    model_modes = {label: list(modes) + [m for m in extra_modes.get(label, []) if m not in modes] for label in labels}
+    all_modes = list(dict.fromkeys(m for label in labels for m in model_modes[label]))
     records: list[dict] = []
     provenance: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -170,13 +199,14 @@ def evaluate_models(
         lm = factory()
         try:
             provenance[label] = dict(getattr(lm, "provenance", {}) or {})
-            for mode in modes:
+            for mode in model_modes[label]:
                 records += run_items(lm, items, model_label=label, mode=mode, decoding=decoding, progress=progress)
         finally:
             free_model(lm)
             del lm
         timings[label] = round(time.time() - t0, 3)
-    return EvalRun(records=records, models=provenance, modes=list(modes), decoding=decoding, timings=timings)
+    return EvalRun(records=records, models=provenance, modes=all_modes, decoding=decoding, timings=timings,
+                   model_modes=model_modes)
 
 
 # --------------------------------------------------------------------------------------
