@@ -9,6 +9,8 @@ from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl
 from cai_bootstrap.provenance import add_generated_artifact, new_session_manifest, record_metadata, sft_record, write_manifest
 from cai_bootstrap.qc import QCThresholds, compute_qc_summary
 
+from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, probe_results
+
 DEFAULT_PAIRS = (
     ("Name a fruit that is yellow.", "A banana is yellow."),
     ("Give one word that rhymes with cat.", "Hat rhymes with cat."),
@@ -52,6 +54,7 @@ def make_generation_run(run_dir: str | Path, records: Sequence[dict] | None = No
         drop_reasons={},
         sentinels_ok=True,
         thresholds=QCThresholds(),
+        critic_probes=probe_results(INFORMATIVE_PROBES_AUROC),
     )
     assert summary["thresholds_passed"] is qc_passed
     atomic_write_json(run / "qc_summary.json", summary)

@@ -116,14 +116,17 @@ def test_run_calls_the_phases_in_the_specified_order(flow, tmp_path, monkeypatch
     monkeypatch.setattr(P, "generate_instructions", spy("instructions", P.generate_instructions))
     monkeypatch.setattr(P, "parse_raw", spy("parse", P.parse_raw))
     monkeypatch.setattr(P, "dedup_candidates", spy("dedup", P.dedup_candidates))
-    monkeypatch.setattr(P, "judge", spy("judge", P.judge, label=lambda critic, *a, **k: critic.template.name))
+    monkeypatch.setattr(P, "probe_critics", spy("critic_probes", P.probe_critics))
+    monkeypatch.setattr(P, "judge", spy("judge", P.judge, label=lambda critic, *a, **k: getattr(critic, "template", None)
+                                        and critic.template.name or "relevance_judge"))
     monkeypatch.setattr(P, "generate_responses", spy("responses", P.generate_responses))
     monkeypatch.setattr(P.cleaning, "clean_response", spy("clean", cleaning.clean_response))
     monkeypatch.setattr(P, "compute_qc_summary", spy("qc", P.compute_qc_summary))
     monkeypatch.setattr(P, "write_artifacts", spy("artifacts", P.write_artifacts))
     P.run_generation(small_config(tmp_path / "run", model_dir, target=2), lm=ScriptedLM(lm, style="clean"))
     first = [t for i, t in enumerate(seen) if t not in seen[:i]]
-    assert first == ["instructions", "parse", "dedup", "instruction_critic", "responses", "clean", "pair_critic", "qc", "artifacts"]
+    assert first == ["instructions", "parse", "dedup", "critic_probes", "instruction_critic", "responses", "clean", "pair_critic",
+                     "relevance_judge", "qc", "artifacts"]
 
 
 @pytest.mark.spec("DG-02")

@@ -1,4 +1,4 @@
-"""QC-01..QC-08: the pilot gate's thresholds, the summary's contents, and a gate that
+"""QC-01..QC-09: the pilot gate's thresholds, the summary's contents, and a gate that
 reads the summary instead of recomputing it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from cai_bootstrap.datagen import pipeline as P
 from cai_bootstrap.datagen.config import ConfigError, load_config
 from cai_bootstrap.qc import QCSummaryError, QCThresholds, compute_qc_summary, read_qc_decision
-from spec_tests.datagen_support import flowing_lm, small_config
+from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, flowing_lm, probe_results, small_config
 from spec_tests.scripted_lm import ScriptedLM
 
 
@@ -31,8 +31,12 @@ def summary(
     n_pairs: int | None = None,
     sentinels_ok=True,
     thresholds: QCThresholds = QCThresholds(),
+    probes: dict | None = None,
+    pair_margin=lambda i: 2.0 + 0.1 * (i % 7),
 ) -> dict:
-    """A summary over ``n`` generated responses; every other count defaults to a passing run."""
+    """A summary over ``n`` generated responses; every other count defaults to a passing run
+    (judges measured informative on the probes, pair margins that vary)."""
+    probes = probe_results(INFORMATIVE_PROBES_AUROC) if probes is None else probes
     n_instr = n if n_instr is None else n_instr
     instr_good = n_instr if instr_good is None else instr_good
     responses = [{"id": str(i), "reason": "runaway" if i < runaways else None, "hit_token_limit": i < limit_hits,
@@ -44,12 +48,13 @@ def summary(
     return compute_qc_summary(
         instruction_verdicts=[_verdict(i < instr_good) for i in range(n_instr)],
         responses=responses,
-        pair_verdicts=[_verdict(i < pairs_good) for i in range(n_pairs)],
+        pair_verdicts=[_verdict(i < pairs_good, margin=pair_margin(i)) for i in range(n_pairs)],
         kept_response_tokens=kept_tokens,
         kept_responses=kept_texts,
         drop_reasons={"clean_response:runaway": runaways} if runaways else {},
         sentinels_ok=sentinels_ok,
         thresholds=thresholds,
+        critic_probes=probes,
     )
 
 
@@ -139,7 +144,7 @@ def test_low_confidence_and_bad_verdicts_are_told_apart():
     s = compute_qc_summary(
         instruction_verdicts=[_verdict(True), _verdict(False), _verdict(True, confident=False), _verdict(False, confident=False)],
         responses=[{"id": "1"}], pair_verdicts=[_verdict(True)], kept_response_tokens=[3], kept_responses=["ok"],
-        drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds(),
+        drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds(), critic_probes=probe_results(INFORMATIVE_PROBES_AUROC),
     )
     acc = s["acceptance"]
     assert (acc["instructions_good"], acc["instructions_bad"], acc["instructions_low_confidence"]) == (1, 1, 2)
@@ -165,10 +170,15 @@ def test_run_takes_the_sentinel_result_from_the_generating_model(clean_run):
 
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
-    """A run whose scripted text is clean and whose critic accepts everything it prefers: QC passes."""
+    """A run whose scripted text is clean and whose critic accepts everything it prefers: QC passes.
+
+    The tiny model's pair margins are nearly equal for every pair, so the label-bias check
+    (QC-09) is switched off for this run by a zero tolerance; the gate under test here is
+    QC-08's reading of the recorded decision.
+    """
     lm, model_dir, _ = flowing_lm(tmp_path_factory)
     out = tmp_path_factory.mktemp("qc") / "run"
-    cfg = small_config(out, model_dir, target=4)
+    cfg = small_config(out, model_dir, target=4, **{"qc.constant_margin_tolerance": 0.0})
     summary = P.run_generation(cfg, lm=ScriptedLM(lm, style="clean"))
     return {"lm": lm, "model_dir": model_dir, "out": out, "cfg": cfg, "summary": summary}
 

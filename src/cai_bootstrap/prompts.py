@@ -140,6 +140,13 @@ def render_response_prompt(instruction: str) -> str:
     return _fill(prompt_data()["response"]["template"], instruction=_text(instruction, "instruction"))
 
 
+def render_bare_response_frame() -> str:
+    """The response frame without its instruction (``Response:``): the relevance judge's
+    unconditional context (CR-06), so both of its scores read the same answer boundary."""
+    template = prompt_data()["response"]["template"]
+    return template.split("{instruction}", 1)[1].lstrip()
+
+
 # -- PR-03: few-shot instruction generation ---------------------------------------------------
 
 
