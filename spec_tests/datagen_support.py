@@ -55,8 +55,35 @@ def flowing_lm(tmp_path_factory):
     return _cache["lm"], _cache["dir"], _cache["mid"]
 
 
+def probe_results(aurocs: dict[str, float]) -> dict:
+    """A ``critic_probes`` record with the given AUROC per judge, built by the real probe functions
+    (hand-made score lists: n good scores of which a share beats every bad one)."""
+    from cai_bootstrap.critic_probes import judge_record, with_policy
+
+    judges = {}
+    for name, a in aurocs.items():
+        n = 20
+        k = round(a * n)  # k good items above all bad ones, the rest below: AUROC k / n
+        good = [10.0 + i for i in range(k)] + [-10.0 - i for i in range(n - k)]
+        judges[name] = judge_record(good, [0.0] * n, accepted_good=[s > 0 for s in good], accepted_bad=[False] * n,
+                                    bad_kinds=["mismatched"] * n, threshold=0.0)
+    return {"probe_set": {"file": "hand-made"}, "judges": with_policy(judges)}
+
+
+# A run whose judges were measured to discriminate (summaries that are meant to pass QC-09).
+INFORMATIVE_PROBES_AUROC = {"instruction": 0.9, "pair": 0.9, "relevance": 0.9}
+
+
 def small_settings(out_dir: Path, model_dir: Path, **overrides) -> dict:
-    """``load_config`` overrides for a run small enough for CI: a dozen instructions, short budgets."""
+    """``load_config`` overrides for a run small enough for CI: a dozen instructions, short budgets.
+
+    A tiny random model cannot discriminate (its probe AUROCs are near 0.5), so under the
+    default bar no judge would filter and the run would fail QC-09 by design. These runs
+    test the data flow through judges that filter, so they set the bar to 0, keep the A/B
+    critic uncalibrated (the seed was picked for its uncalibrated lean to A) and put the
+    relevance threshold out of reach. ``test_datagen`` runs the defaults on the tiny model
+    and checks that QC-09 fails it.
+    """
     settings = {
         "model": str(model_dir),
         "out_dir": str(out_dir),
@@ -68,6 +95,9 @@ def small_settings(out_dir: Path, model_dir: Path, **overrides) -> dict:
         "responses.max_new_tokens": 40,
         "critic.batch_size": 4,
         "critic.threshold": 0.0,
+        "qc.min_judge_auroc": 0.0,
+        "critic.calibrate": False,
+        "critic.relevance_threshold": -100.0,
     }
     settings.update(overrides)
     return settings
@@ -85,10 +115,10 @@ def passed_pilot_gate(folder: Path) -> Path:
         return manifest
     good = {"is_good": True, "predicted_label": "A", "logp_a": -0.1, "logp_b": -3.0, "margin": 2.9, "confident": True}
     summary = compute_qc_summary(
-        instruction_verdicts=[good] * 100, pair_verdicts=[good] * 100,
+        instruction_verdicts=[good] * 100, pair_verdicts=[{**good, "margin": 2.9 + 0.1 * (i % 5)} for i in range(100)],
         responses=[{"reason": None, "delimiter_found": False, "heuristic_cutoff": False, "hit_token_limit": False}] * 100,
         kept_response_tokens=[12] * 100, kept_responses=["Paris."] * 100, drop_reasons={}, sentinels_ok=True,
-        thresholds=QCThresholds())
+        thresholds=QCThresholds(), critic_probes=probe_results(INFORMATIVE_PROBES_AUROC))
     summary["run"] = {"mode": "pilot", "target": 100}
     qc_path = atomic_write_json(folder / "pilot_qc_summary.json", summary)
     decision = decide_data(qc_path, validation_failures=[])

@@ -9,6 +9,8 @@ from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl
 from cai_bootstrap.provenance import add_generated_artifact, new_session_manifest, record_metadata, sft_record, write_manifest
 from cai_bootstrap.qc import QCThresholds, compute_qc_summary
 
+from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, probe_results
+
 DEFAULT_PAIRS = (
     ("Name a fruit that is yellow.", "A banana is yellow."),
     ("Give one word that rhymes with cat.", "Hat rhymes with cat."),
@@ -19,9 +21,9 @@ DEFAULT_PAIRS = (
 )
 
 
-def _verdict(good: bool) -> dict:
-    return {"is_good": good, "predicted_label": "A" if good else "B", "logp_a": -0.2 if good else -3.0,
-            "logp_b": -3.0 if good else -0.2, "margin": 2.8, "confident": True}
+def _verdict(good: bool, margin: float = 2.8) -> dict:
+    return {"is_good": good, "predicted_label": "A" if good else "B", "logp_a": -0.2 if good else -0.2 - margin,
+            "logp_b": -0.2 - margin if good else -0.2, "margin": margin, "confident": True}
 
 
 def make_records(pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS) -> list[dict]:
@@ -46,12 +48,14 @@ def make_generation_run(run_dir: str | Path, records: Sequence[dict] | None = No
     summary = compute_qc_summary(
         instruction_verdicts=[_verdict(qc_passed)] * n,
         responses=[{"delimiter_found": True, "heuristic_cutoff": False, "hit_token_limit": False, "reason": None}] * n,
-        pair_verdicts=[_verdict(True)] * n,
+        # Margins vary, as a critic that reads the pairs gives them (QC-09 fails a constant margin).
+        pair_verdicts=[_verdict(True, 2.0 + 0.3 * i) for i in range(n)],
         kept_response_tokens=[8] * n,
         kept_responses=[r["response"] for r in records],
         drop_reasons={},
         sentinels_ok=True,
         thresholds=QCThresholds(),
+        critic_probes=probe_results(INFORMATIVE_PROBES_AUROC),
     )
     assert summary["thresholds_passed"] is qc_passed
     atomic_write_json(run / "qc_summary.json", summary)

@@ -174,10 +174,11 @@ def test_decision_rule(a, b, threshold, label, confident, good):
 def test_result_fields():
     r = decide(-0.2, -2.5)
     assert [f.name for f in dataclasses.fields(CriticResult)] == [
-        "is_good", "predicted_label", "logp_a", "logp_b", "margin", "confident"
+        "is_good", "predicted_label", "logp_a", "logp_b", "margin", "confident", "calibration_offset"
     ]
     d = r.to_dict()
-    assert d == {"is_good": True, "predicted_label": "A", "logp_a": -0.2, "logp_b": -2.5, "margin": pytest.approx(2.3), "confident": True}
+    assert d == {"is_good": True, "predicted_label": "A", "logp_a": -0.2, "logp_b": -2.5, "margin": pytest.approx(2.3), "confident": True,
+                 "calibration_offset": 0.0}
     assert json.loads(json.dumps(d))["predicted_label"] == "A"
 
 
@@ -390,3 +391,85 @@ def test_bench_compares_the_two_paths_on_the_same_items(tiny_lm, tmp_path):
     assert r["speedup"] > 0 and r["environment"]["torch_threads"] >= 1
     json.dumps(r)
     assert main(["--only", "critic", "--items", "0", "--out", str(tmp_path)]) == 2
+
+
+# -- CR-06: calibration against label bias, and the relevance judge ---------------------------------
+
+
+@pytest.mark.spec("CR-06")
+@pytest.mark.parametrize("a, b, offset, label, margin, good", [
+    (-1.0, -3.0, 0.0, "A", 2.0, True),    # uncalibrated CR-03 rule
+    (-1.0, -3.0, 2.0, "B", 0.0, False),   # all of the preference is label bias: a tie, so B
+    (-1.0, -3.0, 0.5, "A", 1.5, True),
+    (-2.0, -1.0, -3.0, "A", 2.0, True),   # a model biased to B: a weak B becomes A
+])
+def test_calibrated_decision_takes_the_offset_off_first(a, b, offset, label, margin, good):
+    r = decide(a, b, threshold=1.0, offset=offset)
+    assert (r.predicted_label, r.margin, r.is_good, r.calibration_offset) == (label, pytest.approx(margin), good, offset)
+    assert (r.logp_a, r.logp_b) == (a, b)  # the raw numbers stay recorded
+
+
+class _BiasedModel:
+    """FakeModel with a constant added to the A label's logits: a critic that prefers A whatever it reads."""
+
+    def __init__(self, inner, ids, bias):
+        self.inner, self.ids, self.bias = inner, ids, bias
+
+    def __call__(self, **kw):
+        out = self.inner(**kw)
+        out.logits[..., self.ids] += self.bias
+        return out
+
+
+@pytest.mark.spec("CR-06")
+def test_calibration_shifts_a_constant_label_bias_away():
+    items = [p.text for p in prompts.instruction_pool()[:12]]
+    lm = FakeLM()
+    plain = instruction_critic(lm, threshold=0.0, calibrate=True, batch_size=5)
+    plain_res = plain.score(items)
+    biased = instruction_critic(lm, threshold=0.0, batch_size=5)
+    lm.model = _BiasedModel(lm.model, biased.a_ids, 200.0)
+    assert all(r.is_good for r in biased.score(items))  # label bias: everything accepted
+    calibrated = instruction_critic(lm, threshold=0.0, calibrate=True, batch_size=5)
+    res = calibrated.score(items)
+    assert [r.difference for r in res] == pytest.approx([r.difference for r in plain_res], abs=1e-4)
+    assert [r.is_good for r in res] == [r.is_good for r in plain_res]
+    assert 0 < sum(r.is_good for r in res) < len(items)
+    a, b = calibrated.logprobs([calibrated.content_free_prompt()])
+    assert calibrated.provenance["calibration_offset"] == pytest.approx(a[0] - b[0]) and res[0].calibration_offset == pytest.approx(a[0] - b[0])
+    assert "N/A" in calibrated.content_free_prompt()
+
+
+@pytest.mark.spec("CR-06")
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_relevance_judge_batched_equals_one_at_a_time_on_tiny_model(tiny_lm, batch_size):
+    from cai_bootstrap.critic import RelevanceJudge
+
+    items = PAIRS[:7]  # responses of different lengths: rows are padded
+    judge = RelevanceJudge(tiny_lm, batch_size=batch_size)
+    batched = judge.score(items)
+    alone = [RelevanceJudge(tiny_lm, batch_size=1).score([it])[0] for it in items]
+    for x, y in zip(batched, alone):
+        assert x.score == pytest.approx(y.score, abs=1e-4)
+        assert x.logp_conditional == pytest.approx(y.logp_conditional, abs=1e-4)
+        assert x.n_tokens == y.n_tokens and x.is_good == (x.score >= judge.threshold)
+
+
+@pytest.mark.spec("CR-06")
+def test_relevance_is_conditional_minus_unconditional_mean_token_logprob(tiny_lm):
+    from cai_bootstrap.critic import RelevanceJudge, continuation_logprobs
+
+    ins, resp = PAIRS[0]
+    r = RelevanceJudge(tiny_lm).score([(ins, resp)])[0]
+    # By hand, one forward pass over context + continuation tokens, no batching.
+    ctx_ids = tiny_lm.encode(prompts.render_response_prompt(ins))
+    cont_ids = tiny_lm.encode_continuation(" " + resp)
+    with torch.inference_mode():
+        logits = tiny_lm.model(input_ids=torch.tensor([ctx_ids + cont_ids])).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    by_hand = sum(float(lp[len(ctx_ids) - 1 + k, t]) for k, t in enumerate(cont_ids)) / len(cont_ids)
+    assert r.logp_conditional == pytest.approx(by_hand, abs=1e-4) and r.n_tokens == len(cont_ids)
+    (u, n), = continuation_logprobs(tiny_lm, [prompts.render_bare_response_frame()], [" " + resp])
+    assert r.score == pytest.approx(by_hand - u / n, abs=1e-4)
+    with pytest.raises(ValueError, match="non-empty"):
+        continuation_logprobs(tiny_lm, ["Response:"], [""])

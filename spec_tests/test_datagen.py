@@ -24,7 +24,7 @@ from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.dedup import DuplicateIndex, normalize, rouge_l
 from cai_bootstrap.io_utils import read_jsonl, sha256_file
 from cai_bootstrap.provenance import CRITIQUE_FIELDS, GENERATION_FIELDS, RECORD_METADATA_FIELDS, SFT_RECORDS
-from spec_tests.datagen_support import flowing_lm, small_config
+from spec_tests.datagen_support import flowing_lm, probe_results, small_config
 from spec_tests.scripted_lm import ScriptedLM
 
 
@@ -116,14 +116,17 @@ def test_run_calls_the_phases_in_the_specified_order(flow, tmp_path, monkeypatch
     monkeypatch.setattr(P, "generate_instructions", spy("instructions", P.generate_instructions))
     monkeypatch.setattr(P, "parse_raw", spy("parse", P.parse_raw))
     monkeypatch.setattr(P, "dedup_candidates", spy("dedup", P.dedup_candidates))
-    monkeypatch.setattr(P, "judge", spy("judge", P.judge, label=lambda critic, *a, **k: critic.template.name))
+    monkeypatch.setattr(P, "probe_critics", spy("critic_probes", P.probe_critics))
+    monkeypatch.setattr(P, "judge", spy("judge", P.judge, label=lambda critic, *a, **k: getattr(critic, "template", None)
+                                        and critic.template.name or "relevance_judge"))
     monkeypatch.setattr(P, "generate_responses", spy("responses", P.generate_responses))
     monkeypatch.setattr(P.cleaning, "clean_response", spy("clean", cleaning.clean_response))
     monkeypatch.setattr(P, "compute_qc_summary", spy("qc", P.compute_qc_summary))
     monkeypatch.setattr(P, "write_artifacts", spy("artifacts", P.write_artifacts))
     P.run_generation(small_config(tmp_path / "run", model_dir, target=2), lm=ScriptedLM(lm, style="clean"))
     first = [t for i, t in enumerate(seen) if t not in seen[:i]]
-    assert first == ["instructions", "parse", "dedup", "instruction_critic", "responses", "clean", "pair_critic", "qc", "artifacts"]
+    assert first == ["instructions", "parse", "dedup", "critic_probes", "instruction_critic", "responses", "clean", "pair_critic",
+                     "relevance_judge", "qc", "artifacts"]
 
 
 @pytest.mark.spec("DG-02")
@@ -204,7 +207,8 @@ def test_finalize_phase_is_pure_and_accounts_for_every_item():
         pre_rejects=[{"stage": "parse", "reason": "meta_line", "text": "Here are more:"}],
     )
     kwargs = dict(config_max_new_tokens=40, metadata_for=lambda r: {f: "x" for f in RECORD_METADATA_FIELDS},
-                  count_tokens=len, sentinels_ok=True, thresholds=load_config(None).qc.thresholds())
+                  count_tokens=len, sentinels_ok=True, thresholds=load_config(None).qc.thresholds(),
+                  critic_probes=probe_results({"instruction": 0.9, "pair": 0.9, "relevance": 0.5}))
     dataset, rejects, summary = P.finalize(rows, **kwargs)
     assert [r["instruction"] for r in dataset] == ["Do a."] and dataset[0]["response"] == "Done a."
     assert sorted((r["stage"], r["reason"]) for r in rejects) == [
@@ -212,6 +216,43 @@ def test_finalize_phase_is_pure_and_accounts_for_every_item():
         ("parse", "meta_line")]
     assert summary["counts"]["generated"] == 3 and summary["counts"]["kept"] == 1
     assert P.finalize(rows, **kwargs)[1:] == (rejects, summary)
+
+
+def _rel(good: bool) -> dict:
+    return {"is_good": good, "score": 0.5 if good else -0.5, "logp_conditional": -2.0, "logp_unconditional": -2.5,
+            "n_tokens": 3, "threshold": 0.0}
+
+
+@pytest.mark.spec("QC-09")
+@pytest.mark.parametrize("aurocs, kept, reject_stages", [
+    # Every judge informative: each drops what it rejects.
+    ({"instruction": 0.9, "pair": 0.9, "relevance": 0.9}, ["a"], ["instruction_critic", "pair_critic", "relevance_judge"]),
+    # Label-biased A/B critics: their B verdicts are recorded, not obeyed; relevance still filters.
+    ({"instruction": 0.5, "pair": 0.5, "relevance": 0.9}, ["a", "b", "d"], ["relevance_judge"]),
+    # Relevance uninformative: only the A/B critics filter.
+    ({"instruction": 0.9, "pair": 0.9, "relevance": 0.6}, ["a", "e"], ["instruction_critic", "pair_critic"]),
+    # No judge informative: nothing is dropped by a judge, and QC-09 fails the run.
+    ({"instruction": 0.5, "pair": 0.5, "relevance": 0.5}, ["a", "b", "d", "e"], []),
+])
+def test_only_judges_that_clear_the_probe_bar_drop_items(aurocs, kept, reject_stages):
+    ids = "abde"
+    # As in a run: only instructions the (filtering) instruction critic accepted get a response.
+    answered = [i for i in ids if i != "b" or aurocs["instruction"] < 0.75]
+    rows = P.RunRows(
+        instruction_verdicts=[{"id": i, "instruction": f"Do {i}.", "critique": _verdict(i != "b")} for i in ids],
+        responses=[{"id": i, "instruction": f"Do {i}.", "raw": f" Done {i}.", "n_tokens": 3, "seed": 1} for i in answered],
+        pair_verdicts=[{"id": i, "critique": _verdict(i != "d"), "clean_tokens": 3} for i in answered],
+        pre_rejects=[],
+        relevance_verdicts=[{"id": i, "relevance": _rel(i != "e")} for i in answered],
+    )
+    dataset, rejects, summary = P.finalize(
+        rows, config_max_new_tokens=40, metadata_for=lambda r: {f: "x" for f in RECORD_METADATA_FIELDS}, count_tokens=len,
+        sentinels_ok=True, thresholds=load_config(None).qc.thresholds(), critic_probes=probe_results(aurocs))
+    assert [r["instruction"] for r in dataset] == [f"Do {i}." for i in kept]
+    assert sorted(r["stage"] for r in rejects) == reject_stages
+    assert {n: j["filters"] for n, j in summary["critic_probes"]["judges"].items()} == {n: a >= 0.75 for n, a in aurocs.items()}
+    no_pair_judge = not (aurocs["pair"] >= 0.75 or aurocs["relevance"] >= 0.75)
+    assert any(r.startswith("QC-09 no pair judge") for r in summary["failed_reasons"]) is no_pair_judge
 
 
 @pytest.mark.spec("DG-02", "DG-03")

@@ -10,15 +10,18 @@ from cai_bootstrap.gates import PILOT_GATE, SCALE_GATE, DataGateThresholds, deci
 from cai_bootstrap.io_utils import atomic_write_json
 from cai_bootstrap.qc import QCThresholds, compute_qc_summary
 
+from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, probe_results
+
 GOOD = {"is_good": True, "predicted_label": "A", "logp_a": -0.1, "logp_b": -3.0, "margin": 2.9, "confident": True}
 BAD = {"is_good": False, "predicted_label": "B", "logp_a": -3.0, "logp_b": -0.1, "margin": 2.9, "confident": True}
 CLEAN = {"reason": None, "delimiter_found": False, "heuristic_cutoff": False, "hit_token_limit": False}
 
 
 def _summary(tmp_path, *, target=120, pair=GOOD, name="qc_summary.json"):
-    s = compute_qc_summary(instruction_verdicts=[GOOD] * target, pair_verdicts=[pair] * target,
+    s = compute_qc_summary(instruction_verdicts=[GOOD] * target, pair_verdicts=[{**pair, "margin": pair["margin"] + 0.1 * (i % 5)} for i in range(target)],
                            responses=[CLEAN] * target, kept_response_tokens=[15] * target,
-                           kept_responses=["Fine."] * target, drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds())
+                           kept_responses=["Fine."] * target, drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds(),
+                           critic_probes=probe_results(INFORMATIVE_PROBES_AUROC))
     s["run"] = {"mode": "pilot", "target": target}
     return atomic_write_json(tmp_path / name, s)
 

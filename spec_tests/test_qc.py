@@ -1,4 +1,4 @@
-"""QC-01..QC-08: the pilot gate's thresholds, the summary's contents, and a gate that
+"""QC-01..QC-09: the pilot gate's thresholds, the summary's contents, and a gate that
 reads the summary instead of recomputing it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from cai_bootstrap.datagen import pipeline as P
 from cai_bootstrap.datagen.config import ConfigError, load_config
 from cai_bootstrap.qc import QCSummaryError, QCThresholds, compute_qc_summary, read_qc_decision
-from spec_tests.datagen_support import flowing_lm, small_config
+from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, flowing_lm, probe_results, small_config
 from spec_tests.scripted_lm import ScriptedLM
 
 
@@ -31,8 +31,12 @@ def summary(
     n_pairs: int | None = None,
     sentinels_ok=True,
     thresholds: QCThresholds = QCThresholds(),
+    probes: dict | None = None,
+    pair_margin=lambda i: 2.0 + 0.1 * (i % 7),
 ) -> dict:
-    """A summary over ``n`` generated responses; every other count defaults to a passing run."""
+    """A summary over ``n`` generated responses; every other count defaults to a passing run
+    (judges measured informative on the probes, pair margins that vary)."""
+    probes = probe_results(INFORMATIVE_PROBES_AUROC) if probes is None else probes
     n_instr = n if n_instr is None else n_instr
     instr_good = n_instr if instr_good is None else instr_good
     responses = [{"id": str(i), "reason": "runaway" if i < runaways else None, "hit_token_limit": i < limit_hits,
@@ -44,12 +48,13 @@ def summary(
     return compute_qc_summary(
         instruction_verdicts=[_verdict(i < instr_good) for i in range(n_instr)],
         responses=responses,
-        pair_verdicts=[_verdict(i < pairs_good) for i in range(n_pairs)],
+        pair_verdicts=[_verdict(i < pairs_good, margin=pair_margin(i)) for i in range(n_pairs)],
         kept_response_tokens=kept_tokens,
         kept_responses=kept_texts,
         drop_reasons={"clean_response:runaway": runaways} if runaways else {},
         sentinels_ok=sentinels_ok,
         thresholds=thresholds,
+        critic_probes=probes,
     )
 
 
@@ -139,7 +144,7 @@ def test_low_confidence_and_bad_verdicts_are_told_apart():
     s = compute_qc_summary(
         instruction_verdicts=[_verdict(True), _verdict(False), _verdict(True, confident=False), _verdict(False, confident=False)],
         responses=[{"id": "1"}], pair_verdicts=[_verdict(True)], kept_response_tokens=[3], kept_responses=["ok"],
-        drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds(),
+        drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds(), critic_probes=probe_results(INFORMATIVE_PROBES_AUROC),
     )
     acc = s["acceptance"]
     assert (acc["instructions_good"], acc["instructions_bad"], acc["instructions_low_confidence"]) == (1, 1, 2)
@@ -165,10 +170,15 @@ def test_run_takes_the_sentinel_result_from_the_generating_model(clean_run):
 
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
-    """A run whose scripted text is clean and whose critic accepts everything it prefers: QC passes."""
+    """A run whose scripted text is clean and whose critic accepts everything it prefers: QC passes.
+
+    The tiny model's pair margins are nearly equal for every pair, so the label-bias check
+    (QC-09) is switched off for this run by a zero tolerance; the gate under test here is
+    QC-08's reading of the recorded decision.
+    """
     lm, model_dir, _ = flowing_lm(tmp_path_factory)
     out = tmp_path_factory.mktemp("qc") / "run"
-    cfg = small_config(out, model_dir, target=4)
+    cfg = small_config(out, model_dir, target=4, **{"qc.constant_margin_tolerance": 0.0})
     summary = P.run_generation(cfg, lm=ScriptedLM(lm, style="clean"))
     return {"lm": lm, "model_dir": model_dir, "out": out, "cfg": cfg, "summary": summary}
 
@@ -277,3 +287,77 @@ def test_missing_or_unreadable_summary_is_an_error(tmp_path):
     (tmp_path / "qc_summary.json").write_text('{"counts": \n')
     with pytest.raises(QCSummaryError, match="line 2"):
         read_qc_decision(tmp_path)
+
+
+# -- QC-09: judges measured on the probes ----------------------------------------------------------
+
+
+@pytest.mark.spec("QC-09")
+@pytest.mark.parametrize("aurocs, margin, expected", [
+    ({"instruction": 0.9, "pair": 0.9, "relevance": 0.9}, lambda i: 2.0 + 0.1 * (i % 7), []),
+    ({"instruction": 0.9, "pair": 0.5, "relevance": 0.92}, lambda i: 2.0 + 0.1 * (i % 7), []),
+    ({"instruction": 0.9, "pair": 0.5, "relevance": 0.6}, lambda i: 2.0 + 0.1 * (i % 7), ["QC-09 no pair judge clears"]),
+    ({"instruction": 0.9, "pair": 0.9, "relevance": 0.9}, lambda i: 2.0, ["QC-09 pair acceptance is total"]),
+    ({"instruction": 0.5, "pair": 0.5, "relevance": 0.5}, lambda i: 2.0,
+     ["QC-09 no pair judge clears", "QC-09 pair acceptance is total"]),
+])
+def test_qc_gate_fails_without_an_informative_pair_judge_or_with_a_label_biased_critic(tmp_path, aurocs, margin, expected):
+    s = summary(probes=probe_results(aurocs), pair_margin=margin)
+    qc09 = [r for r in s["failed_reasons"] if r.startswith("QC-09")]
+    assert [next(e for e in expected if r.startswith(e)) for r in qc09] == expected
+    path = tmp_path / "qc_summary.json"
+    path.write_text(json.dumps(s))
+    assert read_qc_decision(path) == (not s["failed_reasons"], s["failed_reasons"])
+    if "QC-09 no pair judge clears" in expected:
+        assert "pair 0.500" in qc09[0] and "bar 0.75" in qc09[0]
+
+
+@pytest.mark.spec("QC-09")
+def test_a_summary_without_probe_results_fails_qc09_and_edited_filters_are_refused(tmp_path):
+    s = summary(probes=None)
+    assert not any(r.startswith("QC-09") for r in s["failed_reasons"])
+    bare = compute_qc_summary(instruction_verdicts=[_verdict(True)], responses=[{"id": "1"}], pair_verdicts=[_verdict(True)],
+                              kept_response_tokens=[3], kept_responses=["ok"], drop_reasons={}, sentinels_ok=True,
+                              thresholds=QCThresholds(), critic_probes=None)
+    assert any("no pair judge was scored" in r for r in bare["failed_reasons"])
+    weak = summary(probes=probe_results({"instruction": 0.5, "pair": 0.5, "relevance": 0.5}))
+    forged = _edit(weak, lambda d: d["critic_probes"]["judges"]["pair"].update(filters=True))
+    path = tmp_path / "qc_summary.json"
+    path.write_text(json.dumps(forged))
+    with pytest.raises(QCSummaryError, match="critic_probes filters"):
+        read_qc_decision(path)
+
+
+@pytest.mark.spec("QC-09")
+def test_qc09_settings_are_config_with_their_defaults_from_qc():
+    cfg = load_config(None)
+    assert cfg.qc.thresholds().min_judge_auroc == QCThresholds().min_judge_auroc == 0.75
+    assert cfg.critic.calibrate is True
+    with pytest.raises(ConfigError, match="min_judge_auroc"):
+        load_config(None, **{"qc.min_judge_auroc": 1.5})
+
+
+@pytest.mark.spec("CR-06", "QC-09")
+def test_tiny_run_with_default_bar_records_probes_and_fails_qc09(tmp_path_factory):
+    """The tiny random model cannot discriminate: under the default bar its run fails QC-09,
+    its probe results are in the summary and the manifest, and the GX suite accepts the summary."""
+    from cai_bootstrap.validation import validate_file
+
+    lm, model_dir, _ = flowing_lm(tmp_path_factory)
+    out = tmp_path_factory.mktemp("qc09") / "run"
+    cfg = small_config(out, model_dir, target=2, **{"qc.min_judge_auroc": 0.75, "critic.calibrate": True,
+                                                     "critic.relevance_threshold": 0.0})
+    s = P.run_generation(cfg, lm=ScriptedLM(lm, style="clean"))
+    judges = s["critic_probes"]["judges"]
+    assert set(judges) == {"instruction", "pair", "relevance"}
+    for name, j in judges.items():
+        assert 0 <= j["auroc"] <= 1 and j["n"] == j["n_good"] + j["n_bad"] >= 120
+        assert j["filters"] is (j["auroc"] >= 0.75)
+    assert judges["pair"]["calibration_offset"] is not None and judges["relevance"]["calibration_offset"] is None
+    assert any(r.startswith("QC-09 no pair judge clears") for r in s["failed_reasons"])
+    manifest = json.loads((out / P.SESSION_MANIFEST).read_text())
+    assert manifest["critic_probes"] == s["critic_probes"]
+    assert (out / P.WORK / P.CRITIC_PROBES).exists()
+    report = validate_file(out / P.QC_SUMMARY)
+    assert report.ok and report.artifact_type == "qc_summary", (report.error, report.failures)
+    assert any("critic_probes.judges.pair.auroc" in str(c) for c in json.loads((__import__("pathlib").Path(__file__).parents[1] / "expectations" / "qc_summary.json").read_text())["expectations"])

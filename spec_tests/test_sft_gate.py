@@ -191,6 +191,8 @@ def _loosen(run, **changes):
         ({"min_pair_acceptance": 0.0}, ["min_pair_acceptance"]),
         ({"min_instruction_acceptance": 0.1, "max_runaway_rate": 0.9}, ["min_instruction_acceptance", "max_runaway_rate"]),
         ({"require_sentinels": False}, ["require_sentinels"]),
+        ({"min_judge_auroc": 0.5}, ["min_judge_auroc"]),
+        ({"constant_margin_tolerance": 0.0}, ["constant_margin_tolerance"]),
     ],
 )
 def test_gate_refuses_a_summary_judged_under_loosened_thresholds(run_dir, changes, named):
@@ -322,3 +324,13 @@ def test_leak_check_is_fast_enough_for_real_datasets():
     t = time.perf_counter()
     find_leaks(train, items)
     assert time.perf_counter() - t < 20
+
+
+@pytest.mark.spec("QC-08")
+def test_every_qc_threshold_has_a_direction():
+    """A threshold the comparison does not know would be loosened unnoticed."""
+    from dataclasses import fields
+
+    from cai_bootstrap import qc
+
+    assert {f.name for f in fields(qc.QCThresholds)} == set(qc._STRICTER_WHEN_LOWER) | set(qc._STRICTER_WHEN_HIGHER)

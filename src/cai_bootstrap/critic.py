@@ -26,6 +26,13 @@ from cai_bootstrap.prompts import CriticTemplate
 
 DEFAULT_THRESHOLD = 1.0
 DEFAULT_LABELS = ("A", "B")
+# CR-06: a critic's margins are calibrated against its label bias when it filters data.
+# The class itself stays uncalibrated unless asked, so CR-01..CR-05 decisions stay available.
+CALIBRATE_FOR_FILTERING = True
+# Every field of a content-free item (Calibrate Before Use, Zhao et al. 2021).
+CONTENT_FREE = "N/A"
+# Relevance (nats per response token) a pair needs to count as answering its instruction.
+DEFAULT_RELEVANCE_THRESHOLD = 0.0
 DEFAULT_BATCH_SIZE = 16
 PADDING_SIDE = "left"
 # Bytes of float32 logits normalised at once on CPU (about the size of a core's L2 cache).
@@ -42,6 +49,14 @@ class CriticResult:
     logp_b: float
     margin: float
     confident: bool
+    # CR-06: the content-free item's logp_A - logp_B, taken off before deciding (0.0 uncalibrated).
+    # logp_a and logp_b stay the raw numbers, so the uncalibrated decision can be redone.
+    calibration_offset: float = 0.0
+
+    @property
+    def difference(self) -> float:
+        """Calibrated logp_A - logp_B: the signed score a probe's AUROC is computed from."""
+        return self.logp_a - self.logp_b - self.calibration_offset
 
     def to_dict(self) -> dict:
         return {
@@ -51,18 +66,23 @@ class CriticResult:
             "logp_b": self.logp_b,
             "margin": self.margin,
             "confident": self.confident,
+            "calibration_offset": self.calibration_offset,
         }
 
 
-def decide(logp_a: float, logp_b: float, *, threshold: float = DEFAULT_THRESHOLD, labels: tuple[str, str] = DEFAULT_LABELS) -> CriticResult:
-    """CR-03: margin = |logp_A - logp_B|; confident iff margin >= threshold; good iff A and confident.
+def decide(logp_a: float, logp_b: float, *, threshold: float = DEFAULT_THRESHOLD, labels: tuple[str, str] = DEFAULT_LABELS,
+           offset: float = 0.0) -> CriticResult:
+    """CR-03: margin = |logp_A - logp_B - offset|; confident iff margin >= threshold; good iff A and confident.
 
-    A tie predicts the bad label, in line with the rubric's "if uncertain, choose B".
+    ``offset`` is the label bias measured on a content-free item (CR-06); 0.0 is the
+    uncalibrated CR-03 rule. A tie predicts the bad label, in line with the rubric's
+    "if uncertain, choose B".
     """
-    if math.isnan(logp_a) or math.isnan(logp_b):
-        raise ValueError(f"label log-probabilities must be numbers, got {logp_a}, {logp_b}")
-    margin = abs(logp_a - logp_b)
-    predicted = labels[0] if logp_a > logp_b else labels[1]
+    if math.isnan(logp_a) or math.isnan(logp_b) or math.isnan(offset):
+        raise ValueError(f"label log-probabilities and offset must be numbers, got {logp_a}, {logp_b}, {offset}")
+    diff = logp_a - logp_b - offset
+    margin = abs(diff)
+    predicted = labels[0] if diff > 0 else labels[1]
     confident = margin >= threshold
     return CriticResult(
         is_good=predicted == labels[0] and confident,
@@ -71,6 +91,7 @@ def decide(logp_a: float, logp_b: float, *, threshold: float = DEFAULT_THRESHOLD
         logp_b=float(logp_b),
         margin=float(margin),
         confident=confident,
+        calibration_offset=float(offset),
     )
 
 
@@ -134,6 +155,10 @@ class Critic:
     ``prefix_reuse=True`` runs the template's rubric prefix through the model once and
     scores only the item tokens per row; ``False`` scores full left-padded prompts. Both
     give the same results; the first is several times faster for long rubrics.
+
+    ``calibrate=True`` scores a content-free item (every field ``N/A``) once and takes its
+    logp_A - logp_B off every item's before deciding (CR-06): a model that prefers A
+    whatever it reads then no longer accepts everything.
     """
 
     def __init__(
@@ -145,6 +170,7 @@ class Critic:
         labels: tuple[str, str] = DEFAULT_LABELS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         prefix_reuse: bool = True,
+        calibrate: bool = False,
     ) -> None:
         if not isinstance(template, CriticTemplate):
             raise TypeError("template must be a prompts.CriticTemplate (instruction_critic_template() or pair_critic_template())")
@@ -160,6 +186,8 @@ class Critic:
         self.labels = (labels[0], labels[1])
         self.batch_size = batch_size
         self.prefix_reuse = bool(prefix_reuse)
+        self.calibrate = bool(calibrate)
+        self._offset: float | None = None
         self.a_ids = label_token_ids(lm, labels[0])
         self.b_ids = label_token_ids(lm, labels[1])
         shared = set(self.a_ids) & set(self.b_ids)
@@ -188,8 +216,19 @@ class Critic:
         return self.score_prompts([self.render(i) for i in items])
 
     def score_prompts(self, prompts: Sequence[str]) -> list[CriticResult]:
+        offset = self.calibration_offset() if self.calibrate else 0.0
         a, b = self.logprobs(prompts)
-        return [decide(x, y, threshold=self.threshold, labels=self.labels) for x, y in zip(a, b)]
+        return [decide(x, y, threshold=self.threshold, labels=self.labels, offset=offset) for x, y in zip(a, b)]
+
+    def content_free_prompt(self) -> str:
+        return self.template.render(**{f: CONTENT_FREE for f in self.template.fields})
+
+    def calibration_offset(self) -> float:
+        """logp_A - logp_B of the content-free item: the label bias, scored once on the same path as items."""
+        if self._offset is None:
+            a, b = self.logprobs([self.content_free_prompt()])
+            self._offset = a[0] - b[0]
+        return self._offset
 
     def logprobs(self, prompts: Sequence[str]) -> tuple[list[float], list[float]]:
         """Label log-probabilities per prompt, in input order."""
@@ -237,11 +276,15 @@ class Critic:
             "padding_side": PADDING_SIDE,
             "position_ids": "from attention mask",
             "prefix_reuse": self.prefix_reuse,
+            "calibrate": self.calibrate,
             **self.template.provenance(),
             "prefix_sha256": hashlib.sha256(self.template.prefix.encode("utf-8")).hexdigest(),
         }
         if self.prefix_reuse and self._prefix_ids is not None:
             prov["prefix_tokens"] = len(self._prefix_ids)
+        if self.calibrate:
+            prov["content_free_item"] = CONTENT_FREE
+            prov["calibration_offset"] = self._offset
         if self.last_run:
             prov["last_run"] = dict(self.last_run)
         return prov
@@ -337,3 +380,145 @@ def pair_critic(lm, *, constitution=None, **kwargs) -> Critic:
     from cai_bootstrap.prompts import pair_critic_template
 
     return Critic(lm, pair_critic_template(constitution), **kwargs)
+
+
+# -- CR-06: the relevance judge ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelevanceResult:
+    """One relevance decision: is_good iff ``score`` (conditional minus unconditional mean
+    per-token log-probability of the response) reaches ``threshold``."""
+
+    is_good: bool
+    score: float
+    logp_conditional: float
+    logp_unconditional: float
+    n_tokens: int
+    threshold: float
+
+    def to_dict(self) -> dict:
+        return {
+            "is_good": self.is_good,
+            "score": self.score,
+            "logp_conditional": self.logp_conditional,
+            "logp_unconditional": self.logp_unconditional,
+            "n_tokens": self.n_tokens,
+            "threshold": self.threshold,
+        }
+
+
+def continuation_logprobs(lm, contexts: Sequence[str], continuations: Sequence[str], *,
+                          batch_size: int = DEFAULT_BATCH_SIZE) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, token count) of each continuation after its context.
+
+    The context is encoded once (``encode``: BOS and the contamination checks) and the
+    continuation's own tokens (``encode_continuation``) are appended, so the boundary is
+    exactly where the caller put it whatever BPE would merge across it. Rows are left
+    padded with an attention mask and position ids from the mask, as in ``Critic``, so a
+    row scores the same in any batch; only the last positions' logits are kept.
+    """
+    import torch
+
+    if len(contexts) != len(continuations):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; give one of each per item")
+    for i, (c, t) in enumerate(zip(contexts, continuations)):
+        if not isinstance(c, str) or not c or not isinstance(t, str) or not t:
+            raise ValueError(f"item {i}: context and continuation must be non-empty strings")
+    ctx_ids = lm.encode_many(list(contexts))
+    cont_ids = [lm.encode_continuation(t) for t in continuations]
+    rows = []
+    for i, (c, t) in enumerate(zip(ctx_ids, cont_ids)):
+        if not c or not t:
+            raise ValueError(f"item {i}: context or continuation encodes to no tokens")
+        lm.check_ids(c + t)
+        rows.append((c + t, len(t)))
+    out: list[tuple[float, int] | None] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    dev = lm.device
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            input_ids, attention_mask = lm.pad_left([rows[i][0] for i in idx])
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(rows[i][1] for i in idx)
+            logits = lm.model(
+                input_ids=input_ids.to(dev),
+                attention_mask=attention_mask.to(dev),
+                position_ids=position_ids.to(dev),
+                use_cache=False,
+                logits_to_keep=keep + 1,
+            ).logits[:, -(keep + 1) : -1, :]
+            targets = input_ids[:, -keep:].to(logits.device)
+            for j, i in enumerate(idx):
+                n = rows[i][1]
+                # One row at a time: a float32 copy of [batch, tokens, vocab] would not fit on CPU.
+                logp = torch.log_softmax(logits[j, keep - n :, :].float(), dim=-1)
+                tok = logp.gather(-1, targets[j, keep - n :].unsqueeze(-1)).squeeze(-1)
+                out[i] = (float(tok.sum()), n)
+    return out  # type: ignore[return-value]
+
+
+class RelevanceJudge:
+    """The second pair judge (CR-06): how much more likely the response is after its
+    instruction than after the bare response frame, per response token.
+
+    A response that answers its instruction gains from reading it; one written for
+    another instruction, or for none, does not. Unlike the A/B critic it asks the model
+    nothing, so it has no label bias to calibrate.
+    """
+
+    def __init__(self, lm, *, threshold: float = DEFAULT_RELEVANCE_THRESHOLD, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+            raise ValueError(f"relevance threshold must be a number, got {threshold!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.lm = lm
+        self.threshold = float(threshold)
+        self.batch_size = batch_size
+
+    @staticmethod
+    def _fields(item: Any) -> tuple[str, str]:
+        if isinstance(item, Mapping):
+            return item["instruction"], item["response"]
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return item[0], item[1]
+        raise TypeError(f"a relevance item is (instruction, response) or a mapping with both, got {type(item).__name__}")
+
+    def score(self, items: Sequence[Any]) -> list[RelevanceResult]:
+        from cai_bootstrap.prompts import render_bare_response_frame, render_response_prompt
+
+        pairs = [self._fields(i) for i in items]
+        if not pairs:
+            return []
+        bare = render_bare_response_frame()
+        # The response follows the frame after one space, as in the SFT record's completion.
+        conts = [" " + r.strip() for _, r in pairs]
+        contexts = [render_response_prompt(ins) for ins, _ in pairs] + [bare] * len(pairs)
+        scored = continuation_logprobs(self.lm, contexts, conts + conts, batch_size=self.batch_size)
+        results = []
+        for k in range(len(pairs)):
+            (cs, n), (us, _) = scored[k], scored[len(pairs) + k]
+            cond, uncond = cs / n, us / n
+            rel = cond - uncond
+            results.append(RelevanceResult(is_good=rel >= self.threshold, score=rel, logp_conditional=cond,
+                                           logp_unconditional=uncond, n_tokens=n, threshold=self.threshold))
+        return results
+
+    @property
+    def provenance(self) -> dict:
+        from cai_bootstrap.prompts import render_bare_response_frame
+
+        return {
+            "scoring": "mean_token_logprob_conditional_minus_unconditional",
+            "threshold": self.threshold,
+            "batch_size": self.batch_size,
+            "padding_side": PADDING_SIDE,
+            "position_ids": "from attention mask",
+            "unconditional_frame": render_bare_response_frame(),
+        }
+
+
+def relevance_judge(lm, **kwargs) -> RelevanceJudge:
+    """The relevance pair judge (CR-06)."""
+    return RelevanceJudge(lm, **kwargs)

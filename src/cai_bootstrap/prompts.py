@@ -237,6 +237,13 @@ def build_demonstration_prompt(instruction: str, *, seed: int, item_id: str,
     return DemonstrationPrompt(render_demonstration_prompt(instruction, demos), tuple(d.id for d in demos))
 
 
+def render_bare_response_frame() -> str:
+    """The response frame without its instruction (``Response:``): the relevance judge's
+    unconditional context (CR-06), so both of its scores read the same answer boundary."""
+    template = prompt_data()["response"]["template"]
+    return template.split("{instruction}", 1)[1].lstrip()
+
+
 # -- PR-03: few-shot instruction generation ---------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Quality control of a data-generation run: the pilot gate before scale (QC-01..QC-08).
+"""Quality control of a data-generation run: the pilot gate before scale (QC-01..QC-09).
 
 The summary is computed once, from the run's own per-item records, and written to
 ``qc_summary.json`` together with the thresholds used. Every later decision reads that
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cai_bootstrap.cleaning import PARTIAL_DELIMITER
+from cai_bootstrap.critic_probes import DEFAULT_AUROC_BAR, PAIR_JUDGES, check_bar, pair_judges_filtering, with_policy
 
 MARGIN_BINS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, float("inf"))
-REQUIRED_KEYS = ("counts", "rates", "acceptance", "token_stats", "margins", "sentinels_ok", "thresholds",
+REQUIRED_KEYS = ("counts", "rates", "acceptance", "token_stats", "margins", "sentinels_ok", "critic_probes", "thresholds",
                  "thresholds_passed", "failed_reasons")
 # QC-07 fields inside the groups, and the values the decision is re-derived from.
 REQUIRED_FIELDS = {
@@ -33,7 +34,7 @@ REQUIRED_FIELDS = {
 
 @dataclass(frozen=True)
 class QCThresholds:
-    """QC-01..QC-06 defaults; configuration, recorded in the summary (QC-08)."""
+    """QC-01..QC-06 and QC-09 defaults; configuration, recorded in the summary (QC-08)."""
 
     max_runaway_rate: float = 0.05
     max_token_limit_rate: float = 0.10
@@ -42,8 +43,16 @@ class QCThresholds:
     min_instruction_acceptance: float = 0.50
     min_pair_acceptance: float = 0.50
     require_sentinels: bool = True
+    # QC-09: the probe AUROC a judge needs to filter, and the spread of pair margins (nats)
+    # at or below which a run that accepted every pair is taken for a label-biased critic.
+    min_judge_auroc: float = DEFAULT_AUROC_BAR
+    constant_margin_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
+        check_bar(self.min_judge_auroc)
+        t = self.constant_margin_tolerance
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+            raise ValueError(f"QC threshold constant_margin_tolerance must be a non-negative number, got {t!r}")
         for name in ("max_runaway_rate", "max_token_limit_rate", "min_instruction_acceptance", "min_pair_acceptance"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
@@ -58,9 +67,11 @@ class QCThresholds:
 
 
 # Which way each threshold tightens: "max" thresholds are stricter when lower, "min" when
-# higher, require_sentinels when true.
+# higher, require_sentinels when true; a wider constant-margin tolerance flags more runs as
+# label-biased, so it is stricter when higher too.
 _STRICTER_WHEN_LOWER = ("max_runaway_rate", "max_token_limit_rate", "max_delimiter_leaks", "max_median_tokens")
-_STRICTER_WHEN_HIGHER = ("min_instruction_acceptance", "min_pair_acceptance", "require_sentinels")
+_STRICTER_WHEN_HIGHER = ("min_instruction_acceptance", "min_pair_acceptance", "require_sentinels",
+                         "min_judge_auroc", "constant_margin_tolerance")
 
 
 def loosened_thresholds(recorded: QCThresholds, required: QCThresholds) -> list[str]:
@@ -133,13 +144,19 @@ def compute_qc_summary(
     drop_reasons: dict[str, int],
     sentinels_ok: bool | None,
     thresholds: QCThresholds,
+    critic_probes: dict | None,
 ) -> dict:
     """Summarize a run and apply the thresholds.
 
     ``instruction_verdicts`` / ``pair_verdicts``: critic results (CR-04 fields) for every
     judged instruction / pair. ``responses``: one dict per generated response with the
     cleaning flags (delimiter_found, heuristic_cutoff, hit_token_limit, reason).
+    ``critic_probes``: the run's probe results (CR-06, ``critic_probes.evaluate_probes``);
+    None means no judge was measured, which fails QC-09. Their ``filters`` flags are set
+    again here under the recorded bar.
     """
+    if critic_probes is not None:
+        critic_probes = {**critic_probes, "judges": with_policy(critic_probes.get("judges") or {}, thresholds.min_judge_auroc)}
     n_resp = len(responses)
     runaways = sum(1 for r in responses if r.get("reason") == "runaway")
     limit_hits = sum(1 for r in responses if r.get("hit_token_limit"))
@@ -169,7 +186,8 @@ def compute_qc_summary(
         "pair": {**distribution([v["margin"] for v in pair_verdicts]), "histogram": histogram(v["margin"] for v in pair_verdicts)},
     }
     failed = apply_thresholds(thresholds, n_generated=n_resp, rates=rates, delimiter_leaks=leaks,
-                              median_tokens=tok["median"], acceptance=acc, sentinels_ok=sentinels_ok)
+                              median_tokens=tok["median"], acceptance=acc, sentinels_ok=sentinels_ok,
+                              pair_margins=margins["pair"], critic_probes=critic_probes)
     return {
         "counts": counts,
         "rates": rates,
@@ -178,6 +196,7 @@ def compute_qc_summary(
         "margins": margins,
         "drop_reasons": dict(sorted(drop_reasons.items())),
         "sentinels_ok": sentinels_ok,
+        "critic_probes": critic_probes,
         "thresholds": thresholds.to_dict(),
         "thresholds_passed": not failed,
         "failed_reasons": failed,
@@ -185,8 +204,8 @@ def compute_qc_summary(
 
 
 def apply_thresholds(t: QCThresholds, *, n_generated: int, rates: dict, delimiter_leaks: int, median_tokens: float | None,
-                     acceptance: dict, sentinels_ok: bool | None) -> list[str]:
-    """The failed checks (QC-01..QC-06), one readable reason each; empty means the gate passes."""
+                     acceptance: dict, sentinels_ok: bool | None, pair_margins: dict, critic_probes: dict | None) -> list[str]:
+    """The failed checks (QC-01..QC-06, QC-09), one readable reason each; empty means the gate passes."""
     failed: list[str] = []
     if n_generated == 0:
         failed.append("no responses were generated")
@@ -206,6 +225,23 @@ def apply_thresholds(t: QCThresholds, *, n_generated: int, rates: dict, delimite
         failed.append(f"QC-05 pair acceptance {acceptance['pair_acceptance_rate']:.3f} < {t.min_pair_acceptance}")
     if t.require_sentinels and sentinels_ok is not True:
         failed.append(f"QC-06 contamination sentinels not passed (result: {sentinels_ok})")
+    failed += label_bias_failures(t, acceptance=acceptance, pair_margins=pair_margins, critic_probes=critic_probes)
+    return failed
+
+
+def label_bias_failures(t: QCThresholds, *, acceptance: dict, pair_margins: dict, critic_probes: dict | None) -> list[str]:
+    """QC-09: no pair judge measured to discriminate, or a pair critic that accepted everything alike."""
+    failed: list[str] = []
+    if not pair_judges_filtering(critic_probes, t.min_judge_auroc):
+        judges = (critic_probes or {}).get("judges") or {}
+        measured = [f"{n} {judges[n]['auroc']:.3f}" for n in PAIR_JUDGES if isinstance((judges.get(n) or {}).get("auroc"), (int, float))]
+        what = ", ".join(measured) if measured else "no pair judge was scored on the critic probes"
+        failed.append(f"QC-09 no pair judge clears the probe AUROC bar {t.min_judge_auroc} ({what}): every pair judge is uninformative")
+    judged, good = acceptance.get("pairs_judged", 0), acceptance.get("pairs_good", 0)
+    lo, hi = pair_margins.get("min"), pair_margins.get("max")
+    if judged and good == judged and lo is not None and hi is not None and hi - lo <= t.constant_margin_tolerance:
+        failed.append(f"QC-09 pair acceptance is total ({good}/{judged}) with a constant margin (spread {hi - lo:.4f} <= "
+                      f"{t.constant_margin_tolerance}): a label-biased critic")
     return failed
 
 
@@ -244,11 +280,18 @@ def read_qc_decision(path: str | Path) -> tuple[bool, list[str]]:
             thresholds, n_generated=summary["counts"]["generated"], rates=summary["rates"],
             delimiter_leaks=summary["counts"]["delimiter_leak_in_kept"], median_tokens=summary["token_stats"]["median"],
             acceptance=summary["acceptance"], sentinels_ok=summary["sentinels_ok"],
+            pair_margins=summary["margins"]["pair"], critic_probes=summary["critic_probes"],
         )
+        judges = (summary["critic_probes"] or {}).get("judges") or {}
+        recorded = {n: r.get("filters") for n, r in judges.items()}
+        policy = {n: r["filters"] for n, r in with_policy(judges, thresholds.min_judge_auroc).items()}
     except (TypeError, ValueError, KeyError) as e:
         raise QCSummaryError(f"{path}: thresholds or values malformed ({e}); regenerate the summary") from None
     # The recorded decision must follow from the recorded values under the recorded
     # thresholds: a hand-edited verdict is refused, and the thresholds in force now are never consulted.
+    if recorded != policy:
+        raise QCSummaryError(f"{path}: inconsistent summary: critic_probes filters {recorded} do not follow from "
+                             f"the recorded AUROCs under the bar {thresholds.min_judge_auroc} ({policy})")
     if passed != (not derived):
         raise QCSummaryError(f"{path}: inconsistent summary: thresholds_passed={passed} but its own values "
                              f"and thresholds give {derived or 'no failures'}")

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai_bootstrap import critic
+from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING, DEFAULT_RELEVANCE_THRESHOLD
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
@@ -68,6 +69,9 @@ class CriticCfg(_Strict):
     threshold: float = Field(critic.DEFAULT_THRESHOLD, ge=0)
     batch_size: int = Field(critic.DEFAULT_BATCH_SIZE, ge=1, le=512)
     prefix_reuse: bool = True
+    # CR-06: A/B margins are taken relative to a content-free item's (label bias) before deciding.
+    calibrate: bool = CALIBRATE_FOR_FILTERING
+    relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD
 
 
 class QCCfg(_Strict):
@@ -78,6 +82,8 @@ class QCCfg(_Strict):
     min_instruction_acceptance: float = Field(_Q.min_instruction_acceptance, ge=0, le=1)
     min_pair_acceptance: float = Field(_Q.min_pair_acceptance, ge=0, le=1)
     require_sentinels: bool = _Q.require_sentinels
+    min_judge_auroc: float = Field(_Q.min_judge_auroc, ge=0, le=1)
+    constant_margin_tolerance: float = Field(_Q.constant_margin_tolerance, ge=0)
 
     def thresholds(self) -> QCThresholds:
         return QCThresholds(**self.model_dump())

@@ -35,6 +35,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
     rows = P.RunRows([], [], [], [])
     metadata: dict[str, dict] = {}
     inputs, configs, sentinel_flags = [], [], []
+    probes: list[dict | None] = []
     seen_shards: set[str] = set()
     verified = []
     for d in shard_dirs:
@@ -57,6 +58,8 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         rows.instruction_verdicts += r.instruction_verdicts
         rows.responses += r.responses
         rows.pair_verdicts += r.pair_verdicts
+        rows.relevance_verdicts += r.relevance_verdicts
+        probes.append(json.loads((d / P.QC_SUMMARY).read_text(encoding="utf-8")).get("critic_probes"))
         rows.pre_rejects += [{**x, "shard": shard} for x in r.pre_rejects]
         for rec in read_jsonl(d / P.DATASET):
             metadata[rec["metadata"]["record_id"]] = rec["metadata"]
@@ -85,6 +88,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         [r for r in rows.responses if r["id"] in kept_ids],
         [p for p in rows.pair_verdicts if p["id"] in kept_ids],
         rows.pre_rejects + cross,
+        [p for p in rows.relevance_verdicts if p["id"] in kept_ids],
     )
     max_new = {(c.get("responses") or {}).get("max_new_tokens", 80) for c in configs}
     if thresholds is None:
@@ -95,9 +99,14 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         raise MergeError("a pair verdict lacks clean_tokens; the shard was made by an older version, rerun it")
 
     sentinels_ok = all(f is True for f in sentinel_flags)
+    # Shards of one run score the same probes with the same model; the union keeps the
+    # first shard's results only if every shard's judges filtered alike (QC-09).
+    verdicts = {json.dumps(P.filtering_judges(p, thresholds.min_judge_auroc), sort_keys=True) for p in probes}
+    if len(verdicts) > 1:
+        raise MergeError(f"shards disagree on which critics filter ({sorted(verdicts)}); rerun them on one model and device")
     dataset, rejects, summary = P.finalize(
         union, config_max_new_tokens=max_new.pop(), metadata_for=lambda r: metadata[r["id"]],
-        count_tokens=no_tokenizer, sentinels_ok=sentinels_ok, thresholds=thresholds,
+        count_tokens=no_tokenizer, sentinels_ok=sentinels_ok, thresholds=thresholds, critic_probes=probes[0],
     )
     summary["run"] = {"mode": "merge", "shards": sorted(seen_shards), "target": configs[0].get("target")}
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
-"""Stage-1 data generation: instructions -> parse -> dedup -> instruction critic ->
-responses -> clean -> pair critic -> QC -> artifacts (DG-02).
+"""Stage-1 data generation: instructions -> parse -> dedup -> critic probes -> instruction
+critic -> responses -> clean -> pair judges -> QC -> artifacts (DG-02).
+
+The critics are measured on the shipped probe set before they judge anything (CR-06);
+only judges whose probe AUROC clears the bar drop data (QC-09), the others' verdicts are
+kept on the record.
 
 Each phase is a plain function over plain records. The run function wires them with
 resumable work files (``work/*.jsonl``): a run killed at any point is rerun with the
@@ -12,13 +16,14 @@ run draw disjoint, reproducible prompts whatever the number of shards (DG-05).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from cai_bootstrap import cleaning, parsing, prompts
+from cai_bootstrap.critic_probes import INSTRUCTION_JUDGE, JUDGES, PAIR_JUDGE, RELEVANCE_JUDGE, with_policy
 from cai_bootstrap.datagen.config import GenerateConfig
 from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.dedup import DuplicateIndex
@@ -40,6 +45,8 @@ RAW_INSTRUCTIONS = "raw_instructions.jsonl"
 INSTRUCTION_VERDICTS = "instruction_verdicts.jsonl"
 RESPONSES = "responses.jsonl"
 PAIR_VERDICTS = "pair_verdicts.jsonl"
+RELEVANCE_VERDICTS = "relevance_verdicts.jsonl"
+CRITIC_PROBES = "critic_probes.json"
 DATASET = "dataset.jsonl"
 REJECTS = "rejects.jsonl"
 QC_SUMMARY = "qc_summary.json"
@@ -51,6 +58,7 @@ REASON_SURPLUS = "oversample_surplus"
 REASON_CRITIC_BAD = "critic_bad"
 REASON_CRITIC_LOW_CONFIDENCE = "critic_low_confidence"
 REASON_CROSS_SHARD_DUP = "cross_shard_duplicate"
+REASON_RELEVANCE_LOW = "relevance_low"
 
 
 # -- pure phases -------------------------------------------------------------------------------
@@ -112,19 +120,36 @@ class RunRows:
     responses: list[dict]
     pair_verdicts: list[dict]
     pre_rejects: list[dict]
+    relevance_verdicts: list[dict] = field(default_factory=list)
+
+
+def filtering_judges(critic_probes: dict | None, bar: float) -> dict[str, bool]:
+    """QC-09: which judges drop data, by the policy over the run's probe AUROCs (none without probes)."""
+    judges = with_policy((critic_probes or {}).get("judges") or {}, bar)
+    return {n: bool((judges.get(n) or {}).get("filters")) for n in JUDGES}
 
 
 def finalize(rows: RunRows, *, config_max_new_tokens: int, metadata_for: Callable[[dict], dict],
-             count_tokens: Callable[[str], int], sentinels_ok: bool | None, thresholds) -> tuple[list[dict], list[dict], dict]:
-    """Dataset, rejects and QC summary from a run's rows. Pure given its callables."""
+             count_tokens: Callable[[str], int], sentinels_ok: bool | None, thresholds,
+             critic_probes: dict | None) -> tuple[list[dict], list[dict], dict]:
+    """Dataset, rejects and QC summary from a run's rows. Pure given its callables.
+
+    Only judges that clear the probe bar drop items (QC-09); QC counts what the filtering
+    judges accepted, while every judge's own verdict stays in the work files.
+    """
+    filters = filtering_judges(critic_probes, thresholds.min_judge_auroc)
     rejects = list(rows.pre_rejects)
     by_id_instr = {v["id"]: v for v in rows.instruction_verdicts}
+    instr_effective = []
     for v in rows.instruction_verdicts:
-        reason = verdict_reason(v["critique"])
+        reason = verdict_reason(v["critique"]) if filters[INSTRUCTION_JUDGE] else None
+        instr_effective.append(effective_verdict(v["critique"], reason))
         if reason:
             rejects.append({"stage": "instruction_critic", "reason": reason, "id": v["id"], "instruction": v["instruction"],
                             "critique": v["critique"]})
     pair_by_id = {p["id"]: p for p in rows.pair_verdicts}
+    rel_by_id = {p["id"]: p for p in rows.relevance_verdicts}
+    pair_effective: dict[str, dict] = {}
     response_flags, kept_texts, kept_tokens, dataset = [], [], [], []
     for r in rows.responses:
         res = cleaning.clean_response(r["raw"], n_tokens=r["n_tokens"], max_new_tokens=config_max_new_tokens,
@@ -138,10 +163,19 @@ def finalize(rows: RunRows, *, config_max_new_tokens: int, metadata_for: Callabl
         pv = pair_by_id.get(r["id"])
         if pv is None:
             raise ValueError(f"response {r['id']} was kept by cleaning but has no pair verdict; rerun to finish the pair critic")
-        reason = verdict_reason(pv["critique"])
+        rv = rel_by_id.get(r["id"])
+        if filters[RELEVANCE_JUDGE] and rv is None:
+            raise ValueError(f"response {r['id']} was kept by cleaning but has no relevance verdict; rerun to finish the pair judges")
+        reason = verdict_reason(pv["critique"]) if filters[PAIR_JUDGE] else None
         if reason:
             rejects.append({"stage": "pair_critic", "reason": reason, "id": r["id"], "instruction": r["instruction"],
                             "response": res.text, "critique": pv["critique"]})
+        elif filters[RELEVANCE_JUDGE] and not rv["relevance"]["is_good"]:
+            reason = REASON_RELEVANCE_LOW
+            rejects.append({"stage": "relevance_judge", "reason": reason, "id": r["id"], "instruction": r["instruction"],
+                            "response": res.text, "relevance": rv["relevance"], "critique": pv["critique"]})
+        pair_effective[r["id"]] = effective_verdict(pv["critique"], reason)
+        if reason:
             continue
         kept_texts.append(res.text)
         kept_tokens.append(pv["clean_tokens"] if "clean_tokens" in pv else count_tokens(res.text))
@@ -153,18 +187,24 @@ def finalize(rows: RunRows, *, config_max_new_tokens: int, metadata_for: Callabl
         ))
     drop_counts = Counter(f"{x['stage']}:{x['reason']}" for x in rejects)
     summary = compute_qc_summary(
-        instruction_verdicts=[v["critique"] for v in rows.instruction_verdicts],
+        instruction_verdicts=instr_effective,
         responses=response_flags,
-        pair_verdicts=[p["critique"] for p in rows.pair_verdicts],
+        pair_verdicts=[pair_effective[p["id"]] for p in rows.pair_verdicts if p["id"] in pair_effective],
         kept_response_tokens=kept_tokens,
         kept_responses=kept_texts,
         drop_reasons=dict(drop_counts),
         sentinels_ok=sentinels_ok,
         thresholds=thresholds,
+        critic_probes=critic_probes,
     )
     summary["counts"]["instructions_judged"] = len(rows.instruction_verdicts)
     summary["counts"]["rejects"] = len(rejects)
     return dataset, rejects, summary
+
+
+def effective_verdict(critique: dict, reason: str | None) -> dict:
+    """What QC counts for an item: accepted unless a filtering judge dropped it, with the A/B margin."""
+    return {**critique, "is_good": reason is None, "confident": reason is None or reason != REASON_CRITIC_LOW_CONFIDENCE}
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -234,15 +274,15 @@ def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[l
     return kept[:need], rejects + surplus
 
 
-def judge(critic, items: Sequence[dict], render: Callable[[dict], dict], store: PhaseStore, batch: int,
-          desc: str, quiet: bool, extra: Callable[[dict], dict] = lambda _: {}) -> None:
+def judge(critic, items: Sequence[dict], render: Callable[[dict], object], store: PhaseStore, batch: int,
+          desc: str, quiet: bool, extra: Callable[[dict], dict] = lambda _: {}, key: str = "critique") -> None:
     """Score items with a critic into ``store``, in fixed batches so a resumed run scores only what is missing."""
     todo_batches = [(b, chunk) for b, chunk in _batches(list(items), batch) if any(c["id"] not in store for c in chunk)]
     bar = _bar(len(items), desc, quiet)
     bar.update(len(items) - sum(len(c) for _, c in todo_batches))
     for _, chunk in todo_batches:
         results = critic.score([render(c) for c in chunk])
-        store.append_batch({"id": c["id"], **extra(c), "critique": r.to_dict()} for c, r in zip(chunk, results))
+        store.append_batch({"id": c["id"], **extra(c), key: r.to_dict()} for c, r in zip(chunk, results))
         bar.update(len(chunk))
     bar.close()
 
@@ -296,10 +336,32 @@ def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store:
     bar.close()
 
 
+def make_judges(lm, cfg: GenerateConfig):
+    """The run's instruction critic, pair critic and relevance judge, as configured."""
+    from cai_bootstrap.critic import instruction_critic, pair_critic, relevance_judge
+
+    c = cfg.critic
+    ab = {"threshold": c.threshold, "batch_size": c.batch_size, "prefix_reuse": c.prefix_reuse, "calibrate": c.calibrate}
+    return (instruction_critic(lm, **ab), pair_critic(lm, **ab),
+            relevance_judge(lm, threshold=c.relevance_threshold, batch_size=c.batch_size))
+
+
+def probe_critics(icritic, pcritic, rjudge, path: Path, *, bar: float) -> dict:
+    """CR-06: the judges' probe results, scored once per run and cached so a resumed run reuses them."""
+    import json
+
+    from cai_bootstrap.critic_probes import evaluate_probes, load_probe_set
+
+    if path.exists():
+        probes = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        probes = evaluate_probes(load_probe_set(), instruction_critic=icritic, pair_critic=pcritic, relevance_judge=rjudge, bar=bar)
+        atomic_write_json(path, probes)
+    return {**probes, "judges": with_policy(probes["judges"], bar)}
+
+
 def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
     """Run (or resume) one pilot or shard into ``cfg.out_dir``; return the QC summary."""
-    from cai_bootstrap.critic import instruction_critic, pair_critic
-
     out = Path(cfg.out_dir)
     work = out / WORK
     state_path = work / SESSION_STATE
@@ -320,12 +382,15 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
     raw_store = PhaseStore(work / RAW_INSTRUCTIONS)
     kept, pre_rejects = generate_instructions(lm, cfg, raw_store)
 
-    icritic = instruction_critic(lm, threshold=cfg.critic.threshold, batch_size=cfg.critic.batch_size, prefix_reuse=cfg.critic.prefix_reuse)
+    icritic, pcritic, rjudge = make_judges(lm, cfg)
+    critic_probes = probe_critics(icritic, pcritic, rjudge, work / CRITIC_PROBES, bar=cfg.qc.min_judge_auroc)
+    filters = filtering_judges(critic_probes, cfg.qc.min_judge_auroc)
     iv_store = PhaseStore(work / INSTRUCTION_VERDICTS)
     judge(icritic, kept, lambda c: {"instruction": c["instruction"]}, iv_store, cfg.critic.batch_size,
           "instruction critic", cfg.quiet, extra=lambda c: {"instruction": c["instruction"]})
     verdicts = [iv_store.get(c["id"]) for c in kept]
-    accepted = [c for c, v in zip(kept, verdicts) if v["critique"]["is_good"]]
+    # An instruction critic below the probe bar is recorded, not obeyed (QC-09).
+    accepted = [c for c, v in zip(kept, verdicts) if v["critique"]["is_good"] or not filters[INSTRUCTION_JUDGE]]
 
     resp_store = PhaseStore(work / RESPONSES)
     generate_responses(lm, cfg, accepted, resp_store)
@@ -338,12 +403,15 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
         if res.kept:
             to_judge.append({"id": r["id"], "instruction": r["instruction"], "response": res.text,
                              "clean_tokens": len(lm.encode_continuation(res.text))})
-    pcritic = pair_critic(lm, threshold=cfg.critic.threshold, batch_size=cfg.critic.batch_size, prefix_reuse=cfg.critic.prefix_reuse)
     pv_store = PhaseStore(work / PAIR_VERDICTS)
     judge(pcritic, to_judge, lambda c: {"instruction": c["instruction"], "response": c["response"]}, pv_store,
           cfg.critic.batch_size, "pair critic", cfg.quiet, extra=lambda c: {"clean_tokens": c["clean_tokens"]})
+    rv_store = PhaseStore(work / RELEVANCE_VERDICTS)
+    judge(rjudge, to_judge, lambda c: (c["instruction"], c["response"]), rv_store, cfg.critic.batch_size,
+          "relevance judge", cfg.quiet, key="relevance")
 
-    rows = RunRows(verdicts, responses, [pv_store.get(c["id"]) for c in to_judge], pre_rejects)
+    rows = RunRows(verdicts, responses, [pv_store.get(c["id"]) for c in to_judge], pre_rejects,
+                   [rv_store.get(c["id"]) for c in to_judge])
     gen_params = {"seed": cfg.seed, **cfg.responses.as_provenance()}
     gen_params.pop("batch_size")
 
@@ -361,11 +429,12 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
         rows, config_max_new_tokens=cfg.responses.max_new_tokens, metadata_for=metadata_for,
         count_tokens=lambda t: len(lm.encode_continuation(t)),
         sentinels_ok=(lm.provenance.get("sentinels") or {}).get("ok"), thresholds=cfg.qc.thresholds(),
+        critic_probes=critic_probes,
     )
     summary["run"] = {"mode": cfg.mode, "shard": cfg.shard, "target": cfg.shard_target(), "seed": cfg.seed}
     # The critics' configuration, without per-call counters: a resumed run must write the same summary.
     summary["critics"] = {name: {k: v for k, v in c.provenance.items() if k != "last_run"}
-                          for name, c in (("instruction", icritic), ("pair", pcritic))}
+                          for name, c in ((INSTRUCTION_JUDGE, icritic), (PAIR_JUDGE, pcritic), (RELEVANCE_JUDGE, rjudge))}
     write_artifacts(out, dataset, rejects, summary, state=state, budgets={
         "target": cfg.shard_target(), "oversample": cfg.instructions.oversample,
         "instruction_prompts": len(raw_store)}, config=cfg_dump, load_provenance=lm.provenance)
@@ -385,12 +454,13 @@ def write_artifacts(out: Path, dataset, rejects, summary, *, state: dict, budget
         notes=list(notes) or [f"qc thresholds_passed={summary['thresholds_passed']}"],
         loader_version=(load_provenance or {}).get("loader_version"),
         extra={"config": config, "load_provenance": load_provenance, "inputs": list(inputs),
-               "qc_passed": summary["thresholds_passed"], "n_records": len(dataset), "n_rejects": len(rejects)},
+               "qc_passed": summary["thresholds_passed"], "n_records": len(dataset), "n_rejects": len(rejects),
+               "critic_probes": summary.get("critic_probes")},
     )
     manifest["started_at"] = state.get("started_at", manifest["started_at"])
     for name in (DATASET, REJECTS, QC_SUMMARY):
         add_generated_artifact(manifest, out / name, out)
-    for p in sorted((out / WORK).glob("*.jsonl")):
+    for p in sorted((out / WORK).glob("*.jsonl")) + sorted((out / WORK).glob(CRITIC_PROBES)):
         add_generated_artifact(manifest, p, out, role="work")
     manifest["finished_at"] = utc_now()
     write_manifest(out / SESSION_MANIFEST, manifest)
@@ -453,5 +523,6 @@ def load_rows(run_dir: Path) -> RunRows:
     """Rows of a finished run, for merging; parse/dedup rejects come from its rejects file."""
     work = run_dir / WORK
     pre = [r for r in read_jsonl(run_dir / REJECTS) if r.get("stage") in ("parse", "dedup")]
+    rel = read_jsonl(work / RELEVANCE_VERDICTS) if (work / RELEVANCE_VERDICTS).exists() else []
     return RunRows(read_jsonl(work / INSTRUCTION_VERDICTS), read_jsonl(work / RESPONSES),
-                   read_jsonl(work / PAIR_VERDICTS), pre)
+                   read_jsonl(work / PAIR_VERDICTS), pre, rel)
