@@ -79,6 +79,10 @@ class HashMismatchError(ModelSourceError):
     pass
 
 
+class MissingModelFileError(ModelSourceError, FileNotFoundError):
+    """A model folder lacks a file it needs (config.json): both a bad source and a missing file."""
+
+
 class ModelPathNotFoundError(FileNotFoundError):
     """A spec that names a local path which does not exist."""
 
@@ -367,7 +371,7 @@ def resolve_model(spec: str | os.PathLike, *, profile: str | None = None, cache:
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
                 return resolve_gguf(ggufs[0], profile=profile, cache=cache)
-            raise ModelSourceError(f"{path}: no config.json; not a Hugging Face model folder (give the folder that holds config.json, or a .gguf file)")
+            raise MissingModelFileError(f"{path}: no config.json; not a Hugging Face model folder (give the folder that holds config.json, or a .gguf file)")
         return ResolvedModel(s, "folder", str(path.resolve()), profile)
     if path.is_file():
         if path.suffix.lower() == ".gguf":
