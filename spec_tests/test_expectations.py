@@ -202,3 +202,29 @@ def test_validation_does_not_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.spec("QC-09", "PV-06")
+@pytest.mark.parametrize(
+    "judges, pair_good, ok",
+    [
+        ({"instruction_filters": True, "pair_filters": True, "relevance_filters": False, "relevance_passed": False}, True, True),
+        # The A/B pair critic is below the probe bar: its B verdict stays on the record, relevance filtered.
+        ({"instruction_filters": True, "pair_filters": False, "relevance_filters": True, "relevance_passed": True}, False, True),
+        # A filtering critic said B: the record should have been dropped.
+        ({"instruction_filters": True, "pair_filters": True, "relevance_filters": False, "relevance_passed": False}, False, False),
+        # The filtering relevance judge failed the pair: likewise.
+        ({"instruction_filters": True, "pair_filters": False, "relevance_filters": True, "relevance_passed": False}, True, False),
+    ],
+)
+def test_kept_records_passed_every_judge_that_filtered(tmp_path, judges, pair_good, ok):
+    good = {"is_good": True, "predicted_label": "A", "logp_a": -0.1, "logp_b": -2.3, "margin": 2.2, "confident": True}
+    bad = {"is_good": False, "predicted_label": "B", "logp_a": -2.3, "logp_b": -0.1, "margin": 2.2, "confident": True}
+    md = pv.record_metadata(script_name="test", generation={"seed": 1, "temperature": 0.4, "max_new_tokens": 80, "do_sample": True},
+                            load_provenance={"loader_version": "abc", "model_name": "m", "quantization": "none", "template_disabled": True})
+    recs = [pv.sft_record(f"Name {n} fruits.", "Apple, pear.", instruction_critique=good,
+                          pair_critique=good if pair_good else bad, metadata=md, judges=judges) for n in ("two", "three")]
+    path = tmp_path / "dataset.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (report,) = v.validate_paths([path])
+    assert report.ok is ok, report.format()

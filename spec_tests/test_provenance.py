@@ -124,8 +124,11 @@ _Verdict = CriticResult  # the critic's own result type, not a look-alike
 def test_sft_record_shape_and_critique_fields():
     md = pv.record_metadata(script_name="s", generation=GEN, load_provenance=LOAD_PROV)
     rec = pv.sft_record("Say hi.", "Hi.", instruction_critique=_Verdict(**CRIT), pair_critique=CRIT, metadata=md)
-    assert list(rec) == ["instruction", "response", "instruction_critique", "pair_critique", "metadata"]
+    assert list(rec) == ["instruction", "response", "instruction_critique", "pair_critique", "judges", "metadata"]
     assert rec["instruction_critique"] == CRIT and rec["pair_critique"] == CRIT
+    assert rec["judges"] == pv.DEFAULT_JUDGES  # both A/B critics filtered unless the run says otherwise (QC-09)
+    with pytest.raises(ValueError, match="judges"):
+        pv.sft_record("a", "b", instruction_critique=CRIT, pair_critique=CRIT, metadata=md, judges={"pair_filters": "yes"})
     with_pc = pv.sft_record("Say hi.", "Hi.", instruction_critique=CRIT, pair_critique=CRIT, metadata=md,
                             prompt="Instruction: Say hi.\nResponse:", completion=" Hi.")
     assert with_pc["prompt"].endswith("Response:") and with_pc["completion"] == " Hi."

@@ -229,6 +229,10 @@ def record_metadata(
     return md
 
 
+# Which judges dropped data for a record (QC-09); the default is the A/B critics alone.
+DEFAULT_JUDGES = {"instruction_filters": True, "pair_filters": True, "relevance_filters": False, "relevance_passed": False}
+
+
 def sft_record(
     instruction: str,
     response: str,
@@ -238,8 +242,13 @@ def sft_record(
     metadata: Mapping[str, Any],
     prompt: str | None = None,
     completion: str | None = None,
+    judges: Mapping[str, bool] | None = None,
 ) -> dict:
-    """One PV-01 record; critiques may be critic results (dataclasses) or dicts with the CR-04 fields."""
+    """One PV-01 record; critiques may be critic results (dataclasses) or dicts with the CR-04 fields.
+
+    ``judges`` says which judges were allowed to drop data (QC-09) and whether the relevance
+    judge passed the pair; without it, both A/B critics filtered, as before probes existed.
+    """
     ic = _as_dict(instruction_critique, "instruction_critique")
     pc = _as_dict(pair_critique, "pair_critique")
     _require(ic, CRITIQUE_FIELDS, "instruction_critique")
@@ -250,7 +259,10 @@ def sft_record(
         rec["prompt"] = prompt
     if completion is not None:
         rec["completion"] = completion
-    rec.update(instruction_critique=ic, pair_critique=pc, metadata=dict(metadata))
+    j = dict(DEFAULT_JUDGES if judges is None else judges)
+    if set(j) != set(DEFAULT_JUDGES) or not all(isinstance(v, bool) for v in j.values()):
+        raise ValueError(f"judges must map exactly {sorted(DEFAULT_JUDGES)} to booleans, got {j!r}")
+    rec.update(instruction_critique=ic, pair_critique=pc, judges=j, metadata=dict(metadata))
     return rec
 
 

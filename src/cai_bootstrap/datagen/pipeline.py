@@ -184,6 +184,9 @@ def finalize(rows: RunRows, *, config_max_new_tokens: int, metadata_for: Callabl
             instruction_critique=by_id_instr[r["id"]]["critique"], pair_critique=pv["critique"],
             metadata=metadata_for(r),
             prompt=prompts.render_response_prompt(r["instruction"]), completion=" " + res.text,
+            judges={"instruction_filters": filters[INSTRUCTION_JUDGE], "pair_filters": filters[PAIR_JUDGE],
+                    "relevance_filters": filters[RELEVANCE_JUDGE],
+                    "relevance_passed": bool(rv is not None and rv["relevance"]["is_good"])},
         ))
     drop_counts = Counter(f"{x['stage']}:{x['reason']}" for x in rejects)
     summary = compute_qc_summary(
