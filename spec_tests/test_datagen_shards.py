@@ -148,3 +148,22 @@ def test_each_shard_defaults_to_its_own_directory():
     dirs = {str(load_config(None, mode="scale", shard=f"{i}/3").out_dir) for i in range(3)}
     assert dirs == {"runs/stage1/shard-0-of-3", "runs/stage1/shard-1-of-3", "runs/stage1/shard-2-of-3"}
     assert str(load_config(None, mode="scale", shard="1/3", out_dir="elsewhere").out_dir) == "elsewhere"
+
+
+@pytest.mark.spec("DG-05", "SFT-06")
+def test_merge_drops_instructions_that_repeat_an_eval_item(tmp_path_factory):
+    """Found on the GPU run: a generated instruction repeated an eval item, and training refused the
+    whole merged dataset. The merge takes the eval set as a blocklist, so the leak leaves with a reason."""
+    from cai_bootstrap.datagen.merge import REASON_EVAL_OVERLAP
+    from cai_bootstrap.sft.data_gate import check_no_leakage, load_eval_instructions
+
+    eval_text = next(t for _, t in load_eval_instructions() if 25 < len(t) < 100 and t.startswith("What") and ":" not in t)
+    lm, model_dir, mid = flowing_lm(tmp_path_factory)
+    root = tmp_path_factory.mktemp("leaky")
+    cfg = small_config(root / "shard-0", model_dir, mode="scale", shard="0/1", target=8, **{"critic.threshold": mid})
+    P.run_generation(cfg, lm=ScriptedLM(lm, canary=eval_text))
+    assert eval_text in {r["instruction"] for r in read_jsonl(root / "shard-0" / P.DATASET)}, "the shard kept the leak"
+    merge_shards([root / "shard-0"], root / "merged")
+    dropped = [r for r in read_jsonl(root / "merged" / P.REJECTS) if r["reason"] == REASON_EVAL_OVERLAP]
+    assert [r["instruction"] for r in dropped] == [eval_text] and dropped[0]["eval_id"]
+    check_no_leakage(read_jsonl(root / "merged" / P.DATASET), load_eval_instructions())  # training would accept it

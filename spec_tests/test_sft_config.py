@@ -158,3 +158,16 @@ def test_cli_bad_config_fails_before_any_model_loads(tmp_path, monkeypatch, caps
 def test_config_paths_are_paths():
     cfg = config_from_dict(BASE)
     assert isinstance(cfg.dataset, Path) and isinstance(cfg.output_dir, Path) and cfg.eval_set is None
+
+
+@pytest.mark.spec("OPS-01", "SFT-04")
+def test_set_overrides_are_not_undone_by_unset_flags():
+    """Found on the GPU run: `train --set quantization=none` still planned nf4, because the unset
+    `--quantization` flag (None) overwrote the --set value."""
+    from cai_bootstrap.cli import build_parser
+    from cai_bootstrap.commands.train_cmds import _overrides
+
+    args = build_parser().parse_args(["train", "--set", "quantization=none", "--set", "epochs=2"])
+    assert _overrides(args) == {"quantization": "none", "epochs": 2}
+    args = build_parser().parse_args(["train", "--set", "quantization=none", "--quantization", "nf4"])
+    assert _overrides(args)["quantization"] == "nf4"  # an explicit flag still wins

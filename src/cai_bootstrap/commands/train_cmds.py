@@ -54,7 +54,8 @@ def _overrides(args) -> dict:
         "smoke": args.smoke,
         "max_steps": args.max_steps,
     }
-    out.update({k: str(v) if k in ("dataset", "output_dir", "eval_set") and v is not None else v for k, v in flags.items()})
+    # A flag left unset must not undo a --set of the same field.
+    out.update({k: str(v) if k in ("dataset", "output_dir", "eval_set") else v for k, v in flags.items() if v is not None})
     return out
 
 

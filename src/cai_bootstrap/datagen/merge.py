@@ -25,6 +25,9 @@ class MergeError(ValueError):
 SHARED_SETTINGS = ("model", "profile", "mode", "target", "seed", "instructions", "responses", "critic", "qc")
 
 
+REASON_EVAL_OVERLAP = "eval_overlap"
+
+
 def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thresholds: QCThresholds | None = None) -> dict:
     shard_dirs = [Path(d) for d in shard_dirs]
     if not shard_dirs:
@@ -83,6 +86,16 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
         else:
             cross.append({"stage": "merge_dedup", "reason": P.REASON_CROSS_SHARD_DUP, "id": v["id"],
                           "instruction": v["instruction"], "matched": hit[1], "rouge_l": round(hit[2], 4), "kind": hit[0]})
+    # SFT-06 at the source: an instruction that repeats a held-out eval item leaves the data
+    # here, with its reason, instead of stopping training later.
+    from cai_bootstrap.sft.data_gate import find_leaks, load_eval_instructions
+
+    candidates = [v for v in rows.instruction_verdicts if v["id"] in kept_ids]
+    for hit in find_leaks([v["instruction"] for v in candidates], load_eval_instructions()):
+        v = candidates[hit.train_index]
+        kept_ids.discard(v["id"])
+        cross.append({"stage": "merge_dedup", "reason": REASON_EVAL_OVERLAP, "id": v["id"], "instruction": v["instruction"],
+                      "matched": hit.eval_text, "eval_id": hit.eval_id, "rouge_l": round(hit.score, 4), "kind": hit.kind})
     union = P.RunRows(
         [v for v in rows.instruction_verdicts if v["id"] in kept_ids],
         [r for r in rows.responses if r["id"] in kept_ids],
