@@ -125,7 +125,9 @@ def test_sft_record_shape_and_critique_fields():
     md = pv.record_metadata(script_name="s", generation=GEN, load_provenance=LOAD_PROV)
     rec = pv.sft_record("Say hi.", "Hi.", instruction_critique=_Verdict(**CRIT), pair_critique=CRIT, metadata=md)
     assert list(rec) == ["instruction", "response", "instruction_critique", "pair_critique", "judges", "metadata"]
-    assert rec["instruction_critique"] == CRIT and rec["pair_critique"] == CRIT
+    # A critic result also records the label-bias offset it was calibrated with (CR-06).
+    assert {k: v for k, v in rec["instruction_critique"].items() if k != "calibration_offset"} == CRIT
+    assert rec["pair_critique"] == CRIT
     assert rec["judges"] == pv.DEFAULT_JUDGES  # both A/B critics filtered unless the run says otherwise (QC-09)
     with pytest.raises(ValueError, match="judges"):
         pv.sft_record("a", "b", instruction_critique=CRIT, pair_critique=CRIT, metadata=md, judges={"pair_filters": "yes"})
