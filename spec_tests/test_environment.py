@@ -197,3 +197,12 @@ def test_installed_wheel_validates_with_its_own_suites(installed_wheel, tmp_path
     shutil.copytree(BROKEN / "sft_delimiter_leak", bad_dir)
     bad = subprocess.run([cli, "validate", str(bad_dir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1, bad.stdout + bad.stderr
+
+
+@pytest.mark.spec("OPS-04")
+def test_a_freeze_with_direct_references_is_still_compared():
+    """`nox -s latest` reads pip freeze, which lists local installs as `name @ file://...`."""
+    freeze = "torch @ file:///opt/wheels/torch-2.13.0.whl\ntransformers==5.24.0\nWARNING: something\n"
+    assert parse_pins(freeze, strict=False) == {"transformers": "5.24.0"}
+    with pytest.raises(LockFileError):
+        parse_pins(freeze)  # a lock may hold only exact pins

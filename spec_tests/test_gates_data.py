@@ -17,10 +17,11 @@ BAD = {"is_good": False, "predicted_label": "B", "logp_a": -3.0, "logp_b": -0.1,
 CLEAN = {"reason": None, "delimiter_found": False, "heuristic_cutoff": False, "hit_token_limit": False}
 
 
-def _summary(tmp_path, *, target=120, pair=GOOD, name="qc_summary.json"):
+def _summary(tmp_path, *, target=120, pair=GOOD, name="qc_summary.json", thresholds=None):
     s = compute_qc_summary(instruction_verdicts=[GOOD] * target, pair_verdicts=[{**pair, "margin": pair["margin"] + 0.1 * (i % 5)} for i in range(target)],
                            responses=[CLEAN] * target, kept_response_tokens=[15] * target,
-                           kept_responses=["Fine."] * target, drop_reasons={}, sentinels_ok=True, thresholds=QCThresholds(),
+                           kept_responses=["Fine."] * target, drop_reasons={}, sentinels_ok=True,
+                           thresholds=thresholds or QCThresholds(),
                            critic_probes=probe_results(INFORMATIVE_PROBES_AUROC))
     s["run"] = {"mode": "pilot", "target": target}
     return atomic_write_json(tmp_path / name, s)
@@ -79,3 +80,14 @@ def test_scale_refuses_without_a_passed_pilot_gate(tmp_path, monkeypatch):
     good_qc.write_text(good_qc.read_text() + " ")  # the pilot's QC summary changed after the decision
     with pytest.raises(PilotGateError, match="changed after the decision"):
         run_generation(cfg.model_copy(update={"pilot_gate": passed}))
+
+
+@pytest.mark.spec("GT-01", "QC-08")
+@pytest.mark.parametrize("loosened", [{"min_pair_acceptance": 0.0}, {"max_token_limit_rate": 0.99}, {"min_judge_auroc": 0.9}])
+def test_data_gate_refuses_a_run_judged_under_loosened_thresholds(tmp_path, loosened):
+    """A pilot whose config loosened QC passes its own thresholds; the gate to scale still says no."""
+    path = _summary(tmp_path, thresholds=QCThresholds(**loosened))
+    decision = decide_data(path, validation_failures=[], gate=PILOT_GATE)
+    failed = [c for c in decision.checks if not c.passed]
+    assert not decision.passed and [c.name for c in failed] == ["qc_thresholds_required"]
+    assert next(iter(loosened)) in failed[0].detail

@@ -177,7 +177,8 @@ _IDS = torch.ones((2, 3), dtype=torch.long)
     [
         ({"attention_mask": torch.ones((2, 3))}, False),  # prefill: mask as long as the input
         ({"attention_mask": torch.ones((2, 10))}, True),  # decode step: mask covers cached tokens
-        ({"attention_mask": torch.ones((2, 1, 3, 10))}, True),  # a prepared 4-D mask, cached keys
+        ({"attention_mask": torch.ones((2, 1, 3, 64))}, False),  # a 4-D mask as long as a static cache: no signal
+        ({"attention_mask": torch.ones((2, 1, 1, 64)), "cache_position": torch.tensor([7])}, True),
         ({}, False),
         ({"cache_position": torch.arange(3)}, False),
         ({"cache_position": torch.tensor([7])}, True),

@@ -333,4 +333,7 @@ def test_every_qc_threshold_has_a_direction():
 
     from cai_bootstrap import qc
 
-    assert {f.name for f in fields(qc.QCThresholds)} == set(qc._STRICTER_WHEN_LOWER) | set(qc._STRICTER_WHEN_HIGHER)
+    known = set(qc._STRICTER_WHEN_LOWER) | set(qc._STRICTER_WHEN_HIGHER) | set(qc._MUST_EQUAL)
+    assert {f.name for f in fields(qc.QCThresholds)} == known
+    # A higher probe bar is no stricter: it stops an informative judge from filtering.
+    assert qc.loosened_thresholds(qc.QCThresholds(min_judge_auroc=0.9), qc.QCThresholds())

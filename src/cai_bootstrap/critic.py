@@ -284,7 +284,9 @@ class Critic:
             prov["prefix_tokens"] = len(self._prefix_ids)
         if self.calibrate:
             prov["content_free_item"] = CONTENT_FREE
-            prov["calibration_offset"] = self._offset
+            # Computed here if this process scored nothing (a resumed or finished run), so a rerun
+            # records the same summary as the run that scored everything.
+            prov["calibration_offset"] = self.calibration_offset()
         if self.last_run:
             prov["last_run"] = dict(self.last_run)
         return prov

@@ -320,6 +320,16 @@ def decide_data(qc_summary_path: str | Path, *, validation_failures: Sequence[st
               "Great Expectations suites passed" if not validation_failures
               else f"{len(validation_failures)} validation failure(s): " + "; ".join(list(validation_failures)[:5])),
     ]
+    from cai_bootstrap.qc import QCThresholds, loosened_thresholds
+
+    # QC-08 here too: a run that passed only because its own thresholds were loosened must not
+    # open the way to scale generation (the training gate refuses it later anyway).
+    known = QCThresholds.__dataclass_fields__
+    recorded = QCThresholds(**{k: v for k, v in (summary.get("thresholds") or {}).items() if k in known})
+    loosened = loosened_thresholds(recorded, QCThresholds())
+    checks.append(Check("qc_thresholds_required", not loosened,
+                        "QC thresholds at least as strict as the shipped ones" if not loosened
+                        else "QC judged under loosened thresholds: " + "; ".join(loosened)))
     t = thresholds or DataGateThresholds()
     if gate == PILOT_GATE:
         checks.append(Check("pilot_size", t.min_items <= target <= t.max_items,

@@ -428,6 +428,10 @@ def delta_check(tokenizer, profile: ModelProfile, bos_id: int | None, texts: Ite
     return {"ok": True, "checked": checked}
 
 
+def _is_2d_tensor(value) -> bool:
+    return callable(getattr(value, "dim", None)) and value.dim() == 2
+
+
 def is_continuation_step(input_ids, kwargs: dict) -> bool:
     """Whether a forward pass continues cached context rather than starting from scratch.
 
@@ -438,7 +442,9 @@ def is_continuation_step(input_ids, kwargs: dict) -> bool:
     """
     n = int(input_ids.shape[-1])
     mask = kwargs.get("attention_mask")
-    if mask is not None and hasattr(mask, "shape") and mask.dim() >= 2:
+    # Only a plain 2-D padding mask counts: a prepared 4-D mask is as long as a static cache
+    # even on the prefill, so it says nothing about what was cached.
+    if _is_2d_tensor(mask):
         return int(mask.shape[-1]) > n
     positions = kwargs.get("cache_position")
     if positions is not None and hasattr(positions, "numel") and positions.numel() > 0:
@@ -468,8 +474,8 @@ def _install_forward_guard(lm: LoadedModel) -> None:
         if input_ids is None or is_continuation_step(input_ids, kwargs):
             return None
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() != 2:
-            mask = None  # a prepared 4-D mask says nothing simple about padding; check every token
+        if not _is_2d_tensor(mask):
+            mask = None  # a prepared 4-D (or dict) mask says nothing simple about padding; check every token
         training = kwargs.get("labels") is not None
         for r in range(input_ids.shape[0]):
             row = input_ids[r]

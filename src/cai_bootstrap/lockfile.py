@@ -31,14 +31,20 @@ def public_version(version: str) -> str:
     return version.split("+", 1)[0]
 
 
-def parse_pins(text: str, *, source: str = "lock") -> dict[str, str]:
-    """``name==version`` lines (pip freeze or uv/pip-tools output) to {canonical name: version}."""
+def parse_pins(text: str, *, source: str = "lock", strict: bool = True) -> dict[str, str]:
+    """``name==version`` lines (pip freeze or uv/pip-tools output) to {canonical name: version}.
+
+    A lock must hold nothing else (``strict``); a freeze may list ``name @ file://...`` installs
+    and warnings, which are skipped.
+    """
     pins: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#") or line.startswith("-"):
             continue
         m = _PIN_RE.match(line)
+        if not m and not strict:
+            continue
         if not m:
             raise LockFileError(f"{source}:{lineno}: {raw.strip()!r} is not an exact pin (name==version)")
         name = canonical(m.group(1))
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m cai_bootstrap.lockfile LOCK [FREEZE_FILE]", file=sys.stderr)
         return 2
     locked = read_pins(args[0])
-    installed = read_pins(args[1]) if len(args) == 2 else installed_versions()
+    installed = (parse_pins(Path(args[1]).read_text(encoding="utf-8"), source=args[1], strict=False)
+                 if len(args) == 2 else installed_versions())
     diff = differences(locked, installed)
     if not diff:
         print(f"every installed package of {args[0]} is at its locked version")

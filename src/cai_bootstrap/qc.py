@@ -71,7 +71,10 @@ class QCThresholds:
 # label-biased, so it is stricter when higher too.
 _STRICTER_WHEN_LOWER = ("max_runaway_rate", "max_token_limit_rate", "max_delimiter_leaks", "max_median_tokens")
 _STRICTER_WHEN_HIGHER = ("min_instruction_acceptance", "min_pair_acceptance", "require_sentinels",
-                         "min_judge_auroc", "constant_margin_tolerance")
+                         "constant_margin_tolerance")
+# The probe bar cuts both ways: lower lets an uninformative judge drop data, higher stops an
+# informative one from filtering. Only the required bar itself is accepted.
+_MUST_EQUAL = ("min_judge_auroc",)
 
 
 def loosened_thresholds(recorded: QCThresholds, required: QCThresholds) -> list[str]:
@@ -80,7 +83,8 @@ def loosened_thresholds(recorded: QCThresholds, required: QCThresholds) -> list[
     A summary whose verdict is consistent with its own thresholds proves nothing if those
     thresholds were raised until the run passed (QC-08): a gate compares them too.
     """
-    out = []
+    out = [f"{name} {getattr(recorded, name)!r} differs from the required {getattr(required, name)!r}"
+           for name in _MUST_EQUAL if getattr(recorded, name) != getattr(required, name)]
     for name in _STRICTER_WHEN_LOWER + _STRICTER_WHEN_HIGHER:
         got, want = getattr(recorded, name), getattr(required, name)
         looser = got > want if name in _STRICTER_WHEN_LOWER else got < want

@@ -71,7 +71,7 @@ class CriticCfg(_Strict):
     prefix_reuse: bool = True
     # CR-06: A/B margins are taken relative to a content-free item's (label bias) before deciding.
     calibrate: bool = CALIBRATE_FOR_FILTERING
-    relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD
+    relevance_threshold: float = Field(DEFAULT_RELEVANCE_THRESHOLD, allow_inf_nan=False)
 
 
 class QCCfg(_Strict):

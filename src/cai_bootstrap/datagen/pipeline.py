@@ -355,10 +355,11 @@ def probe_critics(icritic, pcritic, rjudge, path: Path, *, bar: float) -> dict:
 
     from cai_bootstrap.critic_probes import evaluate_probes, load_probe_set
 
-    if path.exists():
-        probes = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        probes = evaluate_probes(load_probe_set(), instruction_critic=icritic, pair_critic=pcritic, relevance_judge=rjudge, bar=bar)
+    probe_set = load_probe_set()
+    probes = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    # A cache scored on another probe set (an upgraded package) is scored again.
+    if probes is None or (probes.get("probe_set") or {}).get("sha256") != probe_set.sha256:
+        probes = evaluate_probes(probe_set, instruction_critic=icritic, pair_critic=pcritic, relevance_judge=rjudge, bar=bar)
         atomic_write_json(path, probes)
     return {**probes, "judges": with_policy(probes["judges"], bar)}
 
