@@ -367,6 +367,19 @@ def test_prompt_text_lives_only_in_the_data_file():
     assert (PACKAGE / "data" / "prompts.yaml").read_text(encoding="utf-8") == prompts.prompts_yaml_text()
 
 
+def _assert_validation_names(mutate, message):
+    """The shipped prompt data, changed by ``mutate``, is refused with ``message`` in the error."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(yaml.safe_load(prompts.prompts_yaml_text()))
+    mutate(data)
+    with pytest.raises(prompts.PromptDataError) as e:
+        prompts._validate(data)
+    assert message in str(e.value)
+
+
 @pytest.mark.spec("PR-06")
 @pytest.mark.parametrize(
     "mutate, message",
@@ -380,15 +393,7 @@ def test_prompt_text_lives_only_in_the_data_file():
     ],
 )
 def test_malformed_prompt_data_fails_naming_the_key(mutate, message):
-    import copy
-
-    import yaml
-
-    data = copy.deepcopy(yaml.safe_load(prompts.prompts_yaml_text()))
-    mutate(data)
-    with pytest.raises(prompts.PromptDataError) as e:
-        prompts._validate(data)
-    assert message in str(e.value)
+    _assert_validation_names(mutate, message)
 
 
 @pytest.mark.spec("PR-06")
@@ -514,15 +519,7 @@ def test_demonstration_draw_validates_arguments(kwargs, err, message):
     (lambda d: d.update(demonstrations=d["demonstrations"][:8]), "needs more than 8 items"),
 ])
 def test_malformed_demonstrations_fail_naming_the_fix(mutate, message):
-    import copy
-
-    import yaml
-
-    data = copy.deepcopy(yaml.safe_load(prompts.prompts_yaml_text()))
-    mutate(data)
-    with pytest.raises(prompts.PromptDataError) as e:
-        prompts._validate(data)
-    assert message in str(e.value)
+    _assert_validation_names(mutate, message)
 
 
 @pytest.mark.spec("PR-07", "SFT-06")
