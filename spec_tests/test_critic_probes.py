@@ -108,3 +108,86 @@ def test_malformed_probe_files_name_what_to_fix(mutate, message):
     mutate(data)
     with pytest.raises(ProbeSetError, match=message):
         parse_probe_set(data)
+
+
+@pytest.mark.spec("CR-06")
+@pytest.mark.parametrize("good, bad, expected", [
+    ([3.0, 2.0], [1.0, 0.5], 2.0),             # separable: the lowest good score keeps every good item
+    ([0.2, 0.9, 1.4], [0.1, 0.3, 0.8], 0.9),   # J = 1 - 2/3 at 0.2, 2/3 - 0 at 0.9: 0.9 wins
+    ([1.0, 1.0], [1.0, 1.0], 1.0),             # nothing separates: J = 0 everywhere, the lowest cut
+    ([0.5, 2.0, 3.0], [-1.0, 1.0, 2.5], 0.5),  # J = 1/3 at 0.5 and at 2.0: the tie goes to the lower cut
+])
+def test_youden_threshold_on_hand_examples(good, bad, expected):
+    from cai_bootstrap.critic_probes import youden_threshold
+
+    assert youden_threshold(good, bad) == expected == min_cut_with_best_j(good, bad)
+
+
+def min_cut_with_best_j(good, bad):
+    """Reference: every candidate cut scored by brute force, the lowest of the best."""
+    cuts = sorted(set(good) | set(bad))
+    j = [sum(g >= t for g in good) / len(good) - sum(b >= t for b in bad) / len(bad) for t in cuts]
+    return cuts[j.index(max(j))]
+
+
+class _FakeRelevance:
+    """Scores a pair by a table: what a relevance judge returns, without a model."""
+
+    def __init__(self, table, threshold=0.0):
+        self.table, self.threshold = table, threshold
+
+    def score(self, pairs):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(score=self.table[p], is_good=self.table[p] >= self.threshold) for p in pairs]
+
+
+def _probe_scores(probes):
+    # good pairs score 1.0-2.0, bad ones -1.0-1.5: overlapping, so a cut of 0 accepts most bad ones
+    table = {}
+    for k, it in enumerate(probes.pairs):
+        table[(it.instruction, it.response)] = (1.0 + (k % 10) / 10) if it.good else (-1.0 + (k % 26) / 10)
+    return table
+
+
+@pytest.mark.spec("CR-06")
+def test_probe_chosen_relevance_threshold_is_set_recorded_and_used_for_acceptance():
+    from cai_bootstrap.critic_probes import RELEVANCE_JUDGE, evaluate_probes, youden_threshold
+
+    probes = load_probe_set()
+    table = _probe_scores(probes)
+    fixed = evaluate_probes(probes, relevance_judge=_FakeRelevance(table))["judges"][RELEVANCE_JUDGE]
+    judge = _FakeRelevance(table)
+    chosen = evaluate_probes(probes, relevance_judge=judge, relevance_threshold_from_probes=True)["judges"][RELEVANCE_JUDGE]
+    good = [table[(i.instruction, i.response)] for i in probes.pairs if i.good]
+    bad = [table[(i.instruction, i.response)] for i in probes.pairs if not i.good]
+    assert fixed["threshold_rule"] == "fixed" and fixed["threshold"] == 0.0
+    assert chosen["threshold_rule"] == "youden_j_on_probes"
+    assert chosen["threshold"] == judge.threshold == youden_threshold(good, bad) > 0.0
+    assert chosen["acceptance_bad"] == sum(b >= judge.threshold for b in bad) / len(bad) < fixed["acceptance_bad"]
+    assert chosen["auroc"] == fixed["auroc"]  # the ranking does not depend on the cut
+
+
+@pytest.mark.spec("CR-06")
+def test_a_resumed_run_takes_the_probe_threshold_from_its_cache(tmp_path):
+    from cai_bootstrap.critic_probes import RELEVANCE_JUDGE
+    from cai_bootstrap.datagen.pipeline import probe_critics
+
+    table = _probe_scores(load_probe_set())
+    first = _FakeRelevance(table)
+    path = tmp_path / "critic_probes.json"
+    rec = probe_critics(None, None, first, path, bar=0.75, relevance_threshold="probes")
+    assert path.is_file() and first.threshold > 0.0
+
+    class NoScoring(_FakeRelevance):
+        def score(self, pairs):
+            raise AssertionError("a resumed run must not score the probes again")
+
+    resumed = NoScoring(table)
+    again = probe_critics(None, None, resumed, path, bar=0.75, relevance_threshold="probes")
+    assert resumed.threshold == first.threshold == again["judges"][RELEVANCE_JUDGE]["threshold"]
+    assert rec["judges"][RELEVANCE_JUDGE]["threshold"] == first.threshold
+    # a fixed threshold in the config is not served from a cache chosen by the probes
+    fixed = _FakeRelevance(table, threshold=0.25)
+    out = probe_critics(None, None, fixed, path, bar=0.75, relevance_threshold=0.25)
+    assert fixed.threshold == 0.25 and out["judges"][RELEVANCE_JUDGE]["threshold_rule"] == "fixed"

@@ -44,7 +44,8 @@ def test_every_shipped_sft_yaml_validates():
         ({"lora": {"dropout": 0.7}}, "lora.dropout"),
         ({"epochs": 1}, "epochs"),
         ({"epochs": 5}, "epochs"),
-        ({"per_device_batch_size": 4, "gradient_accumulation_steps": 4}, "per_device_batch_size"),
+        ({"per_device_batch_size": 32, "gradient_accumulation_steps": 1}, "per_device_batch_size"),
+        ({"per_device_batch_size": 8, "gradient_accumulation_steps": 4}, "gradient_accumulation_steps"),
         ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
         ({"gradient_accumulation_steps": 16}, "gradient_accumulation_steps"),
         ({"max_length": 512}, "max_length"),
@@ -65,6 +66,21 @@ def test_bad_values_are_rejected_naming_the_field(override, field):
     with pytest.raises(ConfigError) as e:
         config_from_dict({**BASE, **override})
     assert f"field {field!r}" in str(e.value)
+
+
+@pytest.mark.spec("SFT-04")
+@pytest.mark.parametrize("per_device, accumulation", [(2, 8), (1, 8), (4, 4), (8, 2), (16, 1)])
+def test_a_larger_micro_batch_is_allowed_at_the_same_effective_batch(per_device, accumulation):
+    cfg = config_from_dict({**BASE, "per_device_batch_size": per_device, "gradient_accumulation_steps": accumulation})
+    assert cfg.out_of_range() == {} and 8 <= cfg.effective_batch_size <= 16
+
+
+@pytest.mark.spec("SFT-04")
+def test_the_default_micro_batch_is_the_memory_saving_one():
+    from cai_bootstrap.sft.config import DEFAULT_BATCH_RANGE, SFTRunConfig
+
+    default = SFTRunConfig.model_fields["per_device_batch_size"].default
+    assert DEFAULT_BATCH_RANGE[0] <= default <= DEFAULT_BATCH_RANGE[1]
 
 
 @pytest.mark.spec("SFT-04")

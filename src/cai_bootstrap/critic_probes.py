@@ -146,6 +146,24 @@ def auroc(good_scores: Sequence[float], bad_scores: Sequence[float]) -> float:
     return u / (len(g) * len(b))
 
 
+def youden_threshold(good_scores: Sequence[float], bad_scores: Sequence[float]) -> float:
+    """The accept-at-or-above threshold that maximizes TPR - FPR on the probes (Youden's J).
+
+    A fixed relevance threshold of 0 accepted 57% of the bad probe pairs of Gemma-3-270m while its
+    AUROC was 0.88: the judge ranks well, the cut was in the wrong place. The cut is taken from
+    the probe set only (never the evaluation set); ties go to the lowest threshold, keeping more data.
+    """
+    g, b = [float(x) for x in good_scores], [float(x) for x in bad_scores]
+    if not g or not b:
+        raise ValueError(f"a probe threshold needs scores on both sides, got {len(g)} good and {len(b)} bad")
+    best_t, best_j = min(g), -2.0
+    for t in sorted(set(g) | set(b)):
+        j = sum(x >= t for x in g) / len(g) - sum(x >= t for x in b) / len(b)
+        if j > best_j:
+            best_t, best_j = t, j
+    return best_t
+
+
 def acceptance(accepted: Sequence[bool]) -> float | None:
     return sum(bool(a) for a in accepted) / len(accepted) if accepted else None
 
@@ -208,8 +226,12 @@ def pair_judges_filtering(critic_probes: Mapping | None, bar: float) -> list[str
 
 
 def evaluate_probes(probes: ProbeSet, *, instruction_critic=None, pair_critic=None, relevance_judge=None,
-                    bar: float = DEFAULT_AUROC_BAR) -> dict:
-    """Score the probes with each given judge; the ``critic_probes`` record of a run's summary."""
+                    bar: float = DEFAULT_AUROC_BAR, relevance_threshold_from_probes: bool = False) -> dict:
+    """Score the probes with each given judge; the ``critic_probes`` record of a run's summary.
+
+    With ``relevance_threshold_from_probes`` the relevance judge's threshold is set to the probes'
+    Youden-optimal cut (recorded as ``threshold_rule``) before its acceptances are counted.
+    """
     from cai_bootstrap.critic import decide
 
     judges: dict[str, dict] = {}
@@ -232,9 +254,14 @@ def evaluate_probes(probes: ProbeSet, *, instruction_critic=None, pair_critic=No
         ab(PAIR_JUDGE, pair_critic, probes.pairs, lambda it: {"instruction": it.instruction, "response": it.response})
     if relevance_judge is not None:
         res = relevance_judge.score([(it.instruction, it.response) for it in probes.pairs])
-        good = [r for r, it in zip(res, probes.pairs) if it.good]
-        bad = [(r, it.kind) for r, it in zip(res, probes.pairs) if not it.good]
-        judges[RELEVANCE_JUDGE] = judge_record(
-            [r.score for r in good], [r.score for r, _ in bad], accepted_good=[r.is_good for r in good],
-            accepted_bad=[r.is_good for r, _ in bad], bad_kinds=[k for _, k in bad], threshold=relevance_judge.threshold)
+        good = [r.score for r, it in zip(res, probes.pairs) if it.good]
+        bad = [(r.score, it.kind) for r, it in zip(res, probes.pairs) if not it.good]
+        rule = "fixed"
+        if relevance_threshold_from_probes:
+            relevance_judge.threshold = youden_threshold(good, [x for x, _ in bad])
+            rule = "youden_j_on_probes"
+        t = relevance_judge.threshold
+        judges[RELEVANCE_JUDGE] = {**judge_record(
+            good, [x for x, _ in bad], accepted_good=[x >= t for x in good], accepted_bad=[x >= t for x, _ in bad],
+            bad_kinds=[k for _, k in bad], threshold=t), "threshold_rule": rule}
     return {"probe_set": probes.describe(), "judges": with_policy(judges, bar)}

@@ -9,7 +9,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai_bootstrap import critic
-from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING, DEFAULT_RELEVANCE_THRESHOLD
+from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING
+
+RELEVANCE_THRESHOLD_FROM_PROBES = "probes"
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
@@ -71,7 +73,8 @@ class CriticCfg(_Strict):
     prefix_reuse: bool = True
     # CR-06: A/B margins are taken relative to a content-free item's (label bias) before deciding.
     calibrate: bool = CALIBRATE_FOR_FILTERING
-    relevance_threshold: float = Field(DEFAULT_RELEVANCE_THRESHOLD, allow_inf_nan=False)
+    # A number, or "probes": the Youden-optimal cut on the critic probe set (CR-06), chosen per run.
+    relevance_threshold: float | Literal["probes"] = Field(RELEVANCE_THRESHOLD_FROM_PROBES, allow_inf_nan=False)
 
 
 class QCCfg(_Strict):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cai_bootstrap import cleaning, parsing, prompts
 from cai_bootstrap.critic_probes import INSTRUCTION_JUDGE, JUDGES, PAIR_JUDGE, RELEVANCE_JUDGE, with_policy
-from cai_bootstrap.datagen.config import GenerateConfig
+from cai_bootstrap.datagen.config import RELEVANCE_THRESHOLD_FROM_PROBES, GenerateConfig
 from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.dedup import DuplicateIndex
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -343,24 +343,39 @@ def make_judges(lm, cfg: GenerateConfig):
     """The run's instruction critic, pair critic and relevance judge, as configured."""
     from cai_bootstrap.critic import instruction_critic, pair_critic, relevance_judge
 
+    from cai_bootstrap.critic import DEFAULT_RELEVANCE_THRESHOLD
+
     c = cfg.critic
     ab = {"threshold": c.threshold, "batch_size": c.batch_size, "prefix_reuse": c.prefix_reuse, "calibrate": c.calibrate}
+    # A threshold taken from the probes is set by ``probe_critics`` before any pair is judged.
+    fixed = DEFAULT_RELEVANCE_THRESHOLD if c.relevance_threshold == RELEVANCE_THRESHOLD_FROM_PROBES else c.relevance_threshold
     return (instruction_critic(lm, **ab), pair_critic(lm, **ab),
-            relevance_judge(lm, threshold=c.relevance_threshold, batch_size=c.batch_size))
+            relevance_judge(lm, threshold=fixed, batch_size=c.batch_size))
 
 
-def probe_critics(icritic, pcritic, rjudge, path: Path, *, bar: float) -> dict:
-    """CR-06: the judges' probe results, scored once per run and cached so a resumed run reuses them."""
+def probe_critics(icritic, pcritic, rjudge, path: Path, *, bar: float, relevance_threshold: float | str) -> dict:
+    """CR-06: the judges' probe results, scored once per run and cached so a resumed run reuses them.
+
+    With ``relevance_threshold="probes"`` the relevance judge leaves with the probe-chosen threshold,
+    from the cache on a resumed run, so resumed and uninterrupted runs judge pairs alike.
+    """
     import json
 
     from cai_bootstrap.critic_probes import evaluate_probes, load_probe_set
 
+    from_probes = relevance_threshold == RELEVANCE_THRESHOLD_FROM_PROBES
     probe_set = load_probe_set()
     probes = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-    # A cache scored on another probe set (an upgraded package) is scored again.
-    if probes is None or (probes.get("probe_set") or {}).get("sha256") != probe_set.sha256:
-        probes = evaluate_probes(probe_set, instruction_critic=icritic, pair_critic=pcritic, relevance_judge=rjudge, bar=bar)
+    cached_rule = ((probes or {}).get("judges") or {}).get(RELEVANCE_JUDGE, {}).get("threshold_rule")
+    # A cache scored on another probe set (an upgraded package) or under another threshold rule is scored again.
+    if (probes is None or (probes.get("probe_set") or {}).get("sha256") != probe_set.sha256
+            or (rjudge is not None and cached_rule != ("youden_j_on_probes" if from_probes else "fixed"))
+            or (rjudge is not None and not from_probes and probes["judges"][RELEVANCE_JUDGE]["threshold"] != rjudge.threshold)):
+        probes = evaluate_probes(probe_set, instruction_critic=icritic, pair_critic=pcritic, relevance_judge=rjudge, bar=bar,
+                                 relevance_threshold_from_probes=from_probes)
         atomic_write_json(path, probes)
+    elif rjudge is not None:
+        rjudge.threshold = float(probes["judges"][RELEVANCE_JUDGE]["threshold"])
     return {**probes, "judges": with_policy(probes["judges"], bar)}
 
 
@@ -387,7 +402,8 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
     kept, pre_rejects = generate_instructions(lm, cfg, raw_store)
 
     icritic, pcritic, rjudge = make_judges(lm, cfg)
-    critic_probes = probe_critics(icritic, pcritic, rjudge, work / CRITIC_PROBES, bar=cfg.qc.min_judge_auroc)
+    critic_probes = probe_critics(icritic, pcritic, rjudge, work / CRITIC_PROBES, bar=cfg.qc.min_judge_auroc,
+                                  relevance_threshold=cfg.critic.relevance_threshold)
     filters = filtering_judges(critic_probes, cfg.qc.min_judge_auroc)
     iv_store = PhaseStore(work / INSTRUCTION_VERDICTS)
     judge(icritic, kept, lambda c: {"instruction": c["instruction"]}, iv_store, cfg.critic.batch_size,
