@@ -10,6 +10,7 @@ they also check that the fast way gives the same answers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import random
 import statistics
@@ -265,6 +266,129 @@ def _print_training(r: dict) -> None:
         print(f"training {row.get('mode')}: {row.get('tokens_per_second')} tokens/s, peak GPU memory "
               f"{row.get('peak_gpu_memory_gb')} GB, {row.get('seconds_per_step')} s/step")
 
+
+# -- dedup ----------------------------------------------------------------------------------
+
+DEDUP_BENCH_N = 50_000
+# The pairwise reference is quadratic (4,000 instructions took ~14 s on 2 cores); it is
+# timed on this many, beside the index on the same instructions.
+DEDUP_BENCH_PAIRWISE_N = 4_000
+DEDUP_TARGET_SECONDS = 60.0
+DEDUP_NEAR_SHARE = 0.1
+
+# A task is a verb, an object and zero to two extras; with the openers, constraints and
+# contexts that gives millions of phrasings, as a generator's output has.
+_VERBS = ("write", "compose", "draft", "create", "describe", "explain", "summarize", "outline", "design", "plan",
+          "invent", "rewrite", "critique", "analyze", "review", "edit", "simplify", "expand", "paraphrase",
+          "illustrate", "sketch", "recommend", "brainstorm ideas for", "imagine", "argue for", "argue against",
+          "evaluate", "rank the parts of", "translate", "classify", "continue", "improve", "shorten", "praise",
+          "make fun of", "defend", "question", "compare two versions of", "list the steps of", "find flaws in")
+_PREPS = ("about", "on", "regarding", "for", "involving", "inspired by", "featuring", "against", "with", "without",
+          "around", "explaining", "celebrating", "mocking", "questioning", "comparing")
+_EXTRAS = (" for {audience}", " in {num} sentences", " set in {place}", " that mentions {topic2}",
+           " using the word '{word}'", " without mentioning {topic2}", " from the view of a {role}",
+           " in the style of a {role}", " with a {adj2} ending", " in under {num} words", " for a {role} in {place}",
+           " as if {topic2} never existed", " with {num} examples", " in {lang}", " that a {role} would enjoy",
+           " and {topic2}", " and explain why", " step by step", " with a twist", " in a {adj2} tone")
+_OPENERS = ("", "", "", "", "Please", "Could you", "In your own words,", "For my class,", "As an expert,", "Quickly,",
+            "For a newsletter,", "Without jargon,", "In plain English,", "Step by step,", "For fun,", "Briefly,",
+            "I need help:", "Help me", "Can you", "Try to", "Your task:", "Here is a challenge:")
+_CONSTRAINTS = (
+    "Use exactly {num} words.", "Answer in {lang}.", "Avoid the letter e.", "End with a question.",
+    "Keep it under {num} sentences.", "Include the word '{word}'.", "Format the answer as a table.",
+    "Mention {topic3} at least once.", "Use only lowercase letters.", "Start every line with a dash.",
+    "Do not use any commas.", "Write it as a numbered list.", "Put the title in double quotes.",
+    "Wrap the whole answer in JSON.", "Use {num} bullet points.", "Make the first word '{word}'.",
+)
+_CONTEXTS = (
+    "It is for {audience} in {place}.", "The reader is a {adj} {role}.", "Imagine you are a {role} from {place}.",
+    "This is for a {form} contest.", "My {role} asked me for this.", "Assume the reader knows nothing about {topic3}.",
+)
+_SLOTS = {
+    "form": ("poem", "story", "haiku", "limerick", "letter", "speech", "song", "essay", "review", "dialogue",
+             "riddle", "paragraph", "sentence", "slogan", "recipe", "report", "tweet", "blog post", "fable", "memo"),
+    "adj": ("short", "funny", "formal", "friendly", "detailed", "persuasive", "cheerful", "gloomy", "simple",
+            "surprising", "useful", "practical", "strange", "calm", "dramatic", "modern", "classic", "gentle",
+            "bold", "quiet", "curious", "honest", "playful", "serious"),
+    "audience": ("children", "students", "beginners", "engineers", "tourists", "teachers", "parents", "gardeners",
+                 "musicians", "doctors", "farmers", "retirees", "investors", "athletes", "chefs", "sailors"),
+    "role": ("teacher", "nurse", "pilot", "baker", "coach", "librarian", "plumber", "painter", "scientist",
+             "journalist", "lawyer", "student", "grandmother", "mayor", "carpenter", "gardener"),
+    "num": ("two", "three", "four", "five", "six", "seven", "eight", "ten", "2", "3", "4", "5", "12", "20"),
+    "place": ("the kitchen", "a hospital", "the city", "a school", "the desert", "the forest", "an office",
+              "space", "the ocean", "a village", "the mountains", "a library", "a museum", "Lisbon", "Nairobi",
+              "Kyoto", "a farm", "an airport", "a castle"),
+    "lang": ("French", "Spanish", "German", "Italian", "Japanese", "Portuguese", "Dutch", "Swahili", "Polish"),
+    "word": ("blue", "quietly", "harvest", "window", "spark", "promise", "orbit", "salt", "ladder", "echo",
+             "thunder", "velvet", "compass", "lantern", "pepper", "marble"),
+}
+_TOPIC_WORDS = (
+    "coffee", "rain", "volcanoes", "bicycles", "the moon", "photosynthesis", "inflation", "chess", "bees", "glaciers",
+    "democracy", "jazz", "bread", "electricity", "friendship", "recycling", "the internet", "sleep", "tea",
+    "robots", "gravity", "trains", "mushrooms", "taxes", "dinosaurs", "the stock market", "vaccines", "pottery",
+    "wind turbines", "memory", "origami", "lighthouses", "the printing press", "soil", "whales", "clocks",
+    "solar panels", "marathons", "libraries", "cheese", "earthquakes", "bridges", "maps", "honey", "kites",
+    "tides", "owls", "bamboo", "submarines", "vinegar", "comets", "tulips", "elevators", "salt marshes", "violins",
+)
+_SYLLABLES = ("ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "in", "bra", "qui", "zen", "ap", "mor", "lu",
+              "tek", "sha", "no", "vi", "gar", "el", "on", "tri", "pa", "ru", "fen", "os", "da", "wen", "ix")
+
+
+def _cumulative_zipf(n: int, exponent: float) -> list[float]:
+    return list(itertools.accumulate(1.0 / (r + 1) ** exponent for r in range(n)))
+
+
+def _edit(rng: random.Random, text: str, filler: list[str]) -> str:
+    """An earlier instruction with a word or two swapped, dropped or added, and its case or end changed."""
+    words = text.split()
+    for _ in range(rng.randint(1, 2)):
+        op, at = rng.random(), rng.randrange(len(words))
+        if op < 0.4:
+            words[at] = rng.choice(filler)
+        elif op < 0.7 and len(words) > 2:
+            del words[at]
+        else:
+            words.insert(at, rng.choice(filler))
+    text = " ".join(words)
+    return text.lower() if rng.random() < 0.3 else text.rstrip(".?!") + rng.choice((".", "!", "", "?"))
+
+
+def synthetic_instructions(n: int, seed: int = 0, *, near_share: float = DEDUP_NEAR_SHARE) -> list[str]:
+    """Instructions like a generator's, deterministic in the seed.
+
+    A task, often a constraint and a context, filled from Zipf-weighted words with a long
+    tail of rare names (so the vocabulary keeps growing with n, as in real text), and a
+    ``near_share`` of edits of earlier instructions: real near duplicates.
+    """
+    if n < 0 or not 0 <= near_share <= 1:
+        raise ValueError(f"need n >= 0 and near_share in [0, 1], got n={n}, near_share={near_share}")
+    rng = random.Random(seed)
+    names = sorted({"".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(30_000)})
+    rng.shuffle(names)
+    topics = list(_TOPIC_WORDS) + [f"{name} {rng.choice(_TOPIC_WORDS)}" for name in names[::2]] + names[1::2]
+    topic_cum = _cumulative_zipf(len(topics), 0.75)
+    tail = names[1::2]
+    tail_cum = _cumulative_zipf(len(tail), 0.75)
+    filler = [w for words in _SLOTS.values() for w in words]
+    out: list[str] = []
+    for _ in range(n):
+        if out and rng.random() < near_share:
+            out.append(_edit(rng, rng.choice(out), filler))
+            continue
+        task = f"{rng.choice(_VERBS)} a {{adj}} {{form}} {rng.choice(_PREPS)} {{topic}}"
+        task += "".join(rng.sample(_EXTRAS, rng.randint(0, 2))) + "."
+        opener = rng.choice(_OPENERS)
+        parts = [f"{opener} {task}" if opener else task[0].upper() + task[1:]]
+        if rng.random() < 0.35:
+            parts.append(rng.choice(_CONSTRAINTS))
+        if rng.random() < 0.25:
+            parts.append(rng.choice(_CONTEXTS))
+        topic, topic2, topic3 = rng.choices(topics, cum_weights=topic_cum, k=3)
+        # Half the slot words come from the long tail, so slot words are spread over a large vocabulary.
+        fill = {k: rng.choice(v) if rng.random() < 0.5 else rng.choices(tail, cum_weights=tail_cum)[0]
+                for k, v in _SLOTS.items()}
+        out.append(" ".join(parts).format(topic=topic, topic2=topic2, topic3=topic3, adj2=rng.choice(_SLOTS["adj"]), **fill))
+    return out
 
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {
     "critic": (bench_critic, _print_critic),
