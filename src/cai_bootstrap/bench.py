@@ -390,8 +390,56 @@ def synthetic_instructions(n: int, seed: int = 0, *, near_share: float = DEDUP_N
         out.append(" ".join(parts).format(topic=topic, topic2=topic2, topic3=topic3, adj2=rng.choice(_SLOTS["adj"]), **fill))
     return out
 
+
+def _dedup_run(texts: list[str], *, pairwise: bool) -> tuple[float, list, Any]:
+    from cai_bootstrap.dedup import DuplicateIndex
+
+    index = DuplicateIndex(pairwise=pairwise)
+    t = time.perf_counter()
+    decisions = [index.add_if_new(x) for x in texts]
+    return time.perf_counter() - t, decisions, index.work
+
+
+def run_dedup_bench(*, n: int = DEDUP_BENCH_N, pairwise_n: int = DEDUP_BENCH_PAIRWISE_N, seed: int = 0) -> dict:
+    """Seconds to deduplicate ``n`` synthetic instructions through the index, and the pairwise
+    reference against the index on the first ``pairwise_n`` of them (same decisions checked)."""
+    if n < 1 or not 1 <= pairwise_n <= n:
+        raise ValueError(f"need n >= 1 and 1 <= pairwise_n <= n, got n={n}, pairwise_n={pairwise_n}")
+    texts = synthetic_instructions(n, seed)
+    t_ref, ref, work_ref = _dedup_run(texts[:pairwise_n], pairwise=True)
+    t_small, small, work_small = _dedup_run(texts[:pairwise_n], pairwise=False)
+    t_fast, fast, work = _dedup_run(texts, pairwise=False)
+    kinds: dict[str, int] = {}
+    for d in fast:
+        kinds[d[0] if d else "kept"] = kinds.get(d[0] if d else "kept", 0) + 1
+    return {
+        "bench": "dedup", "n": n, "seed": seed, "decisions": kinds,
+        "indexed": {"n": n, "seconds": t_fast, "work": vars(work)},
+        "pairwise_reference": {"n": pairwise_n, "seconds": t_ref, "work": vars(work_ref)},
+        "indexed_on_reference_n": {"n": pairwise_n, "seconds": t_small, "work": vars(work_small)},
+        "same_decisions_on_reference_n": small == ref,
+        "target_seconds": DEDUP_TARGET_SECONDS, "meets_target": t_fast < DEDUP_TARGET_SECONDS,
+        "environment": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+
+
+def bench_dedup(args: argparse.Namespace) -> dict:
+    return run_dedup_bench(n=args.dedup_n, pairwise_n=args.dedup_pairwise_n, seed=args.seed)
+
+
+def _print_dedup(r: dict) -> None:
+    ref, small, fast = r["pairwise_reference"], r["indexed_on_reference_n"], r["indexed"]
+    print(
+        f"dedup: {fast['n']} synthetic instructions ({r['decisions']})\n"
+        f"  pairwise reference {ref['n']:7d} in {ref['seconds']:8.1f} s\n"
+        f"  index              {small['n']:7d} in {small['seconds']:8.1f} s (same decisions: {r['same_decisions_on_reference_n']})\n"
+        f"  index              {fast['n']:7d} in {fast['seconds']:8.1f} s "
+        f"(target {r['target_seconds']:.0f} s: {'met' if r['meets_target'] else 'NOT met'})"
+    )
+
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {
     "critic": (bench_critic, _print_critic),
+    "dedup": (bench_dedup, _print_dedup),
     "generation": (bench_generation, _print_generation),
     "training": (bench_training, _print_training),
 }
@@ -417,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-prompts", type=int, default=32)
     p.add_argument("--gen-batch-size", type=int, default=16)
     p.add_argument("--gen-max-new-tokens", type=int, default=48)
+    p.add_argument("--dedup-n", type=int, default=DEDUP_BENCH_N)
+    p.add_argument("--dedup-pairwise-n", type=int, default=DEDUP_BENCH_PAIRWISE_N)
     p.add_argument("--train-model", default="tiny-random")
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--train-seq-len", type=int, default=128)
