@@ -132,7 +132,7 @@ def expectations(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Measure throughput (critic, generation, training) on this machine; results under artifacts/bench/."""
+    """Measure throughput (critic, dedup, generation, training) on this machine; results under artifacts/bench/."""
     _install(session, "testmodel", "train", "stats", "test")
     session.run("python", "-m", "cai_bootstrap.bench", *session.posargs, env=_locked_env())
 

@@ -10,6 +10,7 @@ they also check that the fast way gives the same answers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import random
 import statistics
@@ -266,8 +267,179 @@ def _print_training(r: dict) -> None:
               f"{row.get('peak_gpu_memory_gb')} GB, {row.get('seconds_per_step')} s/step")
 
 
+# -- dedup ----------------------------------------------------------------------------------
+
+DEDUP_BENCH_N = 50_000
+# The pairwise reference is quadratic (4,000 instructions took ~14 s on 2 cores); it is
+# timed on this many, beside the index on the same instructions.
+DEDUP_BENCH_PAIRWISE_N = 4_000
+DEDUP_TARGET_SECONDS = 60.0
+DEDUP_NEAR_SHARE = 0.1
+
+# A task is a verb, an object and zero to two extras; with the openers, constraints and
+# contexts that gives millions of phrasings, as a generator's output has.
+_VERBS = ("write", "compose", "draft", "create", "describe", "explain", "summarize", "outline", "design", "plan",
+          "invent", "rewrite", "critique", "analyze", "review", "edit", "simplify", "expand", "paraphrase",
+          "illustrate", "sketch", "recommend", "brainstorm ideas for", "imagine", "argue for", "argue against",
+          "evaluate", "rank the parts of", "translate", "classify", "continue", "improve", "shorten", "praise",
+          "make fun of", "defend", "question", "compare two versions of", "list the steps of", "find flaws in")
+_PREPS = ("about", "on", "regarding", "for", "involving", "inspired by", "featuring", "against", "with", "without",
+          "around", "explaining", "celebrating", "mocking", "questioning", "comparing")
+_EXTRAS = (" for {audience}", " in {num} sentences", " set in {place}", " that mentions {topic2}",
+           " using the word '{word}'", " without mentioning {topic2}", " from the view of a {role}",
+           " in the style of a {role}", " with a {adj2} ending", " in under {num} words", " for a {role} in {place}",
+           " as if {topic2} never existed", " with {num} examples", " in {lang}", " that a {role} would enjoy",
+           " and {topic2}", " and explain why", " step by step", " with a twist", " in a {adj2} tone")
+_OPENERS = ("", "", "", "", "Please", "Could you", "In your own words,", "For my class,", "As an expert,", "Quickly,",
+            "For a newsletter,", "Without jargon,", "In plain English,", "Step by step,", "For fun,", "Briefly,",
+            "I need help:", "Help me", "Can you", "Try to", "Your task:", "Here is a challenge:")
+_CONSTRAINTS = (
+    "Use exactly {num} words.", "Answer in {lang}.", "Avoid the letter e.", "End with a question.",
+    "Keep it under {num} sentences.", "Include the word '{word}'.", "Format the answer as a table.",
+    "Mention {topic3} at least once.", "Use only lowercase letters.", "Start every line with a dash.",
+    "Do not use any commas.", "Write it as a numbered list.", "Put the title in double quotes.",
+    "Wrap the whole answer in JSON.", "Use {num} bullet points.", "Make the first word '{word}'.",
+)
+_CONTEXTS = (
+    "It is for {audience} in {place}.", "The reader is a {adj} {role}.", "Imagine you are a {role} from {place}.",
+    "This is for a {form} contest.", "My {role} asked me for this.", "Assume the reader knows nothing about {topic3}.",
+)
+_SLOTS = {
+    "form": ("poem", "story", "haiku", "limerick", "letter", "speech", "song", "essay", "review", "dialogue",
+             "riddle", "paragraph", "sentence", "slogan", "recipe", "report", "tweet", "blog post", "fable", "memo"),
+    "adj": ("short", "funny", "formal", "friendly", "detailed", "persuasive", "cheerful", "gloomy", "simple",
+            "surprising", "useful", "practical", "strange", "calm", "dramatic", "modern", "classic", "gentle",
+            "bold", "quiet", "curious", "honest", "playful", "serious"),
+    "audience": ("children", "students", "beginners", "engineers", "tourists", "teachers", "parents", "gardeners",
+                 "musicians", "doctors", "farmers", "retirees", "investors", "athletes", "chefs", "sailors"),
+    "role": ("teacher", "nurse", "pilot", "baker", "coach", "librarian", "plumber", "painter", "scientist",
+             "journalist", "lawyer", "student", "grandmother", "mayor", "carpenter", "gardener"),
+    "num": ("two", "three", "four", "five", "six", "seven", "eight", "ten", "2", "3", "4", "5", "12", "20"),
+    "place": ("the kitchen", "a hospital", "the city", "a school", "the desert", "the forest", "an office",
+              "space", "the ocean", "a village", "the mountains", "a library", "a museum", "Lisbon", "Nairobi",
+              "Kyoto", "a farm", "an airport", "a castle"),
+    "lang": ("French", "Spanish", "German", "Italian", "Japanese", "Portuguese", "Dutch", "Swahili", "Polish"),
+    "word": ("blue", "quietly", "harvest", "window", "spark", "promise", "orbit", "salt", "ladder", "echo",
+             "thunder", "velvet", "compass", "lantern", "pepper", "marble"),
+}
+_TOPIC_WORDS = (
+    "coffee", "rain", "volcanoes", "bicycles", "the moon", "photosynthesis", "inflation", "chess", "bees", "glaciers",
+    "democracy", "jazz", "bread", "electricity", "friendship", "recycling", "the internet", "sleep", "tea",
+    "robots", "gravity", "trains", "mushrooms", "taxes", "dinosaurs", "the stock market", "vaccines", "pottery",
+    "wind turbines", "memory", "origami", "lighthouses", "the printing press", "soil", "whales", "clocks",
+    "solar panels", "marathons", "libraries", "cheese", "earthquakes", "bridges", "maps", "honey", "kites",
+    "tides", "owls", "bamboo", "submarines", "vinegar", "comets", "tulips", "elevators", "salt marshes", "violins",
+)
+_SYLLABLES = ("ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "in", "bra", "qui", "zen", "ap", "mor", "lu",
+              "tek", "sha", "no", "vi", "gar", "el", "on", "tri", "pa", "ru", "fen", "os", "da", "wen", "ix")
+
+
+def _cumulative_zipf(n: int, exponent: float) -> list[float]:
+    return list(itertools.accumulate(1.0 / (r + 1) ** exponent for r in range(n)))
+
+
+def _edit(rng: random.Random, text: str, filler: list[str]) -> str:
+    """An earlier instruction with a word or two swapped, dropped or added, and its case or end changed."""
+    words = text.split()
+    for _ in range(rng.randint(1, 2)):
+        op, at = rng.random(), rng.randrange(len(words))
+        if op < 0.4:
+            words[at] = rng.choice(filler)
+        elif op < 0.7 and len(words) > 2:
+            del words[at]
+        else:
+            words.insert(at, rng.choice(filler))
+    text = " ".join(words)
+    return text.lower() if rng.random() < 0.3 else text.rstrip(".?!") + rng.choice((".", "!", "", "?"))
+
+
+def synthetic_instructions(n: int, seed: int = 0, *, near_share: float = DEDUP_NEAR_SHARE) -> list[str]:
+    """Instructions like a generator's, deterministic in the seed.
+
+    A task, often a constraint and a context, filled from Zipf-weighted words with a long
+    tail of rare names (so the vocabulary keeps growing with n, as in real text), and a
+    ``near_share`` of edits of earlier instructions: real near duplicates.
+    """
+    if n < 0 or not 0 <= near_share <= 1:
+        raise ValueError(f"need n >= 0 and near_share in [0, 1], got n={n}, near_share={near_share}")
+    rng = random.Random(seed)
+    names = sorted({"".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(30_000)})
+    rng.shuffle(names)
+    topics = list(_TOPIC_WORDS) + [f"{name} {rng.choice(_TOPIC_WORDS)}" for name in names[::2]] + names[1::2]
+    topic_cum = _cumulative_zipf(len(topics), 0.75)
+    tail = names[1::2]
+    tail_cum = _cumulative_zipf(len(tail), 0.75)
+    filler = [w for words in _SLOTS.values() for w in words]
+    out: list[str] = []
+    for _ in range(n):
+        if out and rng.random() < near_share:
+            out.append(_edit(rng, rng.choice(out), filler))
+            continue
+        task = f"{rng.choice(_VERBS)} a {{adj}} {{form}} {rng.choice(_PREPS)} {{topic}}"
+        task += "".join(rng.sample(_EXTRAS, rng.randint(0, 2))) + "."
+        opener = rng.choice(_OPENERS)
+        parts = [f"{opener} {task}" if opener else task[0].upper() + task[1:]]
+        if rng.random() < 0.35:
+            parts.append(rng.choice(_CONSTRAINTS))
+        if rng.random() < 0.25:
+            parts.append(rng.choice(_CONTEXTS))
+        topic, topic2, topic3 = rng.choices(topics, cum_weights=topic_cum, k=3)
+        # Half the slot words come from the long tail, so slot words are spread over a large vocabulary.
+        fill = {k: rng.choice(v) if rng.random() < 0.5 else rng.choices(tail, cum_weights=tail_cum)[0]
+                for k, v in _SLOTS.items()}
+        out.append(" ".join(parts).format(topic=topic, topic2=topic2, topic3=topic3, adj2=rng.choice(_SLOTS["adj"]), **fill))
+    return out
+
+
+def _dedup_run(texts: list[str], *, pairwise: bool) -> tuple[float, list, Any]:
+    from cai_bootstrap.dedup import DuplicateIndex
+
+    index = DuplicateIndex(pairwise=pairwise)
+    t = time.perf_counter()
+    decisions = [index.add_if_new(x) for x in texts]
+    return time.perf_counter() - t, decisions, index.work
+
+
+def run_dedup_bench(*, n: int = DEDUP_BENCH_N, pairwise_n: int = DEDUP_BENCH_PAIRWISE_N, seed: int = 0) -> dict:
+    """Seconds to deduplicate ``n`` synthetic instructions through the index, and the pairwise
+    reference against the index on the first ``pairwise_n`` of them (same decisions checked)."""
+    if n < 1 or not 1 <= pairwise_n <= n:
+        raise ValueError(f"need n >= 1 and 1 <= pairwise_n <= n, got n={n}, pairwise_n={pairwise_n}")
+    texts = synthetic_instructions(n, seed)
+    t_ref, ref, work_ref = _dedup_run(texts[:pairwise_n], pairwise=True)
+    t_small, small, work_small = _dedup_run(texts[:pairwise_n], pairwise=False)
+    t_fast, fast, work = _dedup_run(texts, pairwise=False)
+    kinds: dict[str, int] = {}
+    for d in fast:
+        kinds[d[0] if d else "kept"] = kinds.get(d[0] if d else "kept", 0) + 1
+    return {
+        "bench": "dedup", "n": n, "seed": seed, "decisions": kinds,
+        "indexed": {"n": n, "seconds": t_fast, "work": vars(work)},
+        "pairwise_reference": {"n": pairwise_n, "seconds": t_ref, "work": vars(work_ref)},
+        "indexed_on_reference_n": {"n": pairwise_n, "seconds": t_small, "work": vars(work_small)},
+        "same_decisions_on_reference_n": small == ref,
+        "target_seconds": DEDUP_TARGET_SECONDS, "meets_target": t_fast < DEDUP_TARGET_SECONDS,
+        "environment": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+
+
+def bench_dedup(args: argparse.Namespace) -> dict:
+    return run_dedup_bench(n=args.dedup_n, pairwise_n=args.dedup_pairwise_n, seed=args.seed)
+
+
+def _print_dedup(r: dict) -> None:
+    ref, small, fast = r["pairwise_reference"], r["indexed_on_reference_n"], r["indexed"]
+    print(
+        f"dedup: {fast['n']} synthetic instructions ({r['decisions']})\n"
+        f"  pairwise reference {ref['n']:7d} in {ref['seconds']:8.1f} s\n"
+        f"  index              {small['n']:7d} in {small['seconds']:8.1f} s (same decisions: {r['same_decisions_on_reference_n']})\n"
+        f"  index              {fast['n']:7d} in {fast['seconds']:8.1f} s "
+        f"(target {r['target_seconds']:.0f} s: {'met' if r['meets_target'] else 'NOT met'})"
+    )
+
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {
     "critic": (bench_critic, _print_critic),
+    "dedup": (bench_dedup, _print_dedup),
     "generation": (bench_generation, _print_generation),
     "training": (bench_training, _print_training),
 }
@@ -293,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-prompts", type=int, default=32)
     p.add_argument("--gen-batch-size", type=int, default=16)
     p.add_argument("--gen-max-new-tokens", type=int, default=48)
+    p.add_argument("--dedup-n", type=int, default=DEDUP_BENCH_N)
+    p.add_argument("--dedup-pairwise-n", type=int, default=DEDUP_BENCH_PAIRWISE_N)
     p.add_argument("--train-model", default="tiny-random")
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--train-seq-len", type=int, default=128)

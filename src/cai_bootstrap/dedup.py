@@ -1,26 +1,54 @@
 """Exact, normalized and near-duplicate detection (ROUGE-L F > 0.7, as self-instruct does).
 
-Used twice with the same rules: to deduplicate generated instructions (DG-04) and to
-prove no evaluation item leaked into training data (SFT-06). ROUGE-L is the longest
-common subsequence over lowercase word tokens; implemented here (a few lines) because
-the reference package pulls in NLTK, which downloads data at run time.
+Used three times with the same rules: to deduplicate generated instructions (DG-04), to
+re-deduplicate across shards at merge (DG-05) and to prove no evaluation item leaked into
+training data (SFT-06). ROUGE-L is the longest common subsequence over lowercase word
+tokens; implemented here (a few lines) because the reference package pulls in NLTK,
+which downloads data at run time.
+
+DG-09: comparing a candidate with every kept instruction is quadratic (8,000 instructions
+took a minute), so the index finds the pool items that *could* pass and runs the LCS only
+on those, with the same decisions as the pairwise rule. The pruning is exact:
+ROUGE-L F = 2 LCS / (|a| + |b|), and the LCS is at most the size of the two token
+multisets' intersection, so a pair can pass only if that overlap is at least
+``min_overlap(|a|, |b|)``. Two multisets sharing ``k`` elements share one among their first
+``|a| - k + 1`` and ``|b| - k + 1`` elements under any fixed order (prefix filtering), so each
+pool item is posted only under its rarest few tokens, and a candidate looks up only its
+own rarest few: common words ("write", "the") stay out of the posting lists that are read.
+``DuplicateIndex(pairwise=True)`` is the plain loop over the pool, kept as the reference.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 NEAR_DUP_THRESHOLD = 0.7
 # Letters and digits of any script: an ASCII-only pattern would reduce every non-Latin
 # instruction to the empty string and call all of them duplicates of each other.
 _WORD_RE = re.compile(r"[^\W_]+")
+# The bounds are computed with a threshold lowered by this much, so that floating-point
+# rounding can only make the index look at a pair more, never hide one the pairwise rule keeps.
+_BOUND_SLACK = 1e-9
+# The token order (rarest first) is fixed between re-orderings, which happen each time the
+# pool doubles past this size, so re-posting costs O(n) in all.
+_FIRST_REORDER = 64
+
+KIND_EXACT = "exact_duplicate"
+KIND_NORMALIZED = "normalized_duplicate"
+KIND_NEAR = "near_duplicate"
 
 
 def normalize(text: str) -> str:
     """Case-, accent-, punctuation- and whitespace-insensitive form of a text."""
+    if text.isascii():  # nothing to decompose: the common case, and the decomposition is the slow part
+        return " ".join(_WORD_RE.findall(text.casefold()))
     t = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
     return " ".join(_WORD_RE.findall(t))
 
@@ -54,46 +82,254 @@ def rouge_l(a: str | list[str], b: str | list[str]) -> float:
     return 2 * p * r / (p + r)
 
 
+def overlap_may_pass(overlap: int, len_a: int, len_b: int, threshold: float) -> bool:
+    """The pairwise rule's bound: ROUGE-L F <= 2 * overlap / (|a| + |b|), so at or below the threshold it cannot pass."""
+    return 2 * overlap / max(1, len_a + len_b) > threshold
+
+
+@lru_cache(maxsize=None)
+def min_overlap(len_a: int, len_b: int, threshold: float) -> int:
+    """Fewest shared tokens with which two texts of these lengths can pass ``overlap_may_pass``."""
+    return max(1, math.floor((threshold - _BOUND_SLACK) * (len_a + len_b) / 2) + 1)
+
+
+@lru_cache(maxsize=None)
+def prefix_length(length: int, threshold: float) -> int:
+    """How many of a text's rarest tokens must include one shared with any text it can match.
+
+    The smallest overlap over every partner length that can pass at all (a partner
+    shorter than its required overlap cannot); 0 when no partner can.
+    """
+    for other in range(1, length + 1):
+        k = min_overlap(length, other, threshold)
+        if k <= min(length, other):
+            return length - k + 1
+    return 0
+
+
+def _element(token: str, k: int) -> str:
+    return token if k == 1 else f"{token}\x00{k}"
+
+
+def _elements(bag: Counter) -> frozenset[str]:
+    """A token multiset as a set (the k-th copy of a token is its own element), so the
+    multisets' intersection size is a C-level set intersection."""
+    return frozenset(_element(tok, k) for tok, c in bag.items() for k in range(1, c + 1))
+
+
+@lru_cache(maxsize=4096)
+def _needed(length: int, threshold: float, max_len: int) -> np.ndarray:
+    """Overlap a text of ``length`` needs with a partner of each length up to ``max_len``; unreachable where none suffices."""
+    out = np.full(max_len + 1, length + max_len + 1, dtype=np.int64)
+    for other in range(1, max_len + 1):
+        k = min_overlap(length, other, threshold)
+        if k <= min(length, other):
+            out[other] = k
+    return out
+
+
+class _Posting:
+    """Pool positions holding one element in their prefix, in insertion order; grows by doubling."""
+
+    __slots__ = ("pos", "size")
+
+    def __init__(self) -> None:
+        self.pos = np.empty(4, dtype=np.int64)
+        self.size = 0
+
+    def append(self, pos: int) -> None:
+        if self.size == len(self.pos):
+            self.pos = np.resize(self.pos, 2 * self.size)
+        self.pos[self.size] = pos
+        self.size += 1
+
+
 @dataclass
+class SearchWork:
+    """What a search cost, counted so tests can check its growth without timing it."""
+
+    postings: int = 0  # posting-list entries read
+    pairs: int = 0  # pool items whose token overlap with a candidate was computed
+    lcs: int = 0  # ROUGE-L (LCS) computations
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str  # KIND_EXACT | KIND_NORMALIZED | KIND_NEAR
+    position: int  # of the matched pool item, in insertion order
+    score: float
+
+
 class DuplicateIndex:
-    """A growing pool; ``check`` says why a candidate duplicates the pool (or None)."""
+    """A growing pool; ``check`` says why a candidate duplicates the pool (or None).
 
-    threshold: float = NEAR_DUP_THRESHOLD
-    _exact: set = field(default_factory=set)
-    _norm: dict = field(default_factory=dict)
-    _toks: list = field(default_factory=list)
+    ``pairwise=True`` compares each candidate with every pool item: the reference the
+    indexed search must agree with, and the baseline of the benchmark.
+    """
 
-    def check(self, text: str) -> tuple[str, str, float] | None:
-        """Return (reason, matched_text, score) with reason in exact/normalized/near_duplicate."""
-        if text in self._exact:
-            return ("exact_duplicate", text, 1.0)
-        n = normalize(text)
-        if n in self._norm:
-            return ("normalized_duplicate", self._norm[n], 1.0)
-        tt = n.split()
-        bag = Counter(tt)
-        for other_tokens, other_bag, other_text in self._toks:
-            # ROUGE-L F = 2*LCS/(la+lb) and LCS <= the bags' overlap: skip pairs that cannot pass.
-            overlap = sum((bag & other_bag).values())
-            if 2 * overlap / max(1, len(tt) + len(other_tokens)) <= self.threshold:
-                continue
-            score = rouge_l(tt, other_tokens)
-            if score > self.threshold:
-                return ("near_duplicate", other_text, score)
-        return None
-
-    def add(self, text: str) -> None:
-        self._exact.add(text)
-        n = normalize(text)
-        self._norm.setdefault(n, text)
-        tt = n.split()
-        self._toks.append((tt, Counter(tt), text))
-
-    def add_if_new(self, text: str) -> tuple[str, str, float] | None:
-        hit = self.check(text)
-        if hit is None:
-            self.add(text)
-        return hit
+    def __init__(self, threshold: float = NEAR_DUP_THRESHOLD, *, pairwise: bool = False) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a ROUGE-L F value in [0, 1], got {threshold!r}")
+        self.threshold = float(threshold)
+        self.pairwise = pairwise
+        self.work = SearchWork()
+        self._texts: list[str] = []
+        self._toks: list[list[str]] = []
+        self._lens: list[int] = []
+        self._max_len = 0
+        self._bags: list[Counter] = []
+        self._elements: list[frozenset[str]] = []
+        self._exact: dict[str, int] = {}
+        self._norm: dict[str, int] = {}
+        self._df: Counter = Counter()  # pool items holding each token, live
+        self._rank_df: dict[str, int] = {}  # the frequencies that fix the current token order
+        self._postings: dict[str, _Posting] = {}
+        self._reorder_at = _FIRST_REORDER
+        self._lens_np = np.zeros(0, dtype=np.int64)
+        self._plen_np = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self._toks)
+        return len(self._texts)
+
+    def text(self, position: int) -> str:
+        return self._texts[position]
+
+    def check(self, text: str) -> tuple[str, str, float] | None:
+        """Return (reason, matched_text, score) with reason in exact/normalized/near_duplicate.
+
+        A near duplicate reports the first pool item (insertion order) above the threshold.
+        """
+        m = self.find(text)
+        return None if m is None else self._report(text, m)
+
+    def _report(self, text: str, m: Match) -> tuple[str, str, float]:
+        return (m.kind, text if m.kind == KIND_EXACT else self._texts[m.position], m.score)
+
+    def find(self, text: str, *, best: bool = False) -> Match | None:
+        """The first exact, then normalized, then near-duplicate match.
+
+        Near duplicates: the first pool item above the threshold, or with ``best`` the
+        highest-scoring one (the earliest among equal scores).
+        """
+        return self._find(text, normalize(text), best)
+
+    def _find(self, text: str, n: str, best: bool) -> Match | None:
+        if text in self._exact:
+            return Match(KIND_EXACT, self._exact[text], 1.0)
+        if n in self._norm:
+            return Match(KIND_NORMALIZED, self._norm[n], 1.0)
+        tt = n.split()
+        found: Match | None = None
+        for pos in self._survivors(tt, Counter(tt)) if self.pairwise else self._indexed_survivors(tt, Counter(tt)):
+            self.work.lcs += 1
+            score = rouge_l(tt, self._toks[pos])
+            if score > self.threshold and (found is None or score > found.score):
+                found = Match(KIND_NEAR, pos, score)
+                if not best:
+                    break
+        return found
+
+    def add(self, text: str) -> None:
+        self._add(text, normalize(text))
+
+    def _add(self, text: str, n: str) -> None:
+        pos = len(self._texts)
+        self._exact.setdefault(text, pos)
+        self._norm.setdefault(n, pos)
+        tt = n.split()
+        bag = Counter(tt)
+        self._texts.append(text)
+        self._toks.append(tt)
+        self._lens.append(len(tt))
+        self._max_len = max(self._max_len, len(tt))
+        self._bags.append(bag)
+        if self.pairwise:
+            return
+        self._elements.append(_elements(bag))
+        if pos >= len(self._lens_np):
+            self._lens_np = np.resize(self._lens_np, 2 * pos + 16)
+            self._plen_np = np.resize(self._plen_np, 2 * pos + 16)
+        self._lens_np[pos] = len(tt)
+        self._plen_np[pos] = prefix_length(len(tt), self.threshold)
+        self._df.update(bag.keys())
+        if len(self._texts) >= self._reorder_at:
+            self._reorder()
+        else:
+            self._post(pos)
+
+    def add_if_new(self, text: str) -> tuple[str, str, float] | None:
+        n = normalize(text)
+        m = self._find(text, n, best=False)
+        if m is None:
+            self._add(text, n)
+            return None
+        return self._report(text, m)
+
+    # -- the search ------------------------------------------------------------------------
+
+    def _survivors(self, tt: list[str], bag: Counter) -> list[int]:
+        """Every pool position, in insertion order, whose token overlap with ``tt`` passes the bound."""
+        out = []
+        for pos, (other_tokens, other_bag) in enumerate(zip(self._toks, self._bags)):
+            self.work.pairs += 1
+            overlap = sum((bag & other_bag).values())
+            if overlap_may_pass(overlap, len(tt), len(other_tokens), self.threshold):
+                out.append(pos)
+        return out
+
+    def _indexed_survivors(self, tt: list[str], bag: Counter) -> list[int]:
+        """The same positions as ``_survivors``, found through the posting lists of the candidate's elements.
+
+        Probing every element of the candidate counts exactly what it shares with each pool
+        item's prefix; the rest of the overlap is at most what follows that prefix, and at most
+        what follows the candidate's last shared element in its own order (every shared element
+        before it lies in the pool item's prefix and was counted). Pool items whose bound is
+        below the overlap their length needs are dropped without a set intersection; the
+        bookkeeping over posting lists is vectorized.
+        """
+        lq, t = len(tt), self.threshold
+        found = [(i, self._postings[e]) for i, e in enumerate(self._ordered(bag)) if e in self._postings]
+        if not found:
+            return []
+        pos = np.concatenate([p.pos[: p.size] for _, p in found])
+        at = np.repeat(np.array([i for i, _ in found], dtype=np.int64), [p.size for _, p in found])
+        self.work.postings += len(pos)
+        order = np.argsort(pos, kind="stable")  # within a pool item, query elements stay in order
+        pos = pos[order]
+        starts = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))
+        ends = np.append(starts[1:], len(pos))
+        cand = pos[starts]
+        lx = self._lens_np[cand]
+        rest = np.minimum(lx - self._plen_np[cand], lq - at[order[ends - 1]] - 1)
+        cand = cand[(ends - starts) + rest >= _needed(lq, t, self._max_len)[lx]]
+        mine, elements, lens = _elements(bag), self._elements, self._lens
+        out = []
+        for p in cand.tolist():
+            self.work.pairs += 1
+            if overlap_may_pass(len(mine & elements[p]), lq, lens[p], t):
+                out.append(p)
+        return out
+
+    def _ordered(self, bag: Counter) -> list[str]:
+        """The elements of a token multiset (see ``_elements``), rarest first in the current order."""
+        rank = self._rank_df
+        return [_element(tok, k) for _, tok, k in sorted((rank.get(tok, 0), tok, k) for tok, c in bag.items() for k in range(1, c + 1))]
+
+    def _prefix(self, bag: Counter, length: int) -> list[str]:
+        """The rarest ``prefix_length`` elements: a pool item matching anything shares one of them."""
+        return self._ordered(bag)[: prefix_length(length, self.threshold)]
+
+    def _post(self, pos: int) -> None:
+        for element in self._prefix(self._bags[pos], self._lens[pos]):
+            posting = self._postings.get(element)
+            if posting is None:
+                posting = self._postings[element] = _Posting()
+            posting.append(pos)
+
+    def _reorder(self) -> None:
+        """Fix a new rarest-first order from today's frequencies and re-post the pool under it."""
+        self._rank_df = dict(self._df)
+        self._postings = {}
+        for pos in range(len(self._texts)):
+            self._post(pos)
+        self._reorder_at = 2 * len(self._texts)

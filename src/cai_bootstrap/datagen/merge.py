@@ -28,6 +28,34 @@ SHARED_SETTINGS = ("model", "profile", "mode", "target", "seed", "instructions",
 REASON_EVAL_OVERLAP = "eval_overlap"
 
 
+def cross_shard_dedup(verdicts: Sequence[dict], eval_items: Sequence[tuple[str, str]], *,
+                      pairwise: bool = False) -> tuple[set, list[dict]]:
+    """Ids kept after re-deduplicating across shards (in shard order), and a reject row for each dropped one.
+
+    SFT-06 at the source: an instruction that repeats a held-out eval item leaves the data
+    here, with its reason, instead of stopping training later. ``pairwise`` selects the
+    reference search of :mod:`cai_bootstrap.dedup` (for tests).
+    """
+    from cai_bootstrap.sft.data_gate import find_leaks
+
+    index = DuplicateIndex(pairwise=pairwise)
+    kept_ids, cross = set(), []
+    for v in verdicts:
+        hit = index.add_if_new(v["instruction"])
+        if hit is None:
+            kept_ids.add(v["id"])
+        else:
+            cross.append({"stage": "merge_dedup", "reason": P.REASON_CROSS_SHARD_DUP, "id": v["id"],
+                          "instruction": v["instruction"], "matched": hit[1], "rouge_l": round(hit[2], 4), "kind": hit[0]})
+    candidates = [v for v in verdicts if v["id"] in kept_ids]
+    for hit in find_leaks([v["instruction"] for v in candidates], eval_items, pairwise=pairwise):
+        v = candidates[hit.train_index]
+        kept_ids.discard(v["id"])
+        cross.append({"stage": "merge_dedup", "reason": REASON_EVAL_OVERLAP, "id": v["id"], "instruction": v["instruction"],
+                      "matched": hit.eval_text, "eval_id": hit.eval_id, "rouge_l": round(hit.score, 4), "kind": hit.kind})
+    return kept_ids, cross
+
+
 def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thresholds: QCThresholds | None = None) -> dict:
     shard_dirs = [Path(d) for d in shard_dirs]
     if not shard_dirs:
@@ -76,26 +104,9 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
     if len(ids) != len(set(ids)):
         raise MergeError("shards share item ids: they were not made with distinct --shard values of one run")
 
-    # Re-deduplicate across shards in shard order; a duplicate's downstream rows leave the union.
-    index = DuplicateIndex()
-    kept_ids, cross = set(), []
-    for v in rows.instruction_verdicts:
-        hit = index.add_if_new(v["instruction"])
-        if hit is None:
-            kept_ids.add(v["id"])
-        else:
-            cross.append({"stage": "merge_dedup", "reason": P.REASON_CROSS_SHARD_DUP, "id": v["id"],
-                          "instruction": v["instruction"], "matched": hit[1], "rouge_l": round(hit[2], 4), "kind": hit[0]})
-    # SFT-06 at the source: an instruction that repeats a held-out eval item leaves the data
-    # here, with its reason, instead of stopping training later.
-    from cai_bootstrap.sft.data_gate import find_leaks, load_eval_instructions
+    from cai_bootstrap.sft.data_gate import load_eval_instructions
 
-    candidates = [v for v in rows.instruction_verdicts if v["id"] in kept_ids]
-    for hit in find_leaks([v["instruction"] for v in candidates], load_eval_instructions()):
-        v = candidates[hit.train_index]
-        kept_ids.discard(v["id"])
-        cross.append({"stage": "merge_dedup", "reason": REASON_EVAL_OVERLAP, "id": v["id"], "instruction": v["instruction"],
-                      "matched": hit.eval_text, "eval_id": hit.eval_id, "rouge_l": round(hit.score, 4), "kind": hit.kind})
+    kept_ids, cross = cross_shard_dedup(rows.instruction_verdicts, load_eval_instructions())
     union = P.RunRows(
         [v for v in rows.instruction_verdicts if v["id"] in kept_ids],
         [r for r in rows.responses if r["id"] in kept_ids],

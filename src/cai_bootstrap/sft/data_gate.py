@@ -23,12 +23,11 @@ evaluation measure memorisation; any hit aborts and every pair is listed.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD, normalize, rouge_l
+from cai_bootstrap.dedup import KIND_EXACT, KIND_NEAR, KIND_NORMALIZED, NEAR_DUP_THRESHOLD, DuplicateIndex
 
 DATASET_FILE = "dataset.jsonl"
 QC_FILE = "qc_summary.json"
@@ -240,58 +239,32 @@ class LeakHit:
         return asdict(self)
 
 
+_LEAK_KINDS = {KIND_EXACT: "exact", KIND_NORMALIZED: "normalized", KIND_NEAR: "near_duplicate"}
+
+
 def find_leaks(
     train_texts: Sequence[str],
     eval_items: Sequence[tuple[str, str]],
     *,
     threshold: float = NEAR_DUP_THRESHOLD,
+    pairwise: bool = False,
 ) -> list[LeakHit]:
-    """Every training text that repeats an eval text (``(id, text)`` pairs); the strongest match each.
+    """Every training text that repeats an eval text (``(id, text)`` pairs); the strongest match each
+    (the earliest eval item among equal scores).
 
-    ROUGE-L is quadratic per pair, so an inverted index bounds it first: F1 = 2 LCS / (|a| + |b|)
-    and the LCS cannot exceed the two texts' shared token counts.
+    The eval items form a :class:`DuplicateIndex` (DG-09), so the search is the one
+    deduplication uses; ``pairwise=True`` compares every pair (the reference).
     """
-    exact: dict[str, int] = {}
-    norm: dict[str, int] = {}
-    toks: list[list[str]] = []
-    index: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for j, (_, text) in enumerate(eval_items):
-        exact.setdefault(text, j)
-        n = normalize(text)
-        norm.setdefault(n, j)
-        t = n.split()
-        toks.append(t)
-        for tok, c in Counter(t).items():
-            index[tok].append((j, c))
-
+    index = DuplicateIndex(threshold, pairwise=pairwise)
+    for _, text in eval_items:
+        index.add(text)
     hits: list[LeakHit] = []
     for i, text in enumerate(train_texts):
-        if text in exact:
-            j = exact[text]
-            hits.append(LeakHit("exact", i, text, eval_items[j][0], eval_items[j][1], 1.0))
-            continue
-        n = normalize(text)
-        if n in norm:
-            j = norm[n]
-            hits.append(LeakHit("normalized", i, text, eval_items[j][0], eval_items[j][1], 1.0))
-            continue
-        t = n.split()
-        if not t:
-            continue
-        shared: Counter = Counter()
-        for tok, c in Counter(t).items():
-            for j, rc in index.get(tok, ()):
-                shared[j] += min(c, rc)
-        best: tuple[float, int] | None = None
-        for j, s in shared.items():
-            if 2.0 * s / (len(t) + len(toks[j])) <= threshold:
-                continue
-            score = rouge_l(t, toks[j])
-            if score > threshold and (best is None or score > best[0]):
-                best = (score, j)
-        if best is not None:
-            j = best[1]
-            hits.append(LeakHit("near_duplicate", i, text, eval_items[j][0], eval_items[j][1], round(best[0], 4)))
+        m = index.find(text, best=True)
+        if m is not None:
+            j = m.position
+            score = m.score if m.kind != KIND_NEAR else round(m.score, 4)
+            hits.append(LeakHit(_LEAK_KINDS[m.kind], i, text, eval_items[j][0], eval_items[j][1], score))
     return hits
 
 
