@@ -12,7 +12,8 @@ loader, prepared with ``prepare_model_for_kbit_training`` and wrapped with LoRA
 (QLoRA). Without CUDA it falls back to plain LoRA in fp32 and says so in the manifest.
 
 A run is resumable: checkpoints go to ``output_dir/checkpoints``; a rerun with the same
-configuration and data continues from the last one, and a rerun with different ones is
+configuration and data continues from the last complete one (a checkpoint cut short by a
+crash is removed, see :mod:`.checkpoints`), and a rerun with different ones is
 refused rather than silently mixing two runs. Success is ``TRAINING_SUCCESS``, written
 last, after the adapter and the training manifest (PV-03).
 """
