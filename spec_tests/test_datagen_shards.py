@@ -167,3 +167,23 @@ def test_merge_drops_instructions_that_repeat_an_eval_item(tmp_path_factory):
     dropped = [r for r in read_jsonl(root / "merged" / P.REJECTS) if r["reason"] == REASON_EVAL_OVERLAP]
     assert [r["instruction"] for r in dropped] == [eval_text] and dropped[0]["eval_id"]
     check_no_leakage(read_jsonl(root / "merged" / P.DATASET), load_eval_instructions())  # training would accept it
+
+
+@pytest.mark.spec("DG-05", "OPS-06")
+def test_merge_refuses_to_overwrite_a_run_it_did_not_write(shards, tmp_path, capsys):
+    """A merge over an existing generation run overwrote its files, and the new manifest vouched for
+    the old run's work files. It is refused and left as it was; an earlier merge may be redone."""
+    from cai_bootstrap.cli import main
+
+    victim = tmp_path / "shard-copy"
+    shutil.copytree(shards["dirs"][1], victim)
+    before = _tree_hashes(victim)
+    rc = main(["merge", *map(str, shards["dirs"]), "--out", str(victim)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and str(victim) in err[0] and "another --out" in err[0], err
+    assert _tree_hashes(victim) == before
+
+    redo = tmp_path / "merged-again"
+    shutil.copytree(shards["merged"], redo)
+    assert main(["merge", *map(str, shards["dirs"]), "--out", str(redo)]) in (0, 1)
+    assert read_jsonl(redo / P.DATASET) == read_jsonl(shards["merged"] / P.DATASET)

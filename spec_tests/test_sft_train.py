@@ -154,6 +154,72 @@ def test_resume_after_interruption_ends_where_the_uninterrupted_run_ends(referen
         run_training(cfg, device_info=CPU, validator=no_expectation_failures)
 
 
+@pytest.fixture(scope="module")
+def interrupted(tiny_model_dir, gen_run, tmp_path_factory):
+    """A run killed right after its first checkpoint (step 2 of 3)."""
+    out = tmp_path_factory.mktemp("sft-interrupted") / "out"
+    with pytest.raises(Interrupt):
+        run_training(_cfg(tiny_model_dir, gen_run, out), callbacks=[InterruptAfterCheckpoint(2)], device_info=CPU,
+                     validator=no_expectation_failures)
+    return out
+
+
+def _cut_short(ckpt: Path, name: str) -> None:
+    """checkpoint-2's files as checkpoint-3's, with ``name`` cut in half, as a kill mid-save leaves them."""
+    import shutil
+
+    shutil.copytree(ckpt.parent / "checkpoint-2", ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "global_step": 3}))
+    data = (ckpt / name).read_bytes()
+    (ckpt / name).write_bytes(data[: len(data) // 2])
+
+
+PARTIAL_CHECKPOINTS = [
+    ("empty folder", lambda ckpt: ckpt.mkdir()),
+    ("no trainer state", lambda ckpt: (_cut_short(ckpt, "optimizer.pt"), (ckpt / "trainer_state.json").unlink())),
+    ("adapter weights cut short", lambda ckpt: _cut_short(ckpt, "adapter_model.safetensors")),
+    ("optimizer cut short", lambda ckpt: _cut_short(ckpt, "optimizer.pt")),
+]
+
+
+@pytest.mark.spec("OPS-06")
+@pytest.mark.parametrize("damage", [p[1] for p in PARTIAL_CHECKPOINTS], ids=[p[0] for p in PARTIAL_CHECKPOINTS])
+def test_a_checkpoint_cut_short_is_not_complete(damage, interrupted, tmp_path):
+    import shutil
+
+    from cai_bootstrap.sft.checkpoints import checkpoint_problem, scan_checkpoints
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(interrupted / "checkpoints", root)
+    assert checkpoint_problem(root / "checkpoint-2") is None
+    damage(root / "checkpoint-3")
+    last, incomplete = scan_checkpoints(root)
+    assert last == root / "checkpoint-2" and list(incomplete) == [root / "checkpoint-3"]
+
+
+@pytest.mark.spec("SFT-05", "OPS-06")
+@pytest.mark.parametrize("damage", [p[1] for p in PARTIAL_CHECKPOINTS[::2]], ids=[p[0] for p in PARTIAL_CHECKPOINTS[::2]])
+def test_resume_skips_a_checkpoint_cut_short_by_a_crash(damage, interrupted, reference, tiny_model_dir, gen_run, tmp_path):
+    """A kill while checkpoint-N was written left a partial folder, and every rerun failed on it."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(interrupted, out)
+    partial = out / "checkpoints" / "checkpoint-3"
+    damage(partial)
+
+    result = run_training(_cfg(tiny_model_dir, gen_run, out), device_info=CPU, validator=no_expectation_failures)
+    from cai_bootstrap.sft.checkpoints import checkpoint_problem
+
+    assert result.global_step == 3 and result.manifest["resumed_from"] == "checkpoints/checkpoint-2"
+    assert checkpoint_problem(partial) is None  # written again, whole
+    ref, got = load_file(reference / "adapter" / "adapter_model.safetensors"), load_file(out / "adapter" / "adapter_model.safetensors")
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary adapter folder left
+
+
 @pytest.mark.spec("SFT-05")
 def test_refuses_to_resume_a_different_run(tiny_model_dir, gen_run, tmp_path, monkeypatch):
     def boom(*a, **k):

@@ -30,6 +30,7 @@ from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, sha256_
 from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.prompts import RESPONSE_FRAMES
 from cai_bootstrap.provenance import git_info, utc_now
+from cai_bootstrap.run_lock import RunDirectoryInUse
 
 STATE_DIR = "stage1"
 
@@ -142,6 +143,13 @@ class Chain:
         return True
 
     def run(self, phases: list[Phase], *, until: str | None = None) -> dict:
+        from cai_bootstrap.run_lock import run_lock
+
+        # OPS-06: the chain holds its run directory; the phases' commands run below it in this process.
+        with run_lock(self.run_dir, "stage1"):
+            return self._run(phases, until=until)
+
+    def _run(self, phases: list[Phase], *, until: str | None = None) -> dict:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for phase in phases:
             if self.is_done(phase):
@@ -393,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         chain = Chain(cfg)
         t0 = time.time()
         result = chain.run(phases(), until=args.until)
+    except RunDirectoryInUse as e:
+        print(f"stage1: error: {e}", file=sys.stderr)  # another chain's run: not ours to report on
+        return 2
     except Stage1Error as e:
         print(f"stage1: STOPPED: {e}", file=sys.stderr)
         _report_after_stop(Path(cfg.run_dir) if "cfg" in locals() else None)

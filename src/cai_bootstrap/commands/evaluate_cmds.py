@@ -78,6 +78,13 @@ def register(sub) -> None:
 
 
 def _evaluate(args) -> int:
+    from cai_bootstrap.run_lock import run_lock
+
+    with run_lock(args.out, "evaluate"):  # OPS-06: one writer per output folder, for the whole run
+        return _evaluate_locked(args)
+
+
+def _evaluate_locked(args) -> int:
     from cai_bootstrap.cli import CLIError
     from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
     from cai_bootstrap.evaluation.report import MANIFEST_FILE, StatsConfig, write_outputs

@@ -15,6 +15,8 @@ from cai_bootstrap.dedup import DuplicateIndex
 from cai_bootstrap.io_utils import read_jsonl, sha256_file
 from cai_bootstrap.provenance import utc_now, verify_inputs
 from cai_bootstrap.qc import QCThresholds
+from cai_bootstrap.run_lock import run_lock
+from cai_bootstrap.safe_paths import is_empty_dir, refuse_foreign
 
 
 class MergeError(ValueError):
@@ -26,6 +28,8 @@ SHARED_SETTINGS = ("model", "profile", "mode", "target", "seed", "instructions",
 
 
 REASON_EVAL_OVERLAP = "eval_overlap"
+# The shard label of a merged run: how a merge recognises its own earlier output.
+MERGED = "merged"
 
 
 def cross_shard_dedup(verdicts: Sequence[dict], eval_items: Sequence[tuple[str, str]], *,
@@ -63,6 +67,32 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
     out = Path(out_dir)
     if any(out.resolve() == d.resolve() for d in shard_dirs):
         raise MergeError("the merge output must be a new directory, not one of the shards")
+    with run_lock(out, "merge"):  # OPS-06: one writer per run directory
+        _refuse_foreign_output(out)
+        return _merge_locked(shard_dirs, out, thresholds)
+
+
+def _refuse_foreign_output(out: Path) -> None:
+    """The output may be new, empty, or an earlier merge: never a run whose files the merge would
+    overwrite, nor one whose work files its manifest would vouch for (OPS-06)."""
+    if not out.exists() or is_empty_dir(out):
+        return
+    if not out.is_dir():
+        refuse_foreign(out, "is not a directory", option="--out")
+    work = [p.name for p in (out / P.WORK).glob("*")] if (out / P.WORK).is_dir() else []
+    if work:
+        refuse_foreign(out, f"holds another run's work files ({P.WORK}/{sorted(work)[0]}, ...)", option="--out")
+    manifest_path = out / P.SESSION_MANIFEST
+    try:
+        shard = (json.loads(manifest_path.read_text(encoding="utf-8")).get("config") or {}).get("shard")
+    except (OSError, ValueError, AttributeError):
+        shard = None
+    if shard != MERGED:
+        refuse_foreign(out, f"already exists and is not the output of an earlier merge ({P.SESSION_MANIFEST} "
+                            f"does not say shard {MERGED!r})", option="--out")
+
+
+def _merge_locked(shard_dirs: list[Path], out: Path, thresholds: QCThresholds | None) -> dict:
     rows = P.RunRows([], [], [], [])
     metadata: dict[str, dict] = {}
     inputs, configs, sentinel_flags = [], [], []
@@ -136,6 +166,6 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, thres
     out.mkdir(parents=True, exist_ok=True)
     (out / P.WORK).mkdir(exist_ok=True)
     P.write_artifacts(out, dataset, rejects, summary, state={"started_at": utc_now()},
-                      budgets={"shards": len(shard_dirs)}, config={"merge_of": [str(d) for d in shard_dirs], **configs[0], "shard": "merged"},
+                      budgets={"shards": len(shard_dirs)}, config={"merge_of": [str(d) for d in shard_dirs], **configs[0], "shard": MERGED},
                       load_provenance=None, inputs=inputs, notes=[f"merge of {len(shard_dirs)} shards"])
     return summary

@@ -38,6 +38,8 @@ from cai_bootstrap.provenance import (
     write_manifest,
 )
 from cai_bootstrap.qc import compute_qc_summary
+from cai_bootstrap.run_lock import run_lock
+from cai_bootstrap.safe_paths import refuse_foreign
 
 SCRIPT_NAME = "cai_bootstrap.datagen"
 WORK = "work"
@@ -387,10 +389,25 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
     cfg_dump = cfg.model_dump(mode="json")
     # Everything that can be refused is checked before the model loads (OPS-01).
     state = _read_state(state_path, cfg_dump) if state_path.exists() else None
-    _check_writable(out)
-    if cfg.mode == "scale":
-        _require_pilot_gate(cfg)
+    with run_lock(out, "generate"):  # OPS-06: one writer per run directory
+        if state is None and state_path.exists():  # a writer that finished meanwhile
+            state = _read_state(state_path, cfg_dump)
+        if state is None:
+            _refuse_foreign_outputs(out)
+        _check_writable(out)
+        if cfg.mode == "scale":
+            _require_pilot_gate(cfg)
+        return _run_locked(cfg, lm, out, work, state_path, cfg_dump, state)
 
+
+def _refuse_foreign_outputs(out: Path) -> None:
+    """A directory without run state may not hold the files a run writes: they are someone else's (OPS-06)."""
+    found = [n for n in (DATASET, REJECTS, QC_SUMMARY, SESSION_MANIFEST) if (out / n).exists()]
+    if found:
+        refuse_foreign(out, f"holds {', '.join(found)} but no run state ({WORK}/{SESSION_STATE})", option="--out")
+
+
+def _run_locked(cfg: GenerateConfig, lm, out: Path, work: Path, state_path: Path, cfg_dump: dict, state: dict | None) -> dict:
     own_model = lm is None
     if own_model:
         lm = _load_model(cfg)

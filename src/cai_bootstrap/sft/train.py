@@ -12,7 +12,8 @@ loader, prepared with ``prepare_model_for_kbit_training`` and wrapped with LoRA
 (QLoRA). Without CUDA it falls back to plain LoRA in fp32 and says so in the manifest.
 
 A run is resumable: checkpoints go to ``output_dir/checkpoints``; a rerun with the same
-configuration and data continues from the last one, and a rerun with different ones is
+configuration and data continues from the last complete one (a checkpoint cut short by a
+crash is removed, see :mod:`.checkpoints`), and a rerun with different ones is
 refused rather than silently mixing two runs. Success is ``TRAINING_SUCCESS``, written
 last, after the adapter and the training manifest (PV-03).
 """
@@ -230,12 +231,16 @@ def _fingerprint(cfg: SFTRunConfig, dataset_sha: str, model_source: str, plan: R
 
 def _check_resumable(out: Path, fingerprint: dict) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuse a different run in the same folder."""
-    from transformers.trainer_utils import get_last_checkpoint
+    import shutil
+    import sys
+
+    from cai_bootstrap.safe_paths import refuse_foreign
+    from cai_bootstrap.sft.checkpoints import scan_checkpoints
 
     if (out / SUCCESS_MARKER).exists():
         raise TrainingSetupError(f"{out} already holds a finished run ({SUCCESS_MARKER}); choose a new output_dir")
     ckpt_dir = out / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last, incomplete = scan_checkpoints(ckpt_dir)
     stored = out / RUN_CONFIG_NAME
     if stored.is_file():
         previous = json.loads(stored.read_text(encoding="utf-8")).get("fingerprint")
@@ -245,9 +250,19 @@ def _check_resumable(out: Path, fingerprint: dict) -> Path | None:
                 f"{out} holds a run with a different configuration or dataset (differs in: {', '.join(diff)}); "
                 "resuming would mix two runs. Use a new output_dir, or restore the original configuration."
             )
-    elif last is not None:
+    elif last is not None or incomplete:
         raise TrainingSetupError(f"{out} holds checkpoints of unknown origin (no {RUN_CONFIG_NAME}); use a new output_dir")
-    return Path(last) if last else None
+    else:
+        # OPS-06: the adapter and manifest a run writes are replaced only in a folder this project made.
+        found = [n for n in (ADAPTER_DIR, MANIFEST_NAME) if (out / n).exists()]
+        if found:
+            refuse_foreign(out, f"holds {', '.join(found)} but no {RUN_CONFIG_NAME}", option="output_dir")
+    # A checkpoint cut short by a crash is this run's own; it would fail every resume (OPS-06).
+    for folder, why in incomplete.items():
+        print(f"train: removing incomplete checkpoint {folder} ({why}); resuming from "
+              f"{last.name if last else 'the start'}", file=sys.stderr)
+        shutil.rmtree(folder)
+    return last
 
 
 def _write_gate_manifest(out: Path, passed: bool, checks: Mapping[str, str], failure: str | None, inputs: Mapping[str, Path], values: dict) -> None:
@@ -292,6 +307,14 @@ def run_training(
     verify_batches: bool = True,
 ) -> TrainingResult:
     """One SFT run from a validated config; see the module docstring for the order of steps."""
+    from cai_bootstrap.run_lock import run_lock
+
+    with run_lock(cfg.output_dir, "train"):  # OPS-06: one writer per output directory
+        return _run_training(cfg, callbacks=callbacks, device_info=device_info, validator=validator,
+                             verify_batches=verify_batches)
+
+
+def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verify_batches) -> TrainingResult:
     from cai_bootstrap.model_sources import resolve_model
     from cai_bootstrap.sft.data_gate import (
         DataGateError,
@@ -387,7 +410,10 @@ def run_training(
     tokens_this_process = int(getattr(state, "num_input_tokens_seen", 0) or 0) - tokens_before
 
     adapter_dir = out / ADAPTER_DIR
-    trainer.model.save_pretrained(str(adapter_dir))
+    from cai_bootstrap.safe_paths import publish_dir
+
+    with publish_dir(adapter_dir) as tmp:  # a crash leaves no half-written adapter under the real name
+        trainer.model.save_pretrained(str(tmp))
     adapter_files = sorted(p for p in adapter_dir.rglob("*") if p.is_file())
 
     manifest = _training_manifest(

@@ -1,0 +1,196 @@
+"""OPS-06: one writer per run directory, nothing destroyed that the project did not make,
+model folders published whole.
+
+The second writer is a real process holding the lock (as a running `generate` would);
+each command that writes a run directory must refuse it with the holder's pid, and a
+lock left by a process killed with SIGKILL must not block the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+HOLDER = """
+import sys, time
+from cai_bootstrap.run_lock import run_lock
+with run_lock(sys.argv[1], "generate"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder():
+    """Start a process that holds the run lock of a folder; yields (start(folder) -> process)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(folder: Path) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        procs.append(p)
+        line = p.stdout.readline()
+        assert line.strip() == "held", f"lock holder did not start: {line!r} {p.stderr.read() if p.poll() is not None else ''}"
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """A refusal must come before any model is resolved or loaded."""
+    import cai_bootstrap.loader as loader
+    import cai_bootstrap.model_sources as sources
+
+    def forbidden(*a, **k):
+        pytest.fail("a model was resolved or loaded although the run directory is in use")
+
+    monkeypatch.setattr(loader, "load_base_model", forbidden)
+    monkeypatch.setattr(sources, "resolve_model", forbidden)
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected a one-line error, got:\n{err}"
+    return lines[0]
+
+
+# (command, argv builder(locked run dir, tmp_path) -> argv, directory the command writes)
+WRITERS = [
+    ("generate", lambda d, t: ["generate", "--out", str(d)]),
+    ("generate below a locked run", lambda d, t: ["generate", "--out", str(d / "pilot")]),
+    ("merge", lambda d, t: ["merge", str(t / "shard-0"), "--out", str(d)]),
+    ("train", lambda d, t: ["train", "--dataset", str(t / "data"), "--model", "tiny-random", "--out", str(d)]),
+    ("evaluate", lambda d, t: ["evaluate", "--model", "tiny-random", "--base-only", "--out", str(d)]),
+]
+
+
+@pytest.mark.spec("OPS-06")
+@pytest.mark.parametrize("name, argv", WRITERS, ids=[w[0] for w in WRITERS])
+def test_a_second_writer_is_refused_with_the_holder_named(name, argv, tmp_path, holder, capsys, no_model_load):
+    from cai_bootstrap.cli import main
+
+    run = tmp_path / "run"
+    proc = holder(run)
+    rc = main(argv(run, tmp_path))
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2
+    assert f"run directory {run} is in use by pid {proc.pid}" in line and " since " in line, line
+    assert proc.poll() is None  # the holder is untouched
+    assert sorted(p.name for p in run.iterdir()) == [".cai_bootstrap.lock"]  # nothing written beside it
+
+
+@pytest.mark.spec("OPS-06")
+def test_stage1_chain_refuses_a_run_directory_in_use(tmp_path, holder, capsys, no_model_load):
+    from cai_bootstrap import stage1
+
+    run = tmp_path / "run"
+    proc = holder(run)
+    rc = stage1.main(["--run-dir", str(run)])
+    assert rc == 2
+    assert f"is in use by pid {proc.pid}" in _one_line_error(capsys.readouterr().err)
+    assert not (run / stage1.STATE_DIR).exists()
+
+
+@pytest.mark.spec("OPS-06")
+def test_lock_of_a_killed_process_does_not_block_the_next_run(tmp_path, holder):
+    from cai_bootstrap.run_lock import LOCK_NAME, run_lock
+
+    run = tmp_path / "run"
+    proc = holder(run)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stale = run / LOCK_NAME
+    assert stale.is_file() and json.loads(stale.read_text())["pid"] == proc.pid  # left behind by the crash
+    with run_lock(run, "generate"):
+        assert json.loads(stale.read_text())["pid"] == os.getpid()
+    assert not stale.exists()  # released and tidied
+
+
+@pytest.mark.spec("OPS-06")
+def test_nested_locks_in_one_process_pass(tmp_path):
+    """The stage-1 chain holds its run directory and runs each phase's command below it."""
+    from cai_bootstrap.run_lock import run_lock
+
+    run = tmp_path / "run"
+    with run_lock(run, "stage1"):
+        with run_lock(run / "pilot", "generate"), run_lock(run, "stage1"):
+            (run / "pilot" / "x").write_text("ok")
+    assert sorted(p.name for p in run.rglob("*")) == ["pilot", "x"]
+
+
+@pytest.mark.spec("OPS-06")
+def test_a_refused_lock_leaves_no_empty_directory(tmp_path, holder):
+    from cai_bootstrap.run_lock import RunDirectoryInUse, run_lock
+
+    run = tmp_path / "run"
+    holder(run)
+    with pytest.raises(RunDirectoryInUse):
+        with run_lock(run / "sub", "generate"):
+            pass
+    assert not (run / "sub").exists()
+
+
+# -- nothing destroyed that the project did not make -----------------------------------------------
+
+
+@pytest.mark.spec("OPS-06")
+def test_tiny_model_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    from cai_bootstrap.cli import main
+
+    folder = tmp_path / "mine"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "thesis.txt").write_text("years of work")
+    rc = main(["tiny-model", str(folder)])
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2 and str(folder) in line and "remove it yourself" in line, line
+    assert (folder / "notes" / "thesis.txt").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+@pytest.mark.spec("OPS-06")
+def test_tiny_model_is_published_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A failure while the folder is written leaves the previous model and no partial folder."""
+    from cai_bootstrap import testmodel
+
+    folder = testmodel.build_tiny_model(tmp_path / "tiny", seed=0)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(testmodel.shutil, "copy2", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        testmodel.build_tiny_model(folder, seed=1)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    monkeypatch.undo()
+    testmodel.build_tiny_model(folder, seed=1)  # its own folder may be rebuilt
+    assert json.loads((folder / testmodel.MARKER_FILE).read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+@pytest.mark.spec("OPS-06")
+def test_generate_refuses_a_folder_holding_outputs_it_did_not_write(tmp_path, capsys, no_model_load):
+    from cai_bootstrap.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset.jsonl").write_text('{"mine": true}\n')
+    rc = main(["generate", "--out", str(out)])
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2 and str(out) in line and "dataset.jsonl" in line and "another --out" in line, line
+    assert (out / "dataset.jsonl").read_text() == '{"mine": true}\n'
