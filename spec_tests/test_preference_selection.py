@@ -140,3 +140,59 @@ def test_instructions_must_be_new_to_stage1_and_the_eval_set():
     assert [k["id"] for k in kept] == ["n4"]
     assert {r["id"]: r["reason"] for r in rejects} == {"n1": REASON_SEEN_IN_STAGE1, "n2": REASON_IN_EVAL,
                                                        "n3": REASON_SEEN_IN_STAGE1, "n5": REASON_SEEN_IN_STAGE1}
+
+
+@pytest.mark.spec("PO-01", "PO-02", "PV-06")
+def test_pairs_runner_writes_a_valid_typed_run_of_new_instructions(tiny_lm, tmp_path):
+    """Real critic and relevance judge on the tiny model; sampling scripted so answers are text."""
+    import json
+
+    from cai_bootstrap import validation as v
+    from cai_bootstrap.io_utils import read_jsonl
+    from cai_bootstrap.preference.pairs import run_pairs
+    from cai_bootstrap.preference.pairs_config import PairsConfig
+    from cai_bootstrap.preference.qc import PairQCThresholds
+
+    from spec_tests.scripted_lm import ScriptedLM
+    from spec_tests.sft_support import make_generation_run
+
+    stage1 = make_generation_run(tmp_path / "stage1")
+    instr = tmp_path / "instructions.jsonl"
+    rows = [{"id": "a", "instruction": "Describe how bees find flowers in spring."},
+            {"id": "b", "instruction": "Name a fruit that is yellow."},  # in the Stage-1 dataset
+            {"id": "c", "instruction": "Explain why winter tires help on icy roads."},
+            {"id": "d", "instruction": "Summarize the history of paper money in two sentences."}]
+    instr.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    eval_set = tmp_path / "eval.jsonl"
+    eval_set.write_text(json.dumps({"id": "e", "instruction": "Summarize the history of paper money in two sentences"}) + "\n")
+    cfg = PairsConfig(model="tiny-random", stage1_data=stage1, instructions=instr, out_dir=tmp_path / "pairs", eval_set=eval_set,
+                      min_margin_gap=1e-4, max_new_tokens=40, batch_size=4,
+                      qc=PairQCThresholds(min_margin_gap=1e-4, max_type_share=1.0))
+    summary = run_pairs(cfg, lm=ScriptedLM(tiny_lm, style="clean"))
+    pairs = read_jsonl(tmp_path / "pairs" / "pairs.jsonl")
+    rejects = read_jsonl(tmp_path / "pairs" / "pair_rejects.jsonl")
+    assert {r["id"]: r["reason"] for r in rejects if r["stage"] == "instructions"} == {"b": "seen_in_stage1", "d": "in_eval_set"}
+    assert pairs and {p["instruction"] for p in pairs} <= {rows[0]["instruction"], rows[2]["instruction"]}
+    assert {p["negative_type"] for p in pairs} - {"sampled"}, "hard negatives reach the pairs with their type"
+    assert all(p["margin_gap"] >= 1e-4 and p["chosen"] != p["rejected"] for p in pairs)
+    assert summary["counts"]["pairs"] == len(pairs) and sum(summary["counts"]["by_negative_type"].values()) == len(pairs)
+    reports = v.validate_paths([tmp_path / "pairs"])
+    assert all(r.ok for r in reports), "\n".join(r.format() for r in reports)
+
+
+@pytest.mark.spec("PO-01")
+def test_shipped_pairs_yaml_validates_and_cli_lists_both_commands(capsys):
+    from pathlib import Path
+
+    from cai_bootstrap.cli import build_parser
+    from cai_bootstrap.preference.pairs_config import load_pairs_config
+
+    p = Path(__file__).resolve().parent.parent / "src" / "cai_bootstrap" / "configs" / "pairs_default.yaml"
+    cfg = load_pairs_config(p)
+    assert cfg.k == DEFAULT_K and cfg.negative_types == list(HARD_NEGATIVE_TYPES) and cfg.qc.min_margin_gap == cfg.min_margin_gap
+    help_text = build_parser().format_help()
+    assert "pairs" in help_text and "train-dpo" in help_text
+    from cai_bootstrap.sft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="k must be >= 2"):
+        load_pairs_config(p, {"k": 1})

@@ -31,7 +31,31 @@ def register(sub) -> None:
 
 
 def _register_pairs(sub) -> None:
-    """Added with the pair generation runner."""
+    p = sub.add_parser("pairs", help="Best-of-N preference pairs with hard negatives, for instructions new to Stage 1")
+    p.add_argument("--config", help="YAML run file (e.g. src/cai_bootstrap/configs/pairs_default.yaml)")
+    p.add_argument("--model")
+    p.add_argument("--sft-run", help="sample with the Stage-1 model (its SFT output_dir)")
+    p.add_argument("--stage1-data", help="the Stage-1 generation run whose instructions are not reused")
+    p.add_argument("--instructions", help="JSONL of candidate instructions")
+    p.add_argument("--out", dest="out_dir")
+    p.add_argument("--eval-set")
+    p.add_argument("--k", type=int, help="candidates per instruction (default 3)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field; values are read as YAML")
+    p.set_defaults(func=_pairs)
+
+
+def _pairs(args) -> int:
+    from cai_bootstrap.commands.train_cmds import set_overrides
+    from cai_bootstrap.preference.pairs import run_pairs
+    from cai_bootstrap.preference.pairs_config import load_pairs_config
+
+    flags = {"model": args.model, "sft_run": args.sft_run, "stage1_data": args.stage1_data, "instructions": args.instructions,
+             "out_dir": args.out_dir, "eval_set": args.eval_set, "k": args.k}
+    cfg = load_pairs_config(args.config, {**set_overrides(args.set), **{k: v for k, v in flags.items() if v is not None}})
+    summary = run_pairs(cfg)
+    print(json.dumps({"out": str(cfg.out_dir), "pairs": summary["counts"]["pairs"], "by_negative_type": summary["counts"]["by_negative_type"],
+                      "thresholds_passed": summary["thresholds_passed"], "failed_reasons": summary["failed_reasons"]}, indent=2))
+    return 0 if summary["thresholds_passed"] else 1
 
 
 def _train_dpo(args) -> int:
