@@ -118,7 +118,7 @@ BROKEN_CASES = [
     ("session_bad_hash", "expect_column_values_to_match_regex", "sha256"),
     ("training_missing_lora_r", "expect_table_columns_to_match_set", "hyperparameters.lora.r"),
     ("eval_p_adjusted_out_of_range", "expect_column_values_to_be_between", "p_adjusted"),
-    ("pairs_unknown_type", "expect_column_values_to_be_in_set", "pair_type"),
+    ("pairs_unknown_type", "expect_column_values_to_be_in_set", "negative_type"),
     ("sft_empty", "expect_table_row_count_to_be_between", None),
 ]
 

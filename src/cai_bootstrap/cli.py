@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "cai_bootstrap.commands.validate_cmds",
     "cai_bootstrap.commands.evaluate_cmds",
     "cai_bootstrap.commands.train_cmds",
+    "cai_bootstrap.commands.preference_cmds",
 ]
 
 

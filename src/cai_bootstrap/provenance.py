@@ -41,7 +41,8 @@ SESSION_MANIFEST = "session_manifest"
 TRAINING_MANIFEST = "training_manifest"
 EVAL_OUTPUT = "eval_output"
 PREFERENCE_PAIRS = "preference_pairs"
-ARTIFACT_TYPES = (SFT_RECORDS, QC_SUMMARY, SESSION_MANIFEST, TRAINING_MANIFEST, EVAL_OUTPUT, PREFERENCE_PAIRS)
+PAIR_QC_SUMMARY = "pair_qc_summary"
+ARTIFACT_TYPES = (SFT_RECORDS, QC_SUMMARY, SESSION_MANIFEST, TRAINING_MANIFEST, EVAL_OUTPUT, PREFERENCE_PAIRS, PAIR_QC_SUMMARY)
 
 # PV-01 and CR-04 field names, shared by the record builders and the validation suites.
 CRITIQUE_FIELDS = ("is_good", "predicted_label", "logp_a", "logp_b", "margin", "confident")

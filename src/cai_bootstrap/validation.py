@@ -224,7 +224,7 @@ def detect_artifact_type(path: Path, suites: Sequence[SuiteSpec]) -> str | None:
         if path.suffix == ".jsonl":
             with open(path, encoding="utf-8") as f:
                 first = json.loads(next((ln for ln in f if ln.strip()), "{}"))
-            declared = first.get("artifact_type") or _dig(first, "metadata.artifact_type")
+            declared = first.get("artifact_type") or _dig(first, "metadata.artifact_type") or _dig(first, "provenance.artifact_type")
         elif path.suffix == ".json":
             declared = json.loads(path.read_text(encoding="utf-8")).get("artifact_type")
         else:

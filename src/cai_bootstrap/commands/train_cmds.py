@@ -28,13 +28,14 @@ def register(sub) -> None:
     p.set_defaults(func=_train)
 
 
-def _overrides(args) -> dict:
+def set_overrides(items) -> dict:
+    """``--set KEY=VALUE`` items as dotted overrides, values read as YAML (shared by the training commands)."""
     import yaml
 
     from cai_bootstrap.cli import CLIError
 
     out: dict = {}
-    for item in args.set:
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
@@ -42,6 +43,11 @@ def _overrides(args) -> dict:
             out[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise CLIError(f"--set {item!r}: value is not valid YAML ({e})") from None
+    return out
+
+
+def _overrides(args) -> dict:
+    out = set_overrides(args.set)
     flags = {
         "dataset": args.dataset,
         "model": args.model,

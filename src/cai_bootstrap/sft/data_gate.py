@@ -38,6 +38,26 @@ GATE_CHECKS = ("manifest", "hashes", "qc", "qc_thresholds", "expectations", "rec
 Validator = Callable[[Path], Sequence[str]]
 
 
+@dataclass(frozen=True)
+class DataGateSpec:
+    """What one kind of training data is: its files, its suite, its QC reading and its record rule.
+
+    The checks and their order are the gate's; a new training method (DPO on pairs) brings
+    its own spec and gets the same gate, not a copy of it.
+    """
+
+    dataset_file: str
+    qc_file: str
+    artifact_type: str
+    # (qc_summary path) -> (passed, failed reasons); raises ValueError on a malformed or inconsistent summary
+    read_qc: Callable[[Path], tuple[bool, list[str]]]
+    # (qc_summary path, session manifest path, required thresholds or None) -> a line for the gate manifest
+    check_thresholds: Callable[[Path, Path, object], str]
+    # problems of the records (empty: fine), e.g. empty texts or a schema break
+    check_records: Callable[[list[dict]], list[str]]
+    producer: str = "data generation"
+
+
 class DataGateError(RuntimeError):
     """Training refused: ``check`` names the failed gate check; the message says how to fix it."""
 
@@ -82,19 +102,19 @@ class GateResult:
         }
 
 
-def _run_dir(path: str | Path) -> Path:
+def _run_dir(path: str | Path, spec: DataGateSpec) -> Path:
     p = Path(path)
-    if p.is_file() and p.name == DATASET_FILE:
+    if p.is_file() and p.name == spec.dataset_file:
         return p.parent
     if not p.exists():
-        raise DataGateError("manifest", f"dataset path {p} does not exist; give the run directory of a data generation run")
+        raise DataGateError("manifest", f"dataset path {p} does not exist; give the run directory of a {spec.producer} run")
     if not p.is_dir():
-        raise DataGateError("manifest", f"{p} is not a run directory or its {DATASET_FILE}")
+        raise DataGateError("manifest", f"{p} is not a run directory or its {spec.dataset_file}")
     return p
 
 
-def default_validator(path: Path) -> list[str]:
-    """The ``sft_records`` Great Expectations suite (PV-06) over the dataset: its failures, or nothing."""
+def default_validator(path: Path, artifact_type: str = "sft_records") -> list[str]:
+    """The artifact's Great Expectations suite (PV-06) over the dataset: its failures, or nothing."""
     try:
         from cai_bootstrap import validation
     except ImportError as e:  # the validate extra (great-expectations) is missing
@@ -103,7 +123,7 @@ def default_validator(path: Path) -> list[str]:
             f"cannot run the Great Expectations suite ({e}); install it with: pip install 'cai-bootstrap[validate]'",
         ) from None
     try:
-        report = validation.validate_file(path, artifact_type="sft_records")
+        report = validation.validate_file(path, artifact_type=artifact_type)
     except validation.ValidationSetupError as e:
         raise DataGateError("expectations", f"cannot run the Great Expectations suite: {e}") from None
     failures = [str(f) for f in report.failures]
@@ -112,25 +132,42 @@ def default_validator(path: Path) -> list[str]:
     return failures
 
 
+def _sft_read_qc(path: Path) -> tuple[bool, list[str]]:
+    from cai_bootstrap.qc import read_qc_decision
+
+    return read_qc_decision(path)
+
+
+def _sft_records(records: list[dict]) -> list[str]:
+    return [
+        f"record {i + 1}: {key} must be a non-empty string"
+        for i, r in enumerate(records)
+        for key in ("instruction", "response")
+        if not isinstance(r.get(key), str) or not r[key].strip()
+    ]
+
+
 def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = None,
-                       required_thresholds=None) -> GateResult:
+                       required_thresholds=None, spec: DataGateSpec | None = None) -> GateResult:
     """Run the checks in order; raise :class:`DataGateError` at the first failure.
 
-    ``required_thresholds`` (a ``QCThresholds``): the least strict QC the training run
-    accepts; None means the shipped defaults.
+    ``required_thresholds`` (a ``QCThresholds``, or the spec's own kind): the least strict
+    QC the training run accepts; None means the shipped defaults. ``spec``: which kind of
+    data (default: Stage-1 SFT records).
     """
     from cai_bootstrap.io_utils import MalformedInputError, read_jsonl
     from cai_bootstrap.provenance import InputIntegrityError, verify_inputs
-    from cai_bootstrap.qc import QCSummaryError, read_qc_decision
 
-    run = _run_dir(run_dir)
+    spec = spec or SFT_GATE
+    DATASET_FILE, QC_FILE = spec.dataset_file, spec.qc_file  # noqa: N806 (the messages below name these files)
+    run = _run_dir(run_dir, spec)
     manifest = run / MANIFEST_FILE
     checks: dict[str, str] = {}
 
     if not manifest.is_file():
         raise DataGateError(
             "manifest",
-            f"{manifest} does not exist. Training accepts only the output of a finished data generation run, whose "
+            f"{manifest} does not exist. Training accepts only the output of a finished {spec.producer} run, whose "
             f"manifest pins the sha256 of {DATASET_FILE} and {QC_FILE}. Fix: point the dataset at that run directory, "
             "or finish the run (cai-bootstrap generate ... resumes it).",
         )
@@ -153,8 +190,8 @@ def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = Non
     checks["hashes"] = f"{len(verified)} file(s) match the manifest; {DATASET_FILE} sha256 {dataset_sha}"
 
     try:
-        passed, reasons = read_qc_decision(qc_path)
-    except QCSummaryError as e:
+        passed, reasons = spec.read_qc(qc_path)
+    except ValueError as e:  # QCSummaryError and its kin for other data are ValueErrors
         raise DataGateError("qc", f"{e}") from None
     if not passed:
         raise DataGateError(
@@ -164,9 +201,9 @@ def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = Non
             "the thresholds are not loosened to let a dataset through.",
         )
     checks["qc"] = "thresholds_passed: true"
-    checks["qc_thresholds"] = _check_recorded_thresholds(qc_path, manifest, required_thresholds)
+    checks["qc_thresholds"] = spec.check_thresholds(qc_path, manifest, required_thresholds)
 
-    failures = list((validator or default_validator)(dataset))
+    failures = list(validator(dataset) if validator else default_validator(dataset, spec.artifact_type))
     if failures:
         shown = "\n  ".join(failures[:20]) + (f"\n  ... {len(failures) - 20} more" if len(failures) > 20 else "")
         raise DataGateError(
@@ -180,15 +217,10 @@ def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = Non
         records = read_jsonl(dataset)
     except MalformedInputError as e:
         raise DataGateError("records", str(e)) from None
-    bad = [
-        f"record {i + 1}: {key} must be a non-empty string"
-        for i, r in enumerate(records)
-        for key in ("instruction", "response")
-        if not isinstance(r.get(key), str) or not r[key].strip()
-    ]
+    bad = spec.check_records(records)
     if bad or not records:
         raise DataGateError("records", ("; ".join(bad[:20]) if bad else f"{dataset} holds no records") + ". Fix: regenerate the dataset.")
-    checks["records"] = f"{len(records)} records with instruction and response"
+    checks["records"] = f"{len(records)} records pass the record checks"
     return GateResult(run, dataset, dataset_sha, qc_path, manifest, records, checks)
 
 
@@ -215,6 +247,16 @@ def _check_recorded_thresholds(qc_path: Path, manifest: Path, required) -> str:
             "Fix: regenerate the data under the required thresholds; a summary passed by raising them is not a pass.",
         )
     return "recorded thresholds are no looser than " + " and ".join(references)
+
+
+SFT_GATE = DataGateSpec(
+    dataset_file=DATASET_FILE,
+    qc_file=QC_FILE,
+    artifact_type="sft_records",
+    read_qc=_sft_read_qc,
+    check_thresholds=_check_recorded_thresholds,
+    check_records=_sft_records,
+)
 
 
 # -- SFT-06: leakage against the held-out eval set ---------------------------------------------------

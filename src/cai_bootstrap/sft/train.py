@@ -265,7 +265,8 @@ def _check_resumable(out: Path, fingerprint: dict) -> Path | None:
     return last
 
 
-def _write_gate_manifest(out: Path, passed: bool, checks: Mapping[str, str], failure: str | None, inputs: Mapping[str, Path], values: dict) -> None:
+def _write_gate_manifest(out: Path, passed: bool, checks: Mapping[str, str], failure: str | None, inputs: Mapping[str, Path], values: dict,
+                         *, gate: str = "sft_data", clause: str = "SFT-01/SFT-06", name: str = GATE_MANIFEST_NAME) -> None:
     """GT-05: the data gate's decision, with the hashes of what it read."""
     from cai_bootstrap.gates import Check, GateDecision, write_gate_manifest
 
@@ -273,13 +274,13 @@ def _write_gate_manifest(out: Path, passed: bool, checks: Mapping[str, str], fai
     if failure is not None:
         check_rows += (Check("failed", False, failure),)
     decision = GateDecision(
-        gate="sft_data",
-        clause="SFT-01/SFT-06",
+        gate=gate,
+        clause=clause,
         thresholds={"qc": "thresholds_passed must be true", "leakage": "no exact, normalized or ROUGE-L > threshold match"},
         values=values,
         checks=check_rows,
     )
-    write_gate_manifest(decision, out / GATE_MANIFEST_NAME, inputs={k: v for k, v in inputs.items() if Path(v).is_file()})
+    write_gate_manifest(decision, out / name, inputs={k: v for k, v in inputs.items() if Path(v).is_file()})
 
 
 def _gate_inputs(run_dir: Path) -> dict[str, Path]:

@@ -1,0 +1,270 @@
+"""Best-of-N preference pairs (PO-01) with hard negatives (PO-02): pure selection logic.
+
+For each instruction new to Stage 1, k candidates are sampled; each gets a score, the
+A/B pair critic's calibrated ``logp_A - logp_B`` plus ``relevance_weight`` times the
+relevance judge's score (conditional minus unconditional log-probability per token),
+so an answer must be both judged good and about its instruction. The best candidate is
+chosen; each other candidate makes a pair with it only when the score gap clears
+``min_margin_gap``: below that the critic could not tell them apart and the pair would
+be noise. Hard negatives are made from the chosen answer (:mod:`.negatives`), scored by
+the same judges, and held to the same gap. Every dropped candidate or negative has a
+stable reason, counted in the QC summary and kept in the rejects file.
+
+The runner (:func:`run_pairs`) does the I/O: model loading, sampling, judging, writing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from cai_bootstrap.preference.negatives import make_negative
+from cai_bootstrap.preference.qc import DEFAULT_MIN_MARGIN_GAP
+from cai_bootstrap.preference.schema import HARD_NEGATIVE_TYPES, SAMPLED, pair_record
+
+DEFAULT_K = 3  # PO-01: candidates per instruction
+DEFAULT_RELEVANCE_WEIGHT = 1.0
+
+REASON_GAP_LOW = "margin_gap_low"
+REASON_SAME_TEXT = "chosen_equals_rejected"
+REASON_NOT_APPLICABLE = "negative_not_applicable"
+REASON_NO_CANDIDATE = "no_usable_candidate"
+REASON_SEEN_IN_STAGE1 = "seen_in_stage1"
+REASON_IN_EVAL = "in_eval_set"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One answer with what the judges said of it."""
+
+    text: str
+    ab_margin: float  # calibrated logp_A - logp_B of the pair critic (A = good)
+    relevance: float | None = None  # the relevance judge's score, None when it did not take part
+    source: str = SAMPLED  # "sampled" or the hard-negative type it was made as
+    id: str = ""
+
+    def score(self, relevance_weight: float) -> float:
+        return self.ab_margin + (relevance_weight * self.relevance if self.relevance is not None else 0.0)
+
+    def judged(self) -> dict:
+        return {"ab_margin": self.ab_margin, "relevance": self.relevance}
+
+
+@dataclass
+class Selection:
+    pairs: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+
+def rank(candidates: Sequence[Scored], relevance_weight: float = DEFAULT_RELEVANCE_WEIGHT) -> list[Scored]:
+    """Best first; ties broken by id so the order never depends on sampling order."""
+    return sorted(candidates, key=lambda c: (-c.score(relevance_weight), c.id))
+
+
+def select_pairs(
+    item_id: str,
+    instruction: str,
+    candidates: Sequence[Scored],
+    negatives: Sequence[Scored] = (),
+    *,
+    min_margin_gap: float = DEFAULT_MIN_MARGIN_GAP,
+    relevance_weight: float = DEFAULT_RELEVANCE_WEIGHT,
+    provenance: Callable[[Scored, Scored], Mapping[str, Any]],
+) -> Selection:
+    """Pairs (best sampled candidate, each other candidate or negative) above the gap; rejects with reasons.
+
+    ``provenance(chosen, rejected)`` returns the record's PV-01 block.
+    """
+    out = Selection()
+    ranked = rank(candidates, relevance_weight)
+    if not ranked:
+        out.rejects.append({"stage": "pairs", "reason": REASON_NO_CANDIDATE, "id": item_id, "instruction": instruction})
+        return out
+    best = ranked[0]
+    use_relevance = any(c.relevance is not None for c in [*ranked, *negatives])
+    for other in [*ranked[1:], *negatives]:
+        gap = best.score(relevance_weight) - other.score(relevance_weight)
+        base = {"stage": "pairs", "id": f"{item_id}-{other.id or other.source}", "instruction": instruction,
+                "negative_type": other.source, "chosen": best.text, "rejected": other.text, "margin_gap": round(gap, 6)}
+        if other.text.strip() == best.text.strip():
+            out.rejects.append({**base, "reason": REASON_SAME_TEXT})
+            continue
+        if gap < min_margin_gap:
+            out.rejects.append({**base, "reason": REASON_GAP_LOW})
+            continue
+        out.pairs.append(pair_record(
+            id=base["id"], instruction=instruction, chosen=best.text, rejected=other.text,
+            chosen_score=best.score(relevance_weight), rejected_score=other.score(relevance_weight),
+            negative_type=other.source,
+            judges={"pair_critic": True, "relevance_judge": use_relevance, "chosen": best.judged(), "rejected": other.judged()},
+            provenance=provenance(best, other)))
+    return out
+
+
+def hard_negative_texts(item_id: str, chosen: str, kinds: Sequence[str], seed: int, pool: Sequence[str]
+                        ) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(kind, text) of each applicable hard negative of ``chosen``, plus a reject per kind that does not apply."""
+    made, rejects = [], []
+    for j, kind in enumerate(kinds):
+        text = make_negative(kind, chosen, seed + j, pool)
+        if text is None:
+            rejects.append({"stage": "negatives", "reason": REASON_NOT_APPLICABLE, "id": f"{item_id}-{kind}",
+                            "negative_type": kind, "chosen": chosen})
+        else:
+            made.append((kind, text))
+    return made, rejects
+
+
+def check_negative_kinds(kinds: Sequence[str]) -> list[str]:
+    unknown = [k for k in kinds if k not in HARD_NEGATIVE_TYPES]
+    if unknown:
+        raise ValueError(f"unknown hard-negative types {unknown}; known: {', '.join(HARD_NEGATIVE_TYPES)}")
+    return list(kinds)
+
+
+def new_instructions(items: Sequence[Mapping[str, Any]], stage1: Sequence[str], eval_items: Sequence[str]
+                     ) -> tuple[list[dict], list[dict]]:
+    """Instructions new to Stage 1 and to the eval set (exact, normalized, ROUGE-L > 0.7, via dedup), and the rest as rejects."""
+    from cai_bootstrap.dedup import DuplicateIndex
+
+    seen = DuplicateIndex()
+    for text in stage1:
+        seen.add(text)
+    held_out = DuplicateIndex()
+    for text in eval_items:
+        held_out.add(text)
+    kept, rejects = [], []
+    for it in items:
+        text = it["instruction"]
+        hit_eval = held_out.check(text)
+        hit = hit_eval or seen.check(text)
+        if hit is None:
+            kept.append(dict(it))
+            seen.add(text)  # later items are deduplicated against earlier ones too
+            continue
+        kind, matched, score = hit
+        rejects.append({"stage": "instructions", "reason": REASON_IN_EVAL if hit_eval else REASON_SEEN_IN_STAGE1,
+                        "match": kind, "id": it.get("id"), "instruction": text, "matched": matched, "rouge_l": round(score, 4)})
+    return kept, rejects
+
+
+# -- the runner (I/O) ------------------------------------------------------------------------------------
+
+SCRIPT_NAME = "cai_bootstrap.preference.pairs"
+
+
+def _read_instructions(path) -> list[dict]:
+    from cai_bootstrap.io_utils import iter_jsonl
+
+    items = []
+    for line, rec in iter_jsonl(path):
+        if not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
+            raise ValueError(f"{path}: line {line}: needs a non-empty 'instruction'")
+        items.append({"id": str(rec.get("id", f"line-{line}")), "instruction": rec["instruction"].strip()})
+    if not items:
+        raise ValueError(f"{path}: no instructions")
+    return items
+
+
+def stage1_instructions(stage1_data) -> list[str]:
+    """Instructions of the Stage-1 dataset, read only after its manifest's hashes check out."""
+    from pathlib import Path
+
+    from cai_bootstrap.io_utils import read_jsonl
+    from cai_bootstrap.provenance import verify_inputs
+    from cai_bootstrap.sft.data_gate import DATASET_FILE, MANIFEST_FILE
+
+    verified = verify_inputs(Path(stage1_data) / MANIFEST_FILE, required=[DATASET_FILE])
+    return [r["instruction"] for r in read_jsonl(verified[DATASET_FILE])]
+
+
+def run_pairs(cfg, *, lm=None) -> dict:
+    """Sample, judge, pair and write one pairs run (``cfg``: :class:`PairsConfig`); return its QC summary."""
+    from pathlib import Path
+
+    from cai_bootstrap import cleaning, prompts
+    from cai_bootstrap.critic import pair_critic, relevance_judge
+    from cai_bootstrap.preference.qc import compute_pair_qc
+    from cai_bootstrap.preference.run_dir import write_pairs_run
+    from cai_bootstrap.provenance import PREFERENCE_PAIRS, record_metadata, utc_now
+    from cai_bootstrap.sft.data_gate import load_eval_instructions
+
+    started = utc_now()
+    out = Path(cfg.out_dir)
+    items, rejects = new_instructions(_read_instructions(cfg.instructions), stage1_instructions(cfg.stage1_data),
+                                      [t for _, t in load_eval_instructions(cfg.eval_set)])
+    kinds = check_negative_kinds(cfg.negative_types)
+    own = lm is None
+    if own:
+        lm = _load(cfg)
+    critic = pair_critic(lm, threshold=cfg.critic_threshold, batch_size=cfg.batch_size, calibrate=True)
+    judge = relevance_judge(lm, batch_size=cfg.batch_size) if cfg.relevance_weight > 0 else None
+
+    def scored(instruction: str, texts: Sequence[tuple[str, str, str]]) -> list[Scored]:
+        """(id, source, text) triples judged by the pair critic and (if used) the relevance judge."""
+        if not texts:
+            return []
+        ab = critic.score([{"instruction": instruction, "response": t} for _, _, t in texts])
+        rel = judge.score([(instruction, t) for _, _, t in texts]) if judge else [None] * len(texts)
+        return [Scored(t, a.difference, r.score if r else None, source=s, id=i) for (i, s, t), a, r in zip(texts, ab, rel)]
+
+    gen = {"seed": cfg.seed, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "do_sample": True,
+           "top_p": cfg.top_p, "k": cfg.k}
+    pool = []
+    per_item = []
+    for n, it in enumerate(items):
+        seed = cfg.seed + 7919 * (n + 1)
+        gens = lm.generate([prompts.render_response_prompt(it["instruction"])] * cfg.k, max_new_tokens=cfg.max_new_tokens,
+                           do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, batch_size=cfg.k, progress=False)
+        texts = []
+        for j, g in enumerate(gens):
+            res = cleaning.clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=cfg.max_new_tokens, special_tokens=g.special_tokens)
+            if res.kept:
+                texts.append((f"c{j}", SAMPLED, res.text))
+            else:
+                rejects.append(cleaning.reject_record(res, g.text, id=f"{it['id']}-c{j}", instruction=it["instruction"]))
+        cands = scored(it["instruction"], texts)
+        per_item.append((it, seed, cands))
+        pool += [c.text for c in rank(cands, cfg.relevance_weight)[:1]]
+    pairs = []
+    for it, seed, cands in per_item:
+        if not cands:
+            rejects.append({"stage": "pairs", "reason": REASON_NO_CANDIDATE, "id": it["id"], "instruction": it["instruction"]})
+            continue
+        best = rank(cands, cfg.relevance_weight)[0]
+        made, neg_rejects = hard_negative_texts(it["id"], best.text, kinds, seed, pool)
+        rejects += neg_rejects
+        negs = scored(it["instruction"], [(k, k, t) for k, t in made])
+
+        def prov(chosen: Scored, rejected: Scored, _it=it, _seed=seed) -> dict:
+            return record_metadata(script_name=SCRIPT_NAME, artifact_type=PREFERENCE_PAIRS, load_provenance=lm.provenance,
+                                   generation={**gen, "sample_seed": _seed},
+                                   extra={"instruction_id": _it["id"], "chosen_id": chosen.id, "rejected_id": rejected.id,
+                                          "rejected_from": "sampled candidate" if rejected.source == SAMPLED else "rule on the chosen answer"})
+
+        sel = select_pairs(it["id"], it["instruction"], cands, negs, min_margin_gap=cfg.min_margin_gap,
+                           relevance_weight=cfg.relevance_weight, provenance=prov)
+        pairs += sel.pairs
+        rejects += sel.rejects
+    from collections import Counter
+
+    drops = Counter(f"{r['stage']}:{r['reason']}" for r in rejects)
+    summary = compute_pair_qc(pairs, n_instructions=len(items), drop_reasons=dict(drops), thresholds=cfg.qc)
+    write_pairs_run(out, pairs, rejects, summary, config=cfg.model_dump(mode="json"), load_provenance=lm.provenance,
+                    started_at=started)
+    if own:
+        lm.release()
+    return summary
+
+
+def _load(cfg):
+    from cai_bootstrap.loader import load_base_model
+    from cai_bootstrap.model_sources import resolve_model
+
+    resolved = resolve_model(cfg.model, profile=cfg.profile)
+    if cfg.sft_run is None:
+        return load_base_model(resolved.source, profile=resolved.profile, device=cfg.device)
+    from cai_bootstrap.evaluation.runner import load_trained_model
+    from cai_bootstrap.preference.train_dpo import check_sft_run
+
+    return load_trained_model(resolved.source, check_sft_run(cfg.sft_run)["adapter_path"], profile=resolved.profile, device=cfg.device)
