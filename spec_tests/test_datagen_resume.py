@@ -138,7 +138,7 @@ def test_sigkill_mid_phase_then_resume(flow, reference, tmp_path):
     responses = out / P.WORK / P.RESPONSES
     proc = subprocess.Popen(
         [sys.executable, "-m", "spec_tests.datagen_worker", str(model_dir), json.dumps(settings), "1.0", str(torch.get_num_threads())],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])},
     )
     try:
         deadline = time.monotonic() + 300
