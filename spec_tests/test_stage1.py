@@ -150,3 +150,23 @@ def test_noxfile_has_one_session_per_gate_chain():
     for name in ("conformance", "stage1", "expectations", "bench", "gpu"):
         assert sessions.get(name), f"nox session {name} missing or without a one-line docstring"
     assert "cai_bootstrap.stage1" in (Path(__file__).resolve().parent.parent / "noxfile.py").read_text()
+
+
+@pytest.mark.spec("EV-08")
+def test_report_prints_intervals_and_p_values_readably(tmp_path):
+    from cai_bootstrap.io_utils import atomic_write_json
+    from cai_bootstrap.stage1_report import write_report
+
+    ci = [0.006892291919440893, 0.03233463358482672]
+    atomic_write_json(tmp_path / "eval" / "eval_summary.json", {
+        "overall": {"n": 400, "base_rate": 0.015, "base_ci": ci, "sft_rate": 0.0775, "sft_ci": [0.0551329, 0.1079049],
+                    "lift": 0.0625, "lift_ci_bootstrap": [0.035, 0.09], "mcnemar_p": 2.9425984036183864e-05, "cohens_h": 0.31866},
+        "by_type": {"arithmetic": {"n": 30, "base_rate": 0.033, "sft_rate": 0.167, "p_adjusted": 0.123456789}},
+        "arms": {"base_zero_shot": {"n": 400, "successes": 6, "rate": 0.015, "ci": ci}},
+        "vs_incontext": {"overall": {"lift": -0.04, "lift_ci_bootstrap": [-0.07, -0.01], "mcnemar_p": 0.014961017675175686,
+                                     "discordant": {"n01": 11, "n10": 27}}},
+    })
+    write_report(tmp_path)
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "[0.007, 0.032]" in text and "0.006892291919440893" not in text
+    assert "McNemar p = 2.94e-05" in text and "McNemar p = 0.015" in text and "| 0.123 |" in text

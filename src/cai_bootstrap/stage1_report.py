@@ -90,6 +90,19 @@ def _probe_rows(qc: dict | None) -> list[str]:
     return rows + [""]
 
 
+def _ci(ci) -> str:
+    """A confidence interval as [lo, hi] with three decimals (or as recorded when not a pair of numbers)."""
+    try:
+        lo, hi = ci
+        return f"[{float(lo):.3f}, {float(hi):.3f}]"
+    except (TypeError, ValueError):
+        return str(ci)
+
+
+def _p(p) -> str:
+    return f"{p:.3g}" if isinstance(p, (int, float)) else str(p)
+
+
 def _arm_rows(ev: dict) -> list[str]:
     """EV-08: the three arms side by side, and trained vs the base model in context."""
     arms, vs = ev.get("arms") or {}, (ev.get("vs_incontext") or {}).get("overall")
@@ -97,11 +110,11 @@ def _arm_rows(ev: dict) -> list[str]:
     if arms:
         rows += ["", "| arm | n | successes | rate | 95% CI |", "|---|---|---|---|---|"]
         for name, a in arms.items():
-            rows.append(f"| {name} | {a.get('n')} | {a.get('successes')} | {a.get('rate', 0):.3f} | {a.get('ci')} |")
+            rows.append(f"| {name} | {a.get('n')} | {a.get('successes')} | {a.get('rate', 0):.3f} | {_ci(a.get('ci'))} |")
     if vs:
         d = vs.get("discordant") or {}
-        rows += ["", f"Trained vs base in context: lift {vs.get('lift', 0):+.3f} (bootstrap CI {vs.get('lift_ci_bootstrap')}); "
-                     f"McNemar p = {vs.get('mcnemar_p')}; improved {d.get('n01')}, regressed {d.get('n10')}."]
+        rows += ["", f"Trained vs base in context: lift {vs.get('lift', 0):+.3f} (bootstrap CI {_ci(vs.get('lift_ci_bootstrap'))}); "
+                     f"McNemar p = {_p(vs.get('mcnemar_p'))}; improved {d.get('n01')}, regressed {d.get('n10')}."]
     return rows
 
 
@@ -161,12 +174,12 @@ def write_report(run_dir: str | Path) -> list[Path]:
     if ev:
         o = ev.get("overall", {})
         lines += ["## Evaluation (base vs trained, paired)", "",
-                  f"n = {o.get('n')}; base {o.get('base_rate'):.3f} CI {o.get('base_ci')}; trained {o.get('sft_rate'):.3f} "
-                  f"CI {o.get('sft_ci')}; lift {o.get('lift'):+.3f} (bootstrap CI {o.get('lift_ci_bootstrap')}); "
-                  f"McNemar p = {o.get('mcnemar_p')}; Cohen's h = {o.get('cohens_h')}", "",
+                  f"n = {o.get('n')}; base {o.get('base_rate'):.3f} CI {_ci(o.get('base_ci'))}; trained {o.get('sft_rate'):.3f} "
+                  f"CI {_ci(o.get('sft_ci'))}; lift {o.get('lift'):+.3f} (bootstrap CI {_ci(o.get('lift_ci_bootstrap'))}); "
+                  f"McNemar p = {_p(o.get('mcnemar_p'))}; Cohen's h = {_p(o.get('cohens_h'))}", "",
                   "| type | n | base | trained | p (BH-adjusted) |", "|---|---|---|---|---|"]
         for t, b in sorted((ev.get("by_type") or {}).items()):
-            lines.append(f"| {t} | {b.get('n')} | {b.get('base_rate'):.3f} | {b.get('sft_rate'):.3f} | {b.get('p_adjusted')} |")
+            lines.append(f"| {t} | {b.get('n')} | {b.get('base_rate'):.3f} | {b.get('sft_rate'):.3f} | {_p(b.get('p_adjusted'))} |")
         lines += _arm_rows(ev)
         if (run / "eval" / "rates.png").exists():
             lines += ["", "![rates](../eval/rates.png)"]
