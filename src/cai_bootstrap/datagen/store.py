@@ -57,7 +57,9 @@ class PhaseStore:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
-        with open(self.path, "a", encoding="utf-8") as f:
+        # O_NOFOLLOW: a link put in place of a work file is refused, never written through.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())

@@ -324,6 +324,10 @@ def run_training(
         raise
 
     resolved = resolve_model(cfg.model, profile=cfg.profile)
+    if Path(resolved.source).is_dir():
+        from cai_bootstrap.integrity import check_model_folder
+
+        check_model_folder(resolved.source)  # before anything is written to output_dir
     model_config = read_model_config(resolved.source)
     estimate = None
     if model_config is not None and plan.cuda:
