@@ -23,7 +23,7 @@ from cai_bootstrap.sft.train import MANIFEST_NAME as TRAINING_MANIFEST_NAME
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-SHARD_INDEX = "model.safetensors.index.json"
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 class IntegrityError(ValueError):
@@ -134,10 +134,11 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     cfg = read_json_file(folder / "config.json", what="model config (re-download or rebuild the model)")
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise IntegrityError(f"{folder / 'config.json'}: not a model config (no 'model_type'); re-download or rebuild the model")
-    if (folder / SHARD_INDEX).is_file():
-        index = read_json_file(folder / SHARD_INDEX, what="shard index")
+    index_path = next((folder / n for n in SHARD_INDEXES if (folder / n).is_file()), None)
+    if index_path is not None:
+        index = read_json_file(index_path, what="shard index")
         shards = sorted(set((index.get("weight_map") or {}).values())) if isinstance(index, dict) else []
-        problems = _weights_problems(folder, shards) if shards else [f"{folder / SHARD_INDEX}: lists no shards"]
+        problems = _weights_problems(folder, shards) if shards else [f"{index_path}: lists no shards"]
     else:
         present = [n for n in MODEL_WEIGHTS if (folder / n).is_file()]
         if not present:
