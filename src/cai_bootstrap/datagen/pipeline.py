@@ -517,7 +517,10 @@ def _check_writable(out: Path) -> None:
     """Checked without creating anything, so a run refused later (a bad --model) leaves no empty folder."""
     from cai_bootstrap.integrity import check_no_links_out, check_writable_location
 
-    check_writable_location(out)
+    try:
+        check_writable_location(out)
+    except ValueError as e:
+        raise PermissionError(f"output directory {out} is not writable ({e}); choose another --out") from None
     work = out / WORK
     # Work files are appended to: a link planted among them would send the writes out of the run directory.
     check_no_links_out(out, [work, *(sorted(work.iterdir()) if work.is_dir() and not work.is_symlink() else [])])

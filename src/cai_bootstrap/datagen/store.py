@@ -8,6 +8,7 @@ the same seed, so results equal an uninterrupted run and no id is written twice.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -57,9 +58,9 @@ class PhaseStore:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
-        # O_NOFOLLOW: a link put in place of a work file is refused, never written through.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
+        if self.path.is_symlink():  # a link put in place of a work file is refused, never written through
+            raise OSError(errno.ELOOP, "work file is a symbolic link; remove it or use a new --out", str(self.path))
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())

@@ -327,7 +327,8 @@ def run_training(
     if Path(resolved.source).is_dir():
         from cai_bootstrap.integrity import check_model_folder
 
-        check_model_folder(resolved.source)  # before anything is written to output_dir
+        # Before preflight creates output_dir; missing weights are the loader's to report.
+        check_model_folder(resolved.source, require_weights=False)
     model_config = read_model_config(resolved.source)
     estimate = None
     if model_config is not None and plan.cuda:
