@@ -199,7 +199,8 @@ def test_store_repairs_a_torn_tail_and_keeps_appending_whole_lines(tmp_path):
 @pytest.mark.spec("DG-06")
 def test_rerunning_a_finished_run_redoes_nothing_and_rewrites_identical_files(flow, reference):
     out = reference["out"]
-    before = {name: (out / name).read_bytes() for name in (P.DATASET, P.REJECTS)}
+    # The QC summary too: a passed pilot gate pins its hash, so a rerun must not invalidate it.
+    before = {name: (out / name).read_bytes() for name in (P.DATASET, P.REJECTS, P.QC_SUMMARY)}
     again = _run(flow, out)
     assert again["calls"] == [] and sum(again["critic"].values()) == 0
     assert {name: (out / name).read_bytes() for name in before} == before

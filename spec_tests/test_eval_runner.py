@@ -251,8 +251,14 @@ def tiny_adapter(tmp_path_factory):
     model = Qwen2ForCausalLM(Qwen2Config(**tiny_config_kwargs()))
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter") / "lora"
+    from cai_bootstrap.provenance import TRAINING_MANIFEST, artifact_manifest, write_manifest
+
+    root = tmp_path_factory.mktemp("sft")
+    out = root / "adapter"
     peft_model.save_pretrained(out)
+    # Pinned as `train` pins it: evaluation refuses an adapter its training manifest does not vouch for (PV-07).
+    write_manifest(root / "training_manifest.json",
+                   artifact_manifest(TRAINING_MANIFEST, sorted(p for p in out.rglob("*") if p.is_file()), base_dir=root))
     return out
 
 

@@ -170,8 +170,9 @@ def test_failed_gate_blocks_the_protected_phase(tmp_path):
 def test_gate_cli_exit_codes(tmp_path, capsys):
     from cai_bootstrap.cli import main
 
-    (tmp_path / "eval_summary.json").write_text(json.dumps(summary()))
-    (tmp_path / "rates.json").write_text(json.dumps(rates({"a": 0.7}, {"a": 0.2})))
+    from spec_tests.integrity_support import pin_eval_outputs
+
+    pin_eval_outputs(tmp_path, summary=summary(), rates=rates({"a": 0.7}, {"a": 0.2}))
     assert main(["gate", "final", "--eval", str(tmp_path)]) == 0
     assert "GO: final_eval" in capsys.readouterr().out
     assert main(["gate", "gap", "--eval", str(tmp_path)]) == 1

@@ -42,19 +42,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except CLIError as e:
-        print(f"cai-bootstrap {args.command}: error: {e}", file=sys.stderr)
+        print(f"cai-bootstrap {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        # Readers name the file (io_utils.read_text_file); this is the fallback for one that does not.
+        print(f"cai-bootstrap {args.command}: error: an input file is not UTF-8 text ({e.reason} at byte {e.start}); "
+              "save it as UTF-8", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, PermissionError) as e:
         # Known bad-input failures carry messages meant for the user.
-        print(f"cai-bootstrap {args.command}: error: {e}", file=sys.stderr)
+        print(f"cai-bootstrap {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError) as e:
+        print(f"cai-bootstrap {args.command}: error: {e.filename}: {e.strerror}; a file was expected where a folder "
+              "is, or a folder where a file is: check the path", file=sys.stderr)
         return 2
     except Exception as e:
         # Our own errors (contamination, refused gates, integrity) are meant to be read, not traced.
         if type(e).__module__.startswith("cai_bootstrap"):
-            print(f"cai-bootstrap {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"cai-bootstrap {args.command}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
             return 2
         raise
     return int(rc or 0)
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line, so a log shows it whole (multi-line reports are joined with '; ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines).replace(":;", ":")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,14 @@ from pydantic import ValidationError
 def read_yaml_section(path: str | Path, section: str, error: type[Exception]) -> dict:
     """The mapping under ``section`` of a YAML file (or the whole file if it has no such key)."""
     p = Path(path)
+    if p.is_dir():
+        raise error(f"config file {p} is a directory; give the YAML file itself")
     if not p.is_file():
         raise error(f"config file {p} does not exist")
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        loaded = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise error(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise error(f"{p}: not valid YAML: {e}") from None
     if not isinstance(loaded, dict):

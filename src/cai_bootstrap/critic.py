@@ -280,8 +280,10 @@ class Critic:
             **self.template.provenance(),
             "prefix_sha256": hashlib.sha256(self.template.prefix.encode("utf-8")).hexdigest(),
         }
-        if self.prefix_reuse and self._prefix_ids is not None:
-            prov["prefix_tokens"] = len(self._prefix_ids)
+        if self.prefix_reuse:
+            # Counted without scoring if this process scored nothing (a finished run rerun), so
+            # the rerun writes the same QC summary and a gate that pinned it stays valid.
+            prov["prefix_tokens"] = len(self._prefix_ids if self._prefix_ids is not None else self.lm.encode(self.template.prefix))
         if self.calibrate:
             prov["content_free_item"] = CONTENT_FREE
             # Computed here if this process scored nothing (a resumed or finished run), so a rerun

@@ -53,12 +53,23 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def read_text_file(path: str | os.PathLike) -> str:
+    """A text input, with errors that name the file: missing, a folder, or not UTF-8."""
+    path = Path(path)
+    if path.is_dir():
+        raise MalformedInputError(f"{path} is a directory; expected a file here: give the path of the file itself")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedInputError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record); malformed lines raise with every bad line number listed."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text_file(path)
     lines = raw.split("\n")
     errors: list[str] = []
     good: list[tuple[int, dict]] = []

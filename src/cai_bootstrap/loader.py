@@ -552,6 +552,10 @@ def load_base_model(
     t0 = time.time()
     resolved, profile = _resolve(source, profile)
     src, is_local = _source_path(resolved.source)
+    if is_local:
+        from cai_bootstrap.integrity import check_model_folder
+
+        check_model_folder(src)  # a broken config or truncated weights, named before transformers reads them
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if quantization not in (None, "none", "nf4"):

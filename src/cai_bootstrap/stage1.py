@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
-from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, sha256_file
+from cai_bootstrap.integrity import check_writable_location
+from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, read_text_file, sha256_file
 from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.prompts import RESPONSE_FRAMES
 from cai_bootstrap.provenance import git_info, utc_now
@@ -37,6 +38,10 @@ STATE_DIR = "stage1"
 
 class Stage1Error(RuntimeError):
     """A phase failed or a gate said no; the message says which and why."""
+
+
+class PhaseStateError(ValueError):
+    """A phase manifest under stage1/ cannot be read; the message names it and how to recover."""
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -131,7 +136,13 @@ class Chain:
         sp = self.state_path(phase.name)
         if not sp.is_file():
             return False
-        state = json.loads(sp.read_text())
+        try:
+            state = json.loads(read_text_file(sp))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise PhaseStateError(f"phase manifest {sp} is unreadable ({e}); delete it to rerun phase "
+                                  f"{phase.name}") from None
         if state.get("status") != "done":
             return False
         recorded = {**state.get("inputs", {}), **state.get("outputs", {})}
@@ -387,6 +398,12 @@ def _report_after_stop(run_dir: Path | None) -> None:
         print(f"stage1: could not write the report ({type(e).__name__}: {e})", file=sys.stderr)
 
 
+def check_phase_name(flag: str, name: str | None, known: list[str]) -> None:
+    """A misspelt phase name must stop the command: ignored, it would run the whole chain."""
+    if name is not None and name not in known:
+        raise Stage1Error(f"{flag} {name!r} is not a phase; known phases: {', '.join(known)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cai_bootstrap.stage1", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="stage-1 YAML (default: the shipped CPU demo config)")
@@ -397,7 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     path = args.config or (Path(__file__).parent / "configs" / "stage1_cpu_demo.yaml")
     try:
+        # Bad input (a config, a phase name, an unusable run directory) is refused before any phase runs.
+        check_phase_name("--until", args.until, [p.name for p in phases()])
         cfg = load_stage1_config(path, model=args.model, run_dir=args.run_dir, quiet=args.quiet)
+        check_writable_location(cfg.run_dir, flag="run_dir")
+    except (Stage1Error, ValueError) as e:
+        print(f"stage1: error: {e}", file=sys.stderr)
+        return 2
+    try:
         chain = Chain(cfg)
         t0 = time.time()
         result = chain.run(phases(), until=args.until)
@@ -406,8 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Stage1Error as e:
         print(f"stage1: STOPPED: {e}", file=sys.stderr)
-        _report_after_stop(Path(cfg.run_dir) if "cfg" in locals() else None)
+        _report_after_stop(Path(cfg.run_dir))
         return 1
+    except (PhaseStateError, OSError) as e:
+        print(f"stage1: error: {e}", file=sys.stderr)
+        return 2
     print(f"stage1: finished in {time.time() - t0:.0f} s; run directory {cfg.run_dir}")
     atomic_write_text(Path(cfg.run_dir) / STATE_DIR / "last_run.json", json.dumps(result, indent=2))
     return 0

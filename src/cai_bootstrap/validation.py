@@ -396,6 +396,26 @@ def _candidates(directory: Path) -> list[Path]:
     )
 
 
+MANIFEST_HASHES = "manifest_hashes"
+
+
+def manifest_hash_reports(directory: Path) -> list[FileReport]:
+    """PV-07: every manifest in a run directory, its listed files compared with their hashes.
+
+    The suites check what the files say; this checks that they are still the files the
+    phase wrote (a dataset deleted or edited after its run passes the suites). Run by
+    `validate RUN_DIR`; the suites alone also serve sample files that are no run.
+    """
+    from cai_bootstrap.integrity import manifest_problems, manifests_in
+
+    reports = []
+    for manifest in manifests_in(directory):
+        problems = manifest_problems(manifest)
+        reports.append(FileReport(manifest, MANIFEST_HASHES, n_checks=1,
+                                  error="; ".join(problems) if problems else None))
+    return reports
+
+
 def validate_paths(
     paths: Iterable[str | os.PathLike],
     *,

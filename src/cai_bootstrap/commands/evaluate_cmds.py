@@ -87,8 +87,9 @@ def _evaluate(args) -> int:
 def _evaluate_locked(args) -> int:
     from cai_bootstrap.cli import CLIError
     from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
-    from cai_bootstrap.evaluation.report import MANIFEST_FILE, StatsConfig, write_outputs
+    from cai_bootstrap.evaluation.report import MANIFEST_FILE, OUTPUT_FILES, StatsConfig, write_outputs
     from cai_bootstrap.evaluation.runner import BASE, INCONTEXT, SFT, EvalDecoding, check_adapter_dir, evaluate_models
+    from cai_bootstrap.integrity import check_adapter_loadable, check_model_folder, check_writable_location, verify_adapter
     from cai_bootstrap.io_utils import sha256_file
     from cai_bootstrap.model_sources import resolve_model
 
@@ -97,6 +98,8 @@ def _evaluate_locked(args) -> int:
         raise CLIError("give either --adapter PATH (paired evaluation) or --base-only, not both and not neither")
     if args.adapter:
         check_adapter_dir(args.adapter)
+        verify_adapter(args.adapter)  # PV-07: the adapter training wrote, byte for byte
+        check_adapter_loadable(args.adapter)
     mode = args.mode or ("both" if args.base_only else "framed")
     modes = ["framed", "raw"] if mode == "both" else [mode]
     if not args.base_only and "framed" not in modes:
@@ -104,6 +107,9 @@ def _evaluate_locked(args) -> int:
     out = Path(args.out)
     if (out / MANIFEST_FILE).exists() and not args.force:
         raise CLIError(f"{out} already holds an evaluation; use a new --out or --force")
+    check_writable_location(out)
+    if args.adapter and out.resolve() == Path(args.adapter).resolve():
+        raise CLIError(f"--out {out} is the adapter folder; evaluation outputs go to a folder of their own")
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be >= 1")
     if not 0.0 < args.confidence < 1.0 or not 0.0 < args.fdr < 1.0 or args.bootstrap_samples < 1:
@@ -111,7 +117,12 @@ def _evaluate_locked(args) -> int:
     decoding = EvalDecoding(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     eval_path = Path(args.eval_set) if args.eval_set else DEFAULT_EVAL_SET
     items = load_eval_set(eval_path, limit=args.limit)
+    if out.resolve() == eval_path.resolve().parent and eval_path.name in OUTPUT_FILES:
+        raise CLIError(f"--out {out} would overwrite the eval set {eval_path}; choose another --out")
     resolved = resolve_model(args.model, profile=args.profile)
+    if Path(resolved.source).is_dir():
+        check_model_folder(resolved.source)
+        _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     load_kwargs = dict(profile=resolved.profile, dtype=args.dtype,
                        quantization=None if args.quantization == "none" else args.quantization, device=args.device)
 
@@ -138,6 +149,29 @@ def _evaluate_locked(args) -> int:
     return 0
 
 
+def _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path: Path) -> None:
+    """Every prompt fits the model's context with room for the answer; checked with the tokenizer alone."""
+    from cai_bootstrap.cli import CLIError
+    from cai_bootstrap.evaluation.runner import INCONTEXT, prompt_length_problems
+    from cai_bootstrap.integrity import read_json_file
+    from cai_bootstrap.loader import load_tokenizer
+
+    config = read_json_file(Path(resolved.source) / "config.json", what="model config")
+    context = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(context, int):
+        return
+    if decoding.max_new_tokens >= context:
+        raise CLIError(f"--max-new-tokens {decoding.max_new_tokens} leaves no room for a prompt in the model's "
+                       f"context of {context} tokens; lower it")
+    tokenizer = load_tokenizer(resolved.source, profile=resolved.profile)
+    all_modes = list(modes) + ([] if args.base_only else [INCONTEXT])
+    problems = prompt_length_problems(items, all_modes, count_tokens=lambda t: len(tokenizer.encode(t, add_special_tokens=False)),
+                                      context_tokens=context, max_new_tokens=decoding.max_new_tokens, seed=decoding.seed)
+    if problems:
+        raise CLIError(f"{eval_path}: {len(problems)} item(s) too long for the model: " + "; ".join(problems[:3])
+                       + ("; ..." if len(problems) > 3 else "") + "; shorten or remove them")
+
+
 def _gate_missing(args) -> int:
     from cai_bootstrap.cli import CLIError
 
@@ -145,12 +179,24 @@ def _gate_missing(args) -> int:
 
 
 def _read_json(path: Path, hint: str) -> dict:
-    if not path.is_file():
+    from cai_bootstrap.io_utils import read_text_file
+
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; {hint}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _verified_eval_file(eval_dir: str, name: str, hint: str) -> Path:
+    """PV-07: a gate decides only on an evaluation output whose hash its manifest pinned."""
+    from cai_bootstrap.integrity import verify_eval_output
+
+    folder = Path(eval_dir)
+    if not (folder / name).exists():
+        raise FileNotFoundError(f"{folder / name} does not exist; {hint}")
+    return verify_eval_output(folder, name)
 
 
 def _finish_gate(decision, manifest_path: Path, inputs: dict) -> int:
@@ -166,28 +212,43 @@ def _gate_final(args) -> int:
     from cai_bootstrap.evaluation.report import SUMMARY_FILE
     from cai_bootstrap.gates import FinalGateThresholds, decide_final
 
-    path = Path(args.eval_dir) / SUMMARY_FILE
-    summary = _read_json(path, "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first")
+    from cai_bootstrap.integrity import EVAL_MANIFEST_NAME, check_non_negative, check_open_unit_interval, check_output_file
+
+    check_open_unit_interval("--alpha", args.alpha)
+    check_non_negative("--min-lift", args.min_lift)
+    hint = "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first"
+    path = _verified_eval_file(args.eval_dir, SUMMARY_FILE, hint)
+    out = check_output_file(args.out or Path(args.eval_dir) / "gate_final.json",
+                            [path, Path(args.eval_dir) / EVAL_MANIFEST_NAME])
+    summary = _read_json(path, hint)
     decision = decide_final(summary, FinalGateThresholds(alpha=args.alpha, min_lift=args.min_lift))
-    return _finish_gate(decision, Path(args.out or Path(args.eval_dir) / "gate_final.json"), {"eval_summary": path})
+    return _finish_gate(decision, out, {"eval_summary": path})
 
 
 def _gate_gap(args) -> int:
+    from cai_bootstrap.cli import CLIError
     from cai_bootstrap.evaluation.report import RATES_FILE
     from cai_bootstrap.gates import GapGateThresholds, decide_gap
 
-    path = Path(args.eval_dir) / RATES_FILE
-    rates = _read_json(path, "run `cai-bootstrap evaluate --base-only --mode both` first")
+    from cai_bootstrap.integrity import EVAL_MANIFEST_NAME, check_output_file
+
+    if not 0.0 <= args.max_base_rate <= 1.0:
+        raise CLIError(f"--max-base-rate is a rate and must lie in [0, 1], got {args.max_base_rate}")
+    hint = "run `cai-bootstrap evaluate --base-only --mode both` first"
+    path = _verified_eval_file(args.eval_dir, RATES_FILE, hint)
+    out = check_output_file(args.out or Path(args.eval_dir) / "gate_gap.json", [path, Path(args.eval_dir) / EVAL_MANIFEST_NAME])
+    rates = _read_json(path, hint)
     targets = tuple(t.strip() for t in args.target_types.split(",") if t.strip()) if args.target_types else None
     decision = decide_gap(rates, GapGateThresholds(max_base_rate=args.max_base_rate, target_types=targets,
                                                    per_type=args.per_type))
-    return _finish_gate(decision, Path(args.out or Path(args.eval_dir) / "gate_gap.json"), {"rates": path})
+    return _finish_gate(decision, out, {"rates": path})
 
 
 def _gate_data(args) -> int:
     from dataclasses import replace
 
-    from cai_bootstrap.gates import PILOT_GATE, SCALE_GATE, DataGateThresholds, run_data_gate
+    from cai_bootstrap.gates import DATA_GATE_INPUTS, PILOT_GATE, SCALE_GATE, DataGateThresholds, run_data_gate
+    from cai_bootstrap.integrity import check_output_file
 
     thresholds = DataGateThresholds()
     if args.min_items is not None:
@@ -197,7 +258,9 @@ def _gate_data(args) -> int:
     if not 1 <= thresholds.min_items <= thresholds.max_items:
         raise ValueError(f"--min-items/--max-items must satisfy 1 <= min <= max, got {thresholds.min_items}..{thresholds.max_items}")
     gate = PILOT_GATE if args.gate_kind == "pilot" else SCALE_GATE
-    decision, manifest = run_data_gate(args.run_dir, gate=gate, thresholds=thresholds, out=args.out)
+    run = Path(args.run_dir)
+    out = check_output_file(args.out or run / f"{gate}.json", [run / name for name in DATA_GATE_INPUTS.values()])
+    decision, manifest = run_data_gate(run, gate=gate, thresholds=thresholds, out=out)
     print(decision.headline())
     print(f"gate manifest: {manifest}")
     return 0 if decision.passed else 1

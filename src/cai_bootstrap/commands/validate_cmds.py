@@ -5,6 +5,8 @@ Kept free of torch imports so a CI job with only the ``validate`` extra can run 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def register(sub) -> None:
 def _validate(args) -> int:
     from cai_bootstrap.cli import CLIError
     from cai_bootstrap.provenance import ARTIFACT_TYPES
-    from cai_bootstrap.validation import ValidationSetupError, validate_paths
+    from cai_bootstrap.validation import ValidationSetupError, manifest_hash_reports, validate_paths
 
     if args.artifact_type and args.artifact_type not in ARTIFACT_TYPES:
         raise CLIError(f"unknown --type {args.artifact_type!r}; known: {', '.join(ARTIFACT_TYPES)}")
@@ -31,6 +33,8 @@ def _validate(args) -> int:
         reports = validate_paths(args.paths, artifact_type=args.artifact_type, suites_path=args.suites_dir)
     except ValidationSetupError as e:
         raise CLIError(str(e)) from None
+    # PV-07: a run directory's files must also still be the ones its manifests pinned.
+    reports += [r for p in args.paths if Path(p).is_dir() for r in manifest_hash_reports(Path(p))]
     bad = [r for r in reports if not r.ok]
     for r in reports:
         if not (args.quiet and r.ok):

@@ -102,6 +102,9 @@ def _merge_locked(shard_dirs: list[Path], out: Path, thresholds: QCThresholds | 
     for d in shard_dirs:
         manifest_path = d / P.SESSION_MANIFEST
         verify_inputs(manifest_path, required=[P.DATASET, P.REJECTS, P.QC_SUMMARY])
+        if not read_jsonl(d / P.DATASET):
+            raise MergeError(f"{d / P.DATASET} holds no records; a shard without data cannot be merged: "
+                             "rerun that shard or leave it out")
         manifest = json.loads(manifest_path.read_text())
         cfg = manifest.get("config") or {}
         shard = cfg.get("shard", "?")

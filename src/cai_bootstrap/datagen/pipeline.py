@@ -547,13 +547,16 @@ def _require_pilot_gate(cfg: GenerateConfig) -> None:
 
 
 def _check_writable(out: Path) -> None:
+    """Checked without creating anything, so a run refused later (a bad --model) leaves no empty folder."""
+    from cai_bootstrap.integrity import check_no_links_out, check_writable_location
+
     try:
-        (out / WORK).mkdir(parents=True, exist_ok=True)
-        probe = out / WORK / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"output directory {out} is not writable ({e.strerror}); choose another --out") from None
+        check_writable_location(out)
+    except ValueError as e:
+        raise PermissionError(f"output directory {out} is not writable ({e}); choose another --out") from None
+    work = out / WORK
+    # Work files are appended to: a link planted among them would send the writes out of the run directory.
+    check_no_links_out(out, [work, *(sorted(work.iterdir()) if work.is_dir() and not work.is_symlink() else [])])
 
 
 def load_rows(run_dir: Path) -> RunRows:

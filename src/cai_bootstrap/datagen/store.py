@@ -8,6 +8,7 @@ the same seed, so results equal an uninterrupted run and no id is written twice.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -57,6 +58,8 @@ class PhaseStore:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
+        if self.path.is_symlink():  # a link put in place of a work file is refused, never written through
+            raise OSError(errno.ELOOP, "work file is a symbolic link; remove it or use a new --out", str(self.path))
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(payload)
             f.flush()

@@ -40,6 +40,7 @@ TEXT_FILE = "summary.txt"
 REPORT_FILE = "report.md"
 CHART_FILE = "rates.png"
 MANIFEST_FILE = "eval_manifest.json"
+OUTPUT_FILES = (ITEMS_FILE, RATES_FILE, SUMMARY_FILE, TEXT_FILE, REPORT_FILE, CHART_FILE, MANIFEST_FILE)
 COMPARISON_MODE = FRAMED
 SUMMARY_SCHEMA = "cai_bootstrap.eval_summary/v2"
 # EV-08: the three arms, each a (model, prompt mode), in the order reports list them.

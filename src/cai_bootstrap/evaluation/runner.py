@@ -57,6 +57,32 @@ def build_prompt(instruction: str, mode: str, *, item_id: str | None = None, see
     raise ValueError(f"unknown prompt mode {mode!r}; known: {', '.join(PROMPT_MODES)}")
 
 
+# No tokenizer makes tokens longer than this many characters on average, so a prompt longer
+# than context * this is over the limit without tokenizing it (a 10 MB item is not encoded).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def prompt_length_problems(items: Sequence[dict], modes: Sequence[str], *, count_tokens: Callable[[str], int],
+                           context_tokens: int, max_new_tokens: int, seed: int = 0) -> list[str]:
+    """Items whose prompt plus ``max_new_tokens`` would not fit the model's context, each named.
+
+    An oversized item must stop the run before any model loads: padded into a batch it
+    asks for attention over millions of positions (terabytes) instead of failing clearly.
+    """
+    room = context_tokens - max_new_tokens
+    problems = []
+    for it in items:
+        for mode in modes:
+            prompt = build_prompt(it["instruction"], mode, item_id=it.get("id"), seed=seed)
+            n = len(prompt) // MAX_CHARS_PER_TOKEN if len(prompt) > room * MAX_CHARS_PER_TOKEN else count_tokens(prompt)
+            if n > room:
+                shown = f"at least {n}" if len(prompt) > room * MAX_CHARS_PER_TOKEN else str(n)
+                problems.append(f"item {it.get('id')!r} ({mode}): {shown} prompt tokens, over the {room} the model's "
+                                f"context of {context_tokens} leaves after --max-new-tokens {max_new_tokens}")
+                break
+    return problems
+
+
 @dataclass(frozen=True)
 class EvalDecoding:
     """Greedy decoding for evaluation (EV-03); ``temperature`` is recorded as 0 and never passed."""

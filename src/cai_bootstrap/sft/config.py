@@ -298,7 +298,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     from cai_bootstrap.config_io import read_yaml_section
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file {p} does not exist; start from src/cai_bootstrap/configs/sft_default.yaml")
     data = read_yaml_section(p, "sft", ConfigError)
     for key, value in (overrides or {}).items():

@@ -348,6 +348,11 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
         raise
 
     resolved = resolve_model(cfg.model, profile=cfg.profile)
+    if Path(resolved.source).is_dir():
+        from cai_bootstrap.integrity import check_model_folder
+
+        # Before preflight creates output_dir; missing weights are the loader's to report.
+        check_model_folder(resolved.source, require_weights=False)
     model_config = read_model_config(resolved.source)
     estimate = None
     if model_config is not None and plan.cuda:
