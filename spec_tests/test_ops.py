@@ -158,7 +158,8 @@ def _generation_configs() -> list[Path]:
 
 @pytest.mark.spec("OPS-01")
 def test_project_ships_generation_run_files():
-    assert [p.name for p in _generation_configs()] == ["generate_gpu.yaml", "generate_pilot.yaml", "generate_scale.yaml"]
+    assert [p.name for p in _generation_configs()] == [
+        "generate_cpu.yaml", "generate_gpu.yaml", "generate_pilot.yaml", "generate_scale.yaml"]
 
 
 @pytest.mark.spec("OPS-01")
