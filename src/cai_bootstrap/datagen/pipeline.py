@@ -343,9 +343,7 @@ def generate_responses(lm, cfg: GenerateConfig, accepted: Sequence[dict], store:
 
 def make_judges(lm, cfg: GenerateConfig):
     """The run's instruction critic, pair critic and relevance judge, as configured."""
-    from cai_bootstrap.critic import instruction_critic, pair_critic, relevance_judge
-
-    from cai_bootstrap.critic import DEFAULT_RELEVANCE_THRESHOLD
+    from cai_bootstrap.critic import DEFAULT_RELEVANCE_THRESHOLD, instruction_critic, pair_critic, relevance_judge
 
     c = cfg.critic
     ab = {"threshold": c.threshold, "batch_size": c.batch_size, "prefix_reuse": c.prefix_reuse, "calibrate": c.calibrate}
