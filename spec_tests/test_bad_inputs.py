@@ -235,3 +235,31 @@ def test_bad_input_gives_one_line_exit_2_and_leaves_nothing(entry, build, tmp_pa
     assert named in lines[0]
     assert _tree(case) == before, "the refused command left files behind"
     assert not any(".partial" in p for p in _tree(tmp_path))
+
+
+# The whole table runs in-process above (cheap); these rows run again as real processes, through
+# the same entry points a user types, so what the process prints and returns is checked too.
+SUBPROCESS_ROWS = [inspect_bad_config, evaluate_huge_eval_item, merge_shard_with_empty_dataset, stage1_config_not_utf8]
+
+
+@pytest.mark.spec("PV-07")
+@pytest.mark.parametrize("build", SUBPROCESS_ROWS, ids=lambda b: b.__name__)
+def test_bad_input_in_a_real_process_gives_one_line_and_exit_2(build, tmp_path, tiny_model_dir, builtin_cache):
+    import subprocess
+    import sys
+
+    entry = dict((b, e) for e, b in CASES)[build]
+    case = tmp_path / "case"
+    case.mkdir()
+    env = {"CAI_BOOTSTRAP_CACHE": str(tmp_path / "model-cache")}
+    argv, named = build(case, {"model": tiny_model_dir, "builtin_cache": builtin_cache, "env": env})
+    before = _tree(case)
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    module = "cai_bootstrap.cli" if entry == CLI else "cai_bootstrap.stage1"
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and named in lines[0], proc.stderr
+    assert _tree(case) == before
