@@ -180,7 +180,43 @@ PARTIAL_CHECKPOINTS = [
     ("no trainer state", lambda ckpt: (_cut_short(ckpt, "optimizer.pt"), (ckpt / "trainer_state.json").unlink())),
     ("adapter weights cut short", lambda ckpt: _cut_short(ckpt, "adapter_model.safetensors")),
     ("optimizer cut short", lambda ckpt: _cut_short(ckpt, "optimizer.pt")),
+    ("adapter header garbage", lambda ckpt: _garbage_header(_as_step_3(ckpt) / "adapter_model.safetensors")),
+    ("no rng state", lambda ckpt: _drop_rng(_as_step_3(ckpt))),
 ]
+
+
+def _as_step_3(ckpt: Path) -> Path:
+    """checkpoint-2's files, whole, as checkpoint-3's."""
+    import shutil
+
+    shutil.copytree(ckpt.parent / "checkpoint-2", ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "global_step": 3}))
+    return ckpt
+
+
+def _garbage_header(path):
+    """A header length of about 2**64: read blindly, it would ask for exabytes."""
+    path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:])
+
+
+def _drop_rng(ckpt):
+    for p in ckpt.glob("rng_state*.pth"):
+        p.unlink()
+
+
+@pytest.mark.spec("OPS-06")
+def test_a_per_rank_rng_state_counts_as_complete(interrupted, tmp_path):
+    """Under data parallelism the trainer writes rng_state_{rank}.pth; such a checkpoint must not be set aside."""
+    import shutil
+
+    from cai_bootstrap.sft.checkpoints import checkpoint_problem
+
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(interrupted / "checkpoints" / "checkpoint-2", ckpt)
+    (ckpt / "rng_state.pth").rename(ckpt / "rng_state_0.pth")
+    shutil.copy(ckpt / "rng_state_0.pth", ckpt / "rng_state_1.pth")
+    assert checkpoint_problem(ckpt) is None
 
 
 @pytest.mark.spec("OPS-06")
@@ -214,6 +250,8 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_crash(damage, interrupted, ref
 
     assert result.global_step == 3 and result.manifest["resumed_from"] == "checkpoints/checkpoint-2"
     assert checkpoint_problem(partial) is None  # written again, whole
+    # the damaged one was set aside, not deleted
+    assert [p.name for p in partial.parent.iterdir() if p.name.startswith(".checkpoint-3.incomplete-")]
     ref, got = load_file(reference / "adapter" / "adapter_model.safetensors"), load_file(out / "adapter" / "adapter_model.safetensors")
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)

@@ -107,6 +107,8 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return "header is not valid JSON: not a safetensors file"
+    if not isinstance(header, dict):
+        return "header is not a JSON object: not a safetensors file"
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
             and "data_offsets" in v]
     need = 8 + n + max(ends, default=0)

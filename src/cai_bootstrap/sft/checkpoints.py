@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import zipfile
 from pathlib import Path
+
+from cai_bootstrap.integrity import safetensors_problem
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# torch.save archives (zip): a cut file lacks the central directory at its end.
-TORCH_ARCHIVES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """None if the header parses and the file is as long as the header says."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                return f"{path.name} is truncated"
-            (n,) = struct.unpack("<Q", raw)
-            header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        return f"{path.name} is unreadable"
-    if path.stat().st_size != 8 + n + end:
-        return f"{path.name} is truncated"
-    return None
+# torch.save archives (zip): a cut file lacks the central directory at its end. The RNG state is
+# `rng_state.pth` on one process and `rng_state_{rank}.pth` per rank under data parallelism.
+TORCH_ARCHIVES = ("optimizer.pt", "scheduler.pt")
+RNG_STATE_GLOB = "rng_state*.pth"
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -54,15 +40,17 @@ def checkpoint_problem(folder: Path) -> str | None:
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         return f"no {ADAPTER_WEIGHTS}"
-    problem = _safetensors_problem(weights)
+    problem = safetensors_problem(weights)
     if problem:
-        return problem
-    for name in TORCH_ARCHIVES:
-        p = folder / name
+        return f"{ADAPTER_WEIGHTS}: {problem}"
+    archives = [folder / name for name in TORCH_ARCHIVES] + sorted(folder.glob(RNG_STATE_GLOB))
+    if not any(p.name.startswith("rng_state") for p in archives):
+        return "no rng_state*.pth"
+    for p in archives:
         if not p.is_file():
-            return f"no {name}"
+            return f"no {p.name}"
         if not zipfile.is_zipfile(p):
-            return f"{name} is truncated"
+            return f"{p.name} is truncated"
     return None
 
 

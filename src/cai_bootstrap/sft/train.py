@@ -258,10 +258,12 @@ def _check_resumable(out: Path, fingerprint: dict) -> Path | None:
         if found:
             refuse_foreign(out, f"holds {', '.join(found)} but no {RUN_CONFIG_NAME}", option="output_dir")
     # A checkpoint cut short by a crash is this run's own; it would fail every resume (OPS-06).
+    # Moved aside, never deleted: a checkpoint judged incomplete by mistake can be put back by hand.
     for folder, why in incomplete.items():
-        print(f"train: removing incomplete checkpoint {folder} ({why}); resuming from "
+        aside = folder.with_name(f".{folder.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
+        print(f"train: setting aside incomplete checkpoint {folder} as {aside.name} ({why}); resuming from "
               f"{last.name if last else 'the start'}", file=sys.stderr)
-        shutil.rmtree(folder)
+        folder.rename(aside)
     return last
 
 
