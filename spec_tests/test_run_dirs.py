@@ -75,7 +75,30 @@ WRITERS = [
     ("merge", lambda d, t: ["merge", str(t / "shard-0"), "--out", str(d)]),
     ("train", lambda d, t: ["train", "--dataset", str(t / "data"), "--model", "tiny-random", "--out", str(d)]),
     ("evaluate", lambda d, t: ["evaluate", "--model", "tiny-random", "--base-only", "--out", str(d)]),
+    ("pairs", lambda d, t: ["pairs", "--model", "tiny-random", "--stage1-data", str(t / "data"),
+                            "--instructions", str(t / "instructions.jsonl"), "--out", str(d)]),
+    ("train-dpo", lambda d, t: ["train-dpo", "--pairs", str(t / "pairs"), "--sft-run", str(t / "sft"),
+                                "--model", "tiny-random", "--out", str(d)]),
 ]
+
+
+@pytest.mark.spec("OPS-06", "PV-07")
+@pytest.mark.parametrize("where", ["stage1_data", "inside stage1_data", "instructions folder"])
+def test_pairs_refuses_an_output_folder_that_overlaps_its_inputs(where, tmp_path, capsys, no_model_load):
+    from cai_bootstrap.cli import main
+
+    data = tmp_path / "stage1"
+    data.mkdir()
+    (data / "session_manifest.json").write_text("{}")
+    instr = tmp_path / "in" / "instructions.jsonl"
+    instr.parent.mkdir()
+    instr.write_text('{"id": "a", "instruction": "Name a color."}\n')
+    out = {"stage1_data": data, "inside stage1_data": data / "pairs", "instructions folder": instr.parent}[where]
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    rc = main(["pairs", "--model", "tiny-random", "--stage1-data", str(data), "--instructions", str(instr), "--out", str(out)])
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2 and "overlaps the run's input" in line, line
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.spec("OPS-06")

@@ -157,10 +157,15 @@ def _read_instructions(path) -> list[dict]:
     from cai_bootstrap.io_utils import iter_jsonl
 
     items = []
+    first_line: dict[str, int] = {}
     for line, rec in iter_jsonl(path):
         if not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
             raise ValueError(f"{path}: line {line}: needs a non-empty 'instruction'")
-        items.append({"id": str(rec.get("id", f"line-{line}")), "instruction": rec["instruction"].strip()})
+        item_id = str(rec.get("id", f"line-{line}"))
+        if item_id in first_line:  # pair ids derive from it; a repeat would fail only after all the sampling
+            raise ValueError(f"{path}: line {line}: id {item_id!r} repeats line {first_line[item_id]}; give each instruction its own id")
+        first_line[item_id] = line
+        items.append({"id": item_id, "instruction": rec["instruction"].strip()})
     if not items:
         raise ValueError(f"{path}: no instructions")
     return items
@@ -178,8 +183,38 @@ def stage1_instructions(stage1_data) -> list[str]:
     return [r["instruction"] for r in read_jsonl(verified[DATASET_FILE])]
 
 
+def check_pairs_output(cfg) -> None:
+    """OPS-06 / PV-07: the output folder is not one of the run's inputs and holds no run of another kind."""
+    from pathlib import Path
+
+    from cai_bootstrap.preference.run_dir import MANIFEST_FILE, PAIRS_FILE
+    from cai_bootstrap.safe_paths import refuse_foreign
+
+    out = Path(cfg.out_dir).resolve()
+    for name in ("stage1_data", "sft_run", "instructions"):
+        src = getattr(cfg, name)
+        if src is not None and (out == Path(src).resolve() or out in Path(src).resolve().parents
+                                or Path(src).resolve() in out.parents):
+            refuse_foreign(out, f"overlaps the run's input {name} ({src})", option="out_dir")
+    manifest = out / MANIFEST_FILE
+    # A pairs run's manifest lists its pairs file; any other run in the folder is not ours to replace.
+    if manifest.is_file() and PAIRS_FILE not in manifest.read_text(encoding="utf-8", errors="replace"):
+        refuse_foreign(out, f"holds a run that is not a pairs run ({manifest.name} lists no {PAIRS_FILE})", option="out_dir")
+
+
 def run_pairs(cfg, *, lm=None) -> dict:
-    """Sample, judge, pair and write one pairs run (``cfg``: :class:`PairsConfig`); return its QC summary."""
+    """Sample, judge, pair and write one pairs run (``cfg``: :class:`PairsConfig`); return its QC summary.
+
+    One writer at a time holds the output folder (OPS-06); it may not overlap the inputs.
+    """
+    from cai_bootstrap.run_lock import run_lock
+
+    check_pairs_output(cfg)
+    with run_lock(cfg.out_dir, "pairs"):
+        return _run_pairs_locked(cfg, lm=lm)
+
+
+def _run_pairs_locked(cfg, *, lm=None) -> dict:
     from pathlib import Path
 
     from cai_bootstrap import cleaning, prompts

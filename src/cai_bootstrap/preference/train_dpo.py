@@ -316,52 +316,58 @@ def run_dpo(cfg: DPORunConfig, *, callbacks: Iterable[Any] = (), device_info: Ma
 
     t_start = time.time()
     out = Path(cfg.output_dir)
-    pre = check_before_load(cfg, device_info=device_info, validator=validator)
-    plan, gate, leakage, sft = pre["plan"], pre["gate"], pre["leakage"], pre["sft"]
-    out.mkdir(parents=True, exist_ok=True)
-    _write_gate_manifest(out, True, {**gate.checks, "leakage": f"no overlap with {leakage['eval_items']} eval items"}, None,
-                         _gate_inputs(gate.run_dir), {"data_gate": gate.to_dict(), "leakage": leakage},
-                         gate="dpo_data", clause="PO-03/SFT-01/SFT-06", name=GATE_MANIFEST_NAME)
-    atomic_write_json(out / RUN_CONFIG_NAME, {"config": json.loads(cfg.model_dump_json())})
+    from cai_bootstrap.run_lock import run_lock
+    from cai_bootstrap.safe_paths import publish_dir
 
-    resolved = resolve_model(cfg.model, profile=cfg.profile)
-    from transformers import set_seed
+    # OPS-06: one writer per output folder, held from the checks to the success marker.
+    with run_lock(out, "train-dpo"):
+        pre = check_before_load(cfg, device_info=device_info, validator=validator)
+        plan, gate, leakage, sft = pre["plan"], pre["gate"], pre["leakage"], pre["sft"]
+        out.mkdir(parents=True, exist_ok=True)
+        _write_gate_manifest(out, True, {**gate.checks, "leakage": f"no overlap with {leakage['eval_items']} eval items"}, None,
+                             _gate_inputs(gate.run_dir), {"data_gate": gate.to_dict(), "leakage": leakage},
+                             gate="dpo_data", clause="PO-03/SFT-01/SFT-06", name=GATE_MANIFEST_NAME)
+        atomic_write_json(out / RUN_CONFIG_NAME, {"config": json.loads(cfg.model_dump_json())})
 
-    set_seed(cfg.seed)
-    lm = load_stage1_policy(resolved.source, cfg, plan, sft["adapter_path"])
-    encoded = encode_pairs(lm, gate.records, cfg.max_length)
-    by_id = {str(r["id"]): r for r in gate.records}
-    trainer = build_trainer(cfg.method, lm.model, lm, encoded, cfg, plan, out / CHECKPOINT_DIR, callbacks, by_id)
-    rows = verify_trainer_batches(trainer, encoded, lm.pad_token_id) if (verify_batches and cfg.method == "dpo") else 0
+        resolved = resolve_model(cfg.model, profile=cfg.profile)
+        from transformers import set_seed
 
-    import torch
+        set_seed(cfg.seed)
+        lm = load_stage1_policy(resolved.source, cfg, plan, sft["adapter_path"])
+        encoded = encode_pairs(lm, gate.records, cfg.max_length)
+        by_id = {str(r["id"]): r for r in gate.records}
+        trainer = build_trainer(cfg.method, lm.model, lm, encoded, cfg, plan, out / CHECKPOINT_DIR, callbacks, by_id)
+        rows = verify_trainer_batches(trainer, encoded, lm.pad_token_id) if (verify_batches and cfg.method == "dpo") else 0
 
-    t_train = time.time()
-    trainer.train()
-    train_seconds = time.time() - t_train
-    state = trainer.state
-    adapter_dir = out / ADAPTER_DIR
-    # Only the policy: the frozen reference copy is the Stage-1 adapter, already on disk.
-    trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])
-    adapter_files = sorted(p for p in adapter_dir.rglob("*") if p.is_file())
-    manifest = _training_manifest(cfg=cfg, plan=plan, out=out, gate=gate, leakage=leakage, sft=sft, lm=lm, encoded=encoded,
-                                  adapter_files=adapter_files, state=state, stats={
-                                      "global_step": int(state.global_step),
-                                      "train_seconds_this_process": round(train_seconds, 3),
-                                      "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if plan.cuda else None,
-                                      "batch_rows_verified": rows,
-                                      "wall_seconds": round(time.time() - t_start, 3)})
-    del trainer
-    lm.release()
+        import torch
 
-    from cai_bootstrap.provenance import git_info, write_manifest
+        t_train = time.time()
+        trainer.train()
+        train_seconds = time.time() - t_train
+        state = trainer.state
+        adapter_dir = out / ADAPTER_DIR
+        # Only the policy: the frozen reference copy is the Stage-1 adapter, already on disk.
+        with publish_dir(adapter_dir) as tmp:  # a crash leaves no half-written adapter under the real name
+            trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+        adapter_files = sorted(p for p in adapter_dir.rglob("*") if p.is_file())
+        manifest = _training_manifest(cfg=cfg, plan=plan, out=out, gate=gate, leakage=leakage, sft=sft, lm=lm, encoded=encoded,
+                                      adapter_files=adapter_files, state=state, stats={
+                                          "global_step": int(state.global_step),
+                                          "train_seconds_this_process": round(train_seconds, 3),
+                                          "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if plan.cuda else None,
+                                          "batch_rows_verified": rows,
+                                          "wall_seconds": round(time.time() - t_start, 3)})
+        del trainer
+        lm.release()
 
-    manifest_path = write_manifest(out / MANIFEST_NAME, manifest)
-    marker = atomic_write_json(out / SUCCESS_MARKER, {
-        "adapter_path": str(adapter_dir.resolve()), "git_sha": git_info()["commit"], "git_dirty": git_info()["dirty"],
-        "training_manifest": str(manifest_path.resolve()), "global_step": int(state.global_step),
-        "finished_at": manifest["created_at"]})
-    return TrainingResult(out, adapter_dir, manifest_path, marker, int(state.global_step), manifest)
+        from cai_bootstrap.provenance import git_info, write_manifest
+
+        manifest_path = write_manifest(out / MANIFEST_NAME, manifest)
+        marker = atomic_write_json(out / SUCCESS_MARKER, {
+            "adapter_path": str(adapter_dir.resolve()), "git_sha": git_info()["commit"], "git_dirty": git_info()["dirty"],
+            "training_manifest": str(manifest_path.resolve()), "global_step": int(state.global_step),
+            "finished_at": manifest["created_at"]})
+        return TrainingResult(out, adapter_dir, manifest_path, marker, int(state.global_step), manifest)
 
 
 def _sha(path: Path) -> str:
