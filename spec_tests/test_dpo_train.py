@@ -192,6 +192,9 @@ def test_pair_masks_on_hand_written_ids():
     no_eos = dict(batch, completion_mask=torch.tensor([[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 1]]))  # EOS not trained
     with pytest.raises(MaskingError, match="labels differ"):
         verify_preference_batch(no_eos, [ex], pad_id=0)
+    swapped = {k: v.flip(0) for k, v in batch.items()}  # rejected row first: every row's labels still right
+    with pytest.raises(MaskingError, match="not the chosen and rejected sides of one pair"):
+        verify_preference_batch(swapped, [ex], pad_id=0)
     other = mask_from_offsets([1, 7, 3, 4], [(0, 0), (0, 3), (3, 6), (6, 8)], 6, eos)
     with pytest.raises(MaskingError, match="tokenize the prompt differently"):
         pair_examples(chosen, other)
@@ -217,10 +220,12 @@ def test_dpo_trainer_batches_mask_prompt_and_train_response_and_eos(tiny_model_d
     for k, t in stage1.items():  # saved "...lora_A.weight" is the adapter's "...lora_A.ref.weight"
         torch.testing.assert_close(ref[k.removesuffix(".weight") + ".ref.weight"].detach().cpu(), t, rtol=0, atol=0)
     expected = {}
+    chosen_full, rejected_full = {}, {}
     for rec in records:
         prompt_ids = lm.encode(rec["prompt"])
         for side in ("chosen", "rejected"):
             full = lm.encode(rec["prompt"] + " " + rec[side]) + [lm.eos_token_id]
+            (chosen_full if side == "chosen" else rejected_full)[rec["id"]] = full
             assert full[: len(prompt_ids)] == prompt_ids
             expected[tuple(full)] = len(prompt_ids)
     rows = 0
@@ -234,7 +239,10 @@ def test_dpo_trainer_batches_mask_prompt_and_train_response_and_eos(tiny_model_d
             assert lab[k:n] == ids[k:n] and lab[n - 1] == lm.eos_token_id, "response tokens and the EOS are trained"
             assert ids[:n].count(lm.eos_token_id) == 1 and lab[n:] == [IGNORE_INDEX] * (len(ids) - n)
             rows += 1
-        assert torch.equal(batch["input_ids"][:n_pairs, :1], batch["input_ids"][n_pairs:, :1])  # chosen rows, then rejected
+        for i in range(n_pairs):  # chosen rows, then the rejected rows of the same pairs, in order
+            c = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+            r = batch["input_ids"][i + n_pairs][batch["attention_mask"][i + n_pairs].bool()].tolist()
+            assert any(c == chosen_full[rec["id"]] and r == rejected_full[rec["id"]] for rec in records)
     assert rows == 2 * len(records)
     lm.release()
 

@@ -128,13 +128,29 @@ def labels_from_completion_mask(batch: Mapping[str, Any]):
 def verify_preference_batch(batch: Mapping[str, Any], examples: Iterable[PreferenceExample], pad_id: int) -> int:
     """Each row of a collated DPO batch (chosen rows, then rejected rows) against its verified example."""
     lookup: dict[tuple, TrainingExample] = {}
-    for ex in examples:
+    # A side's token ids -> the pairs it belongs to (one chosen answer can head several pairs).
+    chosen_of: dict[tuple, set[int]] = {}
+    rejected_of: dict[tuple, set[int]] = {}
+    for k, ex in enumerate(examples):
         lookup[tuple(ex.chosen.input_ids)] = ex.chosen
         lookup[tuple(ex.rejected.input_ids)] = ex.rejected
+        chosen_of.setdefault(tuple(ex.chosen.input_ids), set()).add(k)
+        rejected_of.setdefault(tuple(ex.rejected.input_ids), set()).add(k)
     if "completion_mask" not in batch:
         raise MaskingError("the collated batch has no completion_mask; the trained positions cannot be told")
     view = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels_from_completion_mask(batch)}
-    return verify_collated(view, lookup, pad_id)
+    rows = verify_collated(view, lookup, pad_id)
+    # Per-row labels are not enough: a swap of sides (or of rejected rows between pairs) would train
+    # toward the worse answer with every row's labels still right.
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    n = ids.shape[0] // 2
+    if ids.shape[0] != 2 * n:
+        raise MaskingError(f"a DPO batch holds chosen rows then rejected rows; got an odd number of rows ({ids.shape[0]})")
+    for i in range(n):
+        c, r = tuple(ids[i][mask[i]].tolist()), tuple(ids[i + n][mask[i + n]].tolist())
+        if not chosen_of.get(c, set()) & rejected_of.get(r, set()):
+            raise MaskingError(f"batch rows {i} and {i + n} are not the chosen and rejected sides of one pair")
+    return rows
 
 
 def verify_trainer_batches(trainer, encoded: EncodedPairs, pad_id: int) -> int:
