@@ -84,7 +84,8 @@ def test_evaluate_checks_the_adapter_loads_and_the_output_is_writable_before_the
     blocker.write_text("")
     rc = main(["evaluate", "--model", str(tmp_path / "no-such-model"), "--adapter", str(adapter),
                "--out", str(blocker / "eval")])
-    assert rc == 2 and "a-file is a file" in _err(capsys)
+    err = _err(capsys)  # refused when the run lock is taken in the output folder, before anything else
+    assert rc == 2 and "a-file/eval is not writable (Not a directory)" in err, err
 
     # A truncated adapter pinned by its manifest is still refused: it would fail after the base model ran.
     weights = adapter / "adapter_model.safetensors"
@@ -245,3 +246,18 @@ def test_stage1_refuses_an_unknown_phase_name(tmp_path, capsys):
     err = _err(capsys)
     assert rc == 2 and "'pilott' is not a phase" in err and "pilot_gate" in err
     assert not run.exists()
+
+
+@pytest.mark.spec("PV-07", "OPS-06")
+@pytest.mark.parametrize("sub", ["", "eval"])
+def test_evaluate_refuses_an_output_inside_the_adapter_folder_and_leaves_it_untouched(sub, tmp_path, capsys):
+    from cai_bootstrap.cli import main
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    out = adapter / sub if sub else adapter
+    rc = main(["evaluate", "--model", "tiny-random", "--adapter", str(adapter), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "inside the adapter folder" in err, err
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"]  # no lock file, no output folder

@@ -78,8 +78,14 @@ def register(sub) -> None:
 
 
 def _evaluate(args) -> int:
+    from cai_bootstrap.cli import CLIError
     from cai_bootstrap.run_lock import run_lock
 
+    # Before the lock: its file would land in the adapter folder and fail the adapter's hash check.
+    if args.adapter and args.out:
+        out, adapter = Path(args.out).resolve(), Path(args.adapter).resolve()
+        if out == adapter or adapter in out.parents:
+            raise CLIError(f"--out {args.out} is inside the adapter folder; evaluation outputs go to a folder of their own")
     with run_lock(args.out, "evaluate"):  # OPS-06: one writer per output folder, for the whole run
         return _evaluate_locked(args)
 
@@ -108,8 +114,6 @@ def _evaluate_locked(args) -> int:
     if (out / MANIFEST_FILE).exists() and not args.force:
         raise CLIError(f"{out} already holds an evaluation; use a new --out or --force")
     check_writable_location(out)
-    if args.adapter and out.resolve() == Path(args.adapter).resolve():
-        raise CLIError(f"--out {out} is the adapter folder; evaluation outputs go to a folder of their own")
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be >= 1")
     if not 0.0 < args.confidence < 1.0 or not 0.0 < args.fdr < 1.0 or args.bootstrap_samples < 1:
