@@ -105,7 +105,7 @@ def test_response_prompt_is_the_frame_around_any_instruction(text):
 # Checked where the pipeline gets its decoding: the generation config as ``load_config``
 # validates it, and the keyword arguments the pipeline hands to ``generate``.
 
-RESPONSE_DEFAULTS = {"max_new_tokens": 80, "temperature": 0.4, "top_p": 0.9, "repetition_penalty": 1.1,
+RESPONSE_DEFAULTS = {"max_new_tokens": 80, "temperature": 0.4, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1,
                      "do_sample": True, "stop_at_blank_line": True}
 
 
@@ -536,3 +536,22 @@ def test_demonstrations_do_not_leak_into_the_eval_set():
         with pytest.raises(EvalLeakageError) as e:
             check_no_leakage([*pool[:3], {"instruction": planted}, *pool[3:]], eval_items)
         assert [(h.kind, h.train_index) for h in e.value.hits] == [(kind, 3)]
+
+
+@pytest.mark.spec("PR-02")
+@pytest.mark.parametrize("top_k, expected", [(None, 50), (0, 0), (7, 7)])
+def test_sampling_passes_top_k_explicitly(top_k, expected, tiny_lm, monkeypatch):
+    """Left out, transformers applies its own top_k (50) and nothing records it."""
+    seen = {}
+    real = tiny_lm.model.generate
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tiny_lm.model, "generate", spy)
+    extra = {} if top_k is None else {"top_k": top_k}
+    tiny_lm.generate(["Instruction: Say hi.\nResponse:"], max_new_tokens=2, do_sample=True, temperature=0.4, top_p=0.9,
+                     progress=False, **extra)
+    assert seen["top_k"] == expected
+    assert load_config(None).responses.as_provenance()["top_k"] == load_config(None).instructions.as_provenance()["top_k"] == 50

@@ -20,12 +20,17 @@ MAX_NEW_TOKENS_RANGE = (8, 1024)
 # A response ends at its first blank line (PR-02 refinement): cleaning keeps only the first
 # paragraph anyway, and a finished paragraph must not count as a token-limit hit (QC-02).
 BLANK_LINE = "\n\n"
+# transformers samples with top_k = 50 unless told otherwise, so every sampled run so far used it
+# without recording it. It stays the default (runs remain comparable) and is now passed and
+# recorded explicitly; 0 turns it off (pure nucleus sampling).
+DEFAULT_TOP_K = 50
 
 
 class _Decoding(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     top_p: float = Field(0.9, gt=0, le=1.0)
+    top_k: int = Field(DEFAULT_TOP_K, ge=0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
     max_new_tokens: int = Field(ge=MAX_NEW_TOKENS_RANGE[0], le=MAX_NEW_TOKENS_RANGE[1])
     do_sample: bool = True
@@ -52,7 +57,7 @@ class ResponseDecoding(_Decoding):
     def generate_kwargs(self) -> dict:
         """Keyword arguments for ``LoadedModel.generate``."""
         return dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
-                    top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                    top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty,
                     stop_strings=(BLANK_LINE,) if self.stop_at_blank_line else ())
 
 
@@ -72,4 +77,4 @@ class InstructionDecoding(_Decoding):
     def generate_kwargs(self) -> dict:
         """Keyword arguments for ``LoadedModel.generate``."""
         return dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
-                    top_p=self.top_p, repetition_penalty=self.repetition_penalty)
+                    top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty)

@@ -318,6 +318,7 @@ class LoadedModel:
         do_sample: bool,
         temperature: float | None = None,
         top_p: float | None = None,
+        top_k: int | None = None,
         repetition_penalty: float = 1.0,
         seed: int = 0,
         batch_size: int = 8,
@@ -351,7 +352,10 @@ class LoadedModel:
         if stop_strings:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
         if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
+            # Always explicit: left out, transformers would apply its own top_k (50) unrecorded.
+            from cai_bootstrap.decoding import DEFAULT_TOP_K
+
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=DEFAULT_TOP_K if top_k is None else top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         show = progress if progress is not None else len(prompts) > batch_size
