@@ -9,7 +9,10 @@ nothing: the next writer takes it over (stale-lock recovery needs no pid guessin
 A lock covers the directory's subtree: a writer is refused when an enclosing directory
 is locked by another process, and passes when it is locked by this one (the stage-1
 chain holds its run directory and runs each phase's command in-process, below it).
-Taking the same directory twice in one process nests.
+Taking the same directory twice in one process nests. A process this one starts to
+write below its directory (a shard the launcher starts for the chain, OPS-05) passes too:
+:func:`delegated_env` names the held directories in the child's environment, and the
+child accepts them only while their lock is held by its parent process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Iterator
 from cai_bootstrap.provenance import utc_now
 
 LOCK_NAME = ".cai_bootstrap.lock"
+# Directories a parent process holds and lends to its child (os.pathsep-separated real paths).
+DELEGATE_ENV = "CAI_BOOTSTRAP_HELD_BY_PARENT"
 
 # realpath -> [fd, depth] of the locks this process holds.
 _held: dict[str, list[int]] = {}
@@ -73,12 +78,21 @@ def _locked_by_other(lock_path: Path) -> dict | None:
         os.close(fd)
 
 
+def delegated_env() -> dict[str, str]:
+    """Environment for a child process that writes below the directories this process holds."""
+    with _guard:
+        return {DELEGATE_ENV: os.pathsep.join(sorted(_held))} if _held else {}
+
+
 def _check_enclosing(key: str) -> None:
+    lent = set(filter(None, os.environ.get(DELEGATE_ENV, "").split(os.pathsep)))
     for parent in Path(key).parents:
         if str(parent) in _held:
             return  # this process holds the subtree
         info = _locked_by_other(parent / LOCK_NAME)
         if info is not None:
+            if str(parent) in lent and info.get("pid") == os.getppid():
+                return  # the parent holds the subtree and started this process to write in it
             raise RunDirectoryInUse(_describe(parent, info))
 
 

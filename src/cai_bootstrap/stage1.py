@@ -9,6 +9,10 @@ recorded file still has its hash, so it resumes from the last completed phase an
 redoes anything whose inputs changed. The chain stops at the first failed gate with a
 readable reason and a non-zero exit; each gate is enforced again inside the phase it
 protects (scale refuses a failed pilot gate, training refuses an unvalidated dataset).
+
+Scale shards run one after another in this process by default; with ``scale_parallel:
+true`` and several GPUs visible they run as one ``generate`` process per GPU through the
+same launcher as ``cai-bootstrap launch generate`` (OPS-05).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
+from cai_bootstrap import launch
 from cai_bootstrap.integrity import check_writable_location
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, read_text_file, sha256_file
 from cai_bootstrap.model_sources import GEMMA_NAME
@@ -63,6 +68,9 @@ class Stage1Config(_Strict):
     pilot_max_items: int = Field(PILOT_MAX_ITEMS, ge=1)
     scale_target: int = Field(200, ge=1)
     scale_shards: int = Field(1, ge=1, le=1024)
+    # OPS-05: run the scale shards at once, one process per visible GPU, through the launcher
+    # (cai_bootstrap.launch); false, or fewer than 2 GPUs visible: one after another in this process.
+    scale_parallel: bool = False
     generate_config: Path | None = None  # extra generation settings (YAML of GenerateConfig fields)
     # PR-07 response frame for generation; None: the generation config's (demonstrations by default).
     response_frame: Literal[RESPONSE_FRAMES] | None = None  # type: ignore[valid-type]
@@ -111,13 +119,16 @@ def _hashes(paths: list[Path]) -> dict[str, str | None]:
 
 
 class Chain:
-    def __init__(self, cfg: Stage1Config, cli: Callable[[list[str]], int] | None = None) -> None:
+    def __init__(self, cfg: Stage1Config, cli: Callable[[list[str]], int] | None = None, *,
+                 launcher: Callable[[list], list] | None = None, gpus: Callable[[], list[str]] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.state_dir = self.run_dir / STATE_DIR
         if cli is None:
             from cai_bootstrap.cli import main as cli
         self.cli = cli
+        self.launcher = launcher or launch.run_shards  # starts shard processes (OPS-05)
+        self.gpus = gpus or launch.visible_gpus
         self.log: list[dict] = []
 
     # paths
@@ -300,20 +311,45 @@ def _data_gate(ch: Chain, run: Path, name: str) -> PhaseResult:
     return _gate_result(manifest, 0 if decision.passed else 1)
 
 
+def _shard_devices(ch: Chain) -> list[str]:
+    """The GPUs to run scale shards on at once; empty: run them one after another."""
+    if not ch.cfg.scale_parallel or ch.cfg.scale_shards < 2:
+        return []
+    gpus = ch.gpus()
+    if len(gpus) < 2:
+        print(f"[stage1] scale_parallel: {len(gpus)} GPU visible; running the shards one after another", flush=True)
+        return []
+    return gpus
+
+
 def _scale(ch: Chain) -> PhaseResult:
-    outs = []
-    for i in range(ch.cfg.scale_shards):
-        out = ch.p("scale", f"shard-{i}")
-        rc = ch.call("generate", *_generate_args(ch), "--mode", "scale", "--target", ch.cfg.scale_target,
-                     "--shard", f"{i}/{ch.cfg.scale_shards}", "--pilot-gate", ch.p("gates", "pilot_gate.json"), "--out", out)
-        if rc not in (0, 1):
-            raise Stage1Error(f"scale shard {i} exited with {rc}")
-        outs.append(out / "session_manifest.json")
-    return PhaseResult(outs)
+    n = ch.cfg.scale_shards
+    root = ch.p("scale")
+    argv = [str(a) for a in (*_generate_args(ch), "--mode", "scale", "--target", ch.cfg.scale_target,
+                             "--pilot-gate", ch.p("gates", "pilot_gate.json"))]
+    devices = _shard_devices(ch)
+    if not devices:
+        for i in range(n):
+            rc = ch.call("generate", *argv, "--shard", f"{i}/{n}", "--out", launch.shard_dir(root, i))
+            if rc not in launch.FINISHED_CODES:
+                raise Stage1Error(f"scale shard {i} exited with {rc}")
+    else:
+        # One process per GPU, a device-full of shards at a time (each shard is an ordinary `generate`).
+        for start in range(0, n, len(devices)):
+            jobs = launch.plan_shards(argv, devices, root, indices=range(start, min(n, start + len(devices))), n_shards=n)
+            outcomes = ch.launcher(jobs)
+            for o in outcomes:
+                print(f"[stage1] {launch.describe(o)}", flush=True)
+            status = launch.launch_status(outcomes)
+            if status:
+                failed = [o.job.label for o in outcomes if not o.finished]
+                raise Stage1Error(f"scale shard(s) {', '.join(failed)} exited with {status}; finished shards are kept "
+                                  "and a rerun resumes the rest")
+    return PhaseResult([launch.shard_dir(root, i) / "session_manifest.json" for i in range(n)])
 
 
 def _merge(ch: Chain) -> PhaseResult:
-    shards = [ch.p("scale", f"shard-{i}") for i in range(ch.cfg.scale_shards)]
+    shards = [launch.shard_dir(ch.p("scale"), i) for i in range(ch.cfg.scale_shards)]
     out = ch.p("merged")
     rc = ch.call("merge", *shards, "--out", out)
     if rc not in (0, 1):
@@ -373,7 +409,7 @@ def phases() -> list[Phase]:
               lambda ch: _data_gate(ch, ch.p("pilot"), "pilot_gate"), gate=True),
         Phase("scale", "scale generation, sharded", P("gates", "pilot_gate.json"), _scale),
         Phase("merge", "merge shards, re-deduplicate, recompute QC",
-              lambda ch: [ch.p("scale", f"shard-{i}", "session_manifest.json") for i in range(ch.cfg.scale_shards)], _merge),
+              lambda ch: [launch.shard_dir(ch.p("scale"), i) / "session_manifest.json" for i in range(ch.cfg.scale_shards)], _merge),
         Phase("scale_gate", "validation suites + QC thresholds on the merged data",
               lambda ch: [ch.p("merged", "dataset.jsonl"), ch.p("merged", "qc_summary.json")],
               lambda ch: _data_gate(ch, ch.p("merged"), "scale_gate"), gate=True),

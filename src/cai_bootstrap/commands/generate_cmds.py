@@ -1,9 +1,13 @@
-"""`generate` (a pilot or one shard) and `merge` (join shards) subcommands."""
+"""`generate` (a pilot or one shard), `merge` (join shards) and `launch generate` (one shard
+process per GPU, then merge; OPS-05) subcommands."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
+from pathlib import Path
 from typing import Iterator
 
 from cai_bootstrap.prompts import RESPONSE_FRAMES
@@ -30,6 +34,27 @@ def register(sub) -> None:
     p.add_argument("shards", nargs="+", help="shard run directories")
     p.add_argument("--out", required=True, help="merged run directory (new)")
     p.set_defaults(func=_merge)
+
+    p = sub.add_parser("launch", help="start the shards of a scale run as one process per GPU, then merge (OPS-05)")
+    launch_sub = p.add_subparsers(dest="launch_command", metavar="WHAT", required=True)
+    p = launch_sub.add_parser(
+        "generate", help="one `generate --shard i/N` process per GPU (or CPU process), then merge",
+        description="Starts one `cai-bootstrap generate --shard i/N --out OUT/shard-i` process per device, each "
+                    "seeing only its own GPU (CUDA_VISIBLE_DEVICES), prefixes their output, waits, reports each "
+                    "shard's exit, then merges into OUT/merged. Generate arguments go after `--`: "
+                    "cai-bootstrap launch generate --gpus 4 --out runs/scale -- --config "
+                    "src/cai_bootstrap/configs/generate_scale.yaml --pilot-gate runs/stage1/pilot/pilot_gate.json. "
+                    "On a cluster use a Slurm array of the same command instead (docs/CLUSTER.md).")
+    devices = p.add_mutually_exclusive_group(required=True)
+    devices.add_argument("--gpus", type=int, help="N shards on GPUs 0..N-1")
+    devices.add_argument("--devices", help="one shard per listed GPU, e.g. 0,1,3")
+    devices.add_argument("--procs", type=int, help="N shards as CPU processes (no GPU; for tests and CPU machines)")
+    p.add_argument("--out", required=True, help="output root: shard i writes OUT/shard-i, the merge OUT/merged")
+    p.add_argument("--merge-out", help="merged run directory (default: OUT/merged)")
+    p.add_argument("--no-merge", action="store_true", help="do not merge; print the merge command instead")
+    p.add_argument("--dry-run", action="store_true", help="print each shard's command and the merge command; start nothing")
+    p.add_argument("generate_args", nargs=argparse.REMAINDER, help="after --: arguments of `cai-bootstrap generate`")
+    p.set_defaults(func=_launch_generate)
 
 
 def _print_qc(summary: dict) -> int:
@@ -62,13 +87,19 @@ def _io_errors(out_dir) -> Iterator[None]:
                        "and rerun the same command to resume") from None
 
 
-def _generate(args) -> int:
+def config_from_args(args):
+    """The generation config a parsed ``generate`` command line means (shared with the launcher's checks)."""
     from cai_bootstrap.datagen.config import load_config
+
+    return load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
+                       target=args.target, seed=args.seed, shard=args.shard, pilot_gate=args.pilot_gate, device=args.device,
+                       quiet=args.quiet, **{"responses.response_frame": args.response_frame})
+
+
+def _generate(args) -> int:
     from cai_bootstrap.datagen.pipeline import run_generation
 
-    cfg = load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
-                      target=args.target, seed=args.seed, shard=args.shard, pilot_gate=args.pilot_gate, device=args.device, quiet=args.quiet,
-                      **{"responses.response_frame": args.response_frame})
+    cfg = config_from_args(args)
     with _io_errors(cfg.out_dir):
         summary = run_generation(cfg)
     print(f"run directory: {cfg.out_dir}")
@@ -82,3 +113,25 @@ def _merge(args) -> int:
         summary = merge_shards(args.shards, args.out)
     print(f"merged into: {args.out}")
     return _print_qc(summary)
+
+
+def _launch_generate(args) -> int:
+    from cai_bootstrap import launch as L
+
+    generate_args = list(args.generate_args)
+    if generate_args[:1] == ["--"]:
+        generate_args = generate_args[1:]
+    devices = L.parse_devices(gpus=args.gpus, devices=args.devices, procs=args.procs,
+                              visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if args.dry_run:
+        jobs = L.plan_shards(generate_args, devices, args.out)
+        for job in jobs:
+            L.validate_generate_args(job.argv)
+            print(L.shell_command(job))
+        print(L.merge_command(jobs, args.merge_out or Path(args.out) / L.MERGED_DIR))
+        return 0
+    result = L.launch_generate(generate_args, devices, args.out, merge_out=args.merge_out, merge=not args.no_merge)
+    if result.status != 0 or result.merge_summary is None:
+        return result.status
+    print(f"merged into: {args.merge_out or Path(args.out) / L.MERGED_DIR}")
+    return _print_qc(result.merge_summary)

@@ -2,6 +2,8 @@
 
 Every value is validated (SFT-04 ranges) and the dataset gated (SFT-01, SFT-06) before
 any model loads; flags override the file, and ``--set key=value`` reaches any field.
+Data-parallel: ``accelerate launch --num_processes N -m cai_bootstrap.cli train ...`` with
+the same flags and file (OPS-05); the main process reports, the others stay quiet.
 """
 
 from __future__ import annotations
@@ -71,9 +73,13 @@ def _train(args) -> int:
     from cai_bootstrap.sft.preflight import PreflightError
     from cai_bootstrap.sft.train import TrainingSetupError
 
+    from cai_bootstrap.sft.distributed import DistributedSetupError, process_layout
+
     try:
         return _run(args)
-    except (DataGateError, EvalLeakageError, PreflightError, TrainingSetupError) as e:
+    except (DataGateError, EvalLeakageError, PreflightError, TrainingSetupError, DistributedSetupError) as e:
+        if not process_layout().is_main:
+            return 2  # every rank refuses alike; the main process says why, once
         raise CLIError(str(e)) from None
 
 
@@ -91,6 +97,8 @@ def _run(args) -> int:
     from cai_bootstrap.sft.train import run_training
 
     result = run_training(cfg)
+    if not result.main_process:
+        return 0
     stats = result.manifest["train_stats"]
     print(json.dumps({
         "adapter": str(result.adapter_dir),

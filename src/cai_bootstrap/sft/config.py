@@ -235,14 +235,19 @@ class SFTRunConfig(BaseModel):
             out["max_length"] = f"must be between {MAX_LENGTH_RANGE[0]} and {MAX_LENGTH_RANGE[1]} (SFT-04), got {self.max_length}"
         return out
 
-    def hyperparameters(self) -> dict:
-        """The PV-03 hyperparameter block, plus what else decides the result."""
+    def hyperparameters(self, world_size: int = 1) -> dict:
+        """The PV-03 hyperparameter block, plus what else decides the result.
+
+        ``world_size`` is the number of data-parallel processes (OPS-05): the batch the
+        optimizer sees is this config's per-device batch on each of them.
+        """
         return {
             "epochs": self.epochs,
             "lr": self.learning_rate,
             "batch": self.per_device_batch_size,
             "grad_accum": self.gradient_accumulation_steps,
-            "effective_batch": self.effective_batch_size,
+            "world_size": world_size,
+            "effective_batch": self.effective_batch_size * world_size,
             "seq_len": self.max_length,
             "lora": {"r": self.lora.r, "alpha": self.lora.alpha, "dropout": self.lora.dropout, "target_modules": self.lora.target_modules},
             "weight_decay": self.weight_decay,

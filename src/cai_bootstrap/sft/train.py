@@ -16,6 +16,10 @@ configuration and data continues from the last complete one (a checkpoint cut sh
 crash is removed, see :mod:`.checkpoints`), and a rerun with different ones is
 refused rather than silently mixing two runs. Success is ``TRAINING_SUCCESS``, written
 last, after the adapter and the training manifest (PV-03).
+
+The same command runs data-parallel under ``accelerate launch`` or torchrun (OPS-05,
+:mod:`.distributed`): every process checks the data and trains its share of each batch;
+only the main process holds the run lock and writes the run's files.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cai_bootstrap.io_utils import atomic_write_json
 from cai_bootstrap.sft.config import SFTRunConfig
+from cai_bootstrap.sft.distributed import ProcessLayout, process_layout, trainer_layout
 from cai_bootstrap.sft.masking import EncodedDataset, TrainingExample, verify_collated
 
 SUCCESS_MARKER = "TRAINING_SUCCESS"
@@ -68,7 +73,8 @@ class TrainingResult:
     manifest_path: Path
     marker_path: Path
     global_step: int
-    manifest: dict = field(repr=False)
+    manifest: dict = field(repr=False)  # empty on the other processes of a data-parallel run
+    main_process: bool = True  # the process that wrote the files (OPS-05)
 
 
 def plan_run(cfg: SFTRunConfig, info: Mapping[str, Any]) -> RunPlan:
@@ -214,9 +220,10 @@ def verify_trainer_batches(trainer, examples: Sequence[TrainingExample], pad_id:
 # -- run bookkeeping --------------------------------------------------------------------------------
 
 
-def _fingerprint(cfg: SFTRunConfig, dataset_sha: str, model_source: str, plan: RunPlan) -> dict:
-    """What must not change between an interrupted run and its resumption."""
-    hp = cfg.hyperparameters()
+def _fingerprint(cfg: SFTRunConfig, dataset_sha: str, model_source: str, plan: RunPlan, world_size: int = 1) -> dict:
+    """What must not change between an interrupted run and its resumption (the process count
+    too: it changes the batch the optimizer sees and which rows each step draws)."""
+    hp = cfg.hyperparameters(world_size)
     hp.pop("out_of_range", None)
     return {
         "dataset_sha256": dataset_sha,
@@ -229,9 +236,11 @@ def _fingerprint(cfg: SFTRunConfig, dataset_sha: str, model_source: str, plan: R
     }
 
 
-def _check_resumable(out: Path, fingerprint: dict) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuse a different run in the same folder."""
-    import shutil
+def _check_resumable(out: Path, fingerprint: dict, *, writer: bool = True) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuse a different run in the same folder.
+
+    Only the ``writer`` (the main process) removes incomplete checkpoints; the other ranks
+    reach the same answer by reading."""
     import sys
 
     from cai_bootstrap.safe_paths import refuse_foreign
@@ -259,7 +268,7 @@ def _check_resumable(out: Path, fingerprint: dict) -> Path | None:
             refuse_foreign(out, f"holds {', '.join(found)} but no {RUN_CONFIG_NAME}", option="output_dir")
     # A checkpoint cut short by a crash is this run's own; it would fail every resume (OPS-06).
     # Moved aside, never deleted: a checkpoint judged incomplete by mistake can be put back by hand.
-    for folder, why in incomplete.items():
+    for folder, why in (incomplete.items() if writer else ()):
         aside = folder.with_name(f".{folder.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
         print(f"train: setting aside incomplete checkpoint {folder} as {aside.name} ({why}); resuming from "
               f"{last.name if last else 'the start'}", file=sys.stderr)
@@ -310,14 +319,19 @@ def run_training(
     verify_batches: bool = True,
 ) -> TrainingResult:
     """One SFT run from a validated config; see the module docstring for the order of steps."""
+    import contextlib
+
     from cai_bootstrap.run_lock import run_lock
 
-    with run_lock(cfg.output_dir, "train"):  # OPS-06: one writer per output directory
+    layout = process_layout()
+    # OPS-06: one writer per output directory; in a data-parallel run that is the main process (OPS-05).
+    with run_lock(cfg.output_dir, "train") if layout.is_main else contextlib.nullcontext():
         return _run_training(cfg, callbacks=callbacks, device_info=device_info, validator=validator,
-                             verify_batches=verify_batches)
+                             verify_batches=verify_batches, layout=layout)
 
 
-def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verify_batches) -> TrainingResult:
+def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verify_batches,
+                  layout: ProcessLayout) -> TrainingResult:
     from cai_bootstrap.model_sources import resolve_model
     from cai_bootstrap.sft.data_gate import (
         DataGateError,
@@ -330,7 +344,7 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
 
     t_start = time.time()
     out = Path(cfg.output_dir)
-    info = dict(device_info) if device_info is not None else probe_device()
+    info = dict(device_info) if device_info is not None else probe_device(layout.local_rank)
     plan = plan_run(cfg, info)
     if plan.backend == "unsloth":
         import unsloth  # noqa: F401  (must patch transformers before its trainer and model classes are used)
@@ -342,6 +356,8 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
         eval_items = load_eval_instructions(cfg.eval_set)
         leakage = check_no_leakage(gate.records, eval_items, threshold=cfg.near_duplicate_threshold)
     except (DataGateError, EvalLeakageError) as e:
+        if not layout.is_main:
+            raise
         try:
             rd = run_dir.parent if run_dir.is_file() else run_dir
             _write_gate_manifest(out, False, {}, str(e), _gate_inputs(rd), {"error": type(e).__name__})
@@ -375,11 +391,12 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
         require_cuda=cfg.device == "cuda",
     ).raise_if_failed()
 
-    fingerprint = _fingerprint(cfg, gate.dataset_sha256, resolved.source, plan)
-    resume_from = _check_resumable(out, fingerprint)
-    _write_gate_manifest(out, True, {**gate.checks, "leakage": f"no overlap with {leakage['eval_items']} eval items"},
-                         None, _gate_inputs(gate.run_dir), {"data_gate": gate.to_dict(), "leakage": leakage})
-    atomic_write_json(out / RUN_CONFIG_NAME, {"config": json.loads(cfg.model_dump_json()), "fingerprint": fingerprint})
+    fingerprint = _fingerprint(cfg, gate.dataset_sha256, resolved.source, plan, layout.world_size)
+    resume_from = _check_resumable(out, fingerprint, writer=layout.is_main)
+    if layout.is_main:
+        _write_gate_manifest(out, True, {**gate.checks, "leakage": f"no overlap with {leakage['eval_items']} eval items"},
+                             None, _gate_inputs(gate.run_dir), {"data_gate": gate.to_dict(), "leakage": leakage})
+        atomic_write_json(out / RUN_CONFIG_NAME, {"config": json.loads(cfg.model_dump_json()), "fingerprint": fingerprint})
 
     # Model (through the clean loader only), labels, trainer.
     from cai_bootstrap.loader import load_base_model
@@ -389,7 +406,8 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
         profile=cfg.profile or resolved.profile,
         dtype=plan.dtype,
         quantization=plan.load_quantization,
-        device=plan.device,
+        # Each data-parallel process trains on its own GPU (the launcher's LOCAL_RANK).
+        device=f"cuda:{layout.local_rank}" if plan.cuda and layout.distributed else plan.device,
         run_sentinels=cfg.run_sentinels,
     )
     from cai_bootstrap.sft.masking import encode_records
@@ -400,6 +418,7 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
     set_seed(cfg.seed)  # LoRA initialisation is random: same seed, same run
     model = wrap_lora(lm, cfg, plan)
     trainer = build_trainer(model, lm, encoded, cfg, plan, out / CHECKPOINT_DIR, callbacks)
+    process_group = trainer_layout(layout, trainer)
     rows_checked = verify_trainer_batches(trainer, encoded.examples, lm.pad_token_id) if verify_batches else 0
 
     import torch
@@ -417,6 +436,11 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
     state = trainer.state
     tokens_this_process = int(getattr(state, "num_input_tokens_seen", 0) or 0) - tokens_before
 
+    if not layout.is_main:  # the main process writes the adapter, manifest and marker
+        del trainer, model
+        lm.release()
+        return TrainingResult(out, out / ADAPTER_DIR, out / MANIFEST_NAME, out / SUCCESS_MARKER, int(state.global_step),
+                              {}, main_process=False)
     adapter_dir = out / ADAPTER_DIR
     from cai_bootstrap.safe_paths import publish_dir
 
@@ -436,6 +460,9 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
         adapter_files=adapter_files,
         state=state,
         resume_from=resume_from,
+        distributed={**layout.batch(cfg.per_device_batch_size, cfg.gradient_accumulation_steps), **process_group,
+                     "writer": "main process (rank 0)",
+                     "batch_rows_verified": "by each process over its own share; train_stats has the main process's count"},
         stats={
             "global_step": int(state.global_step),
             "epochs_completed": float(state.epoch or 0.0),
@@ -483,7 +510,8 @@ def loss_history(state) -> list[dict]:
     ]
 
 
-def _training_manifest(*, cfg, plan, out, gate, leakage, lm, encoded, preflight, adapter_files, state, resume_from, stats) -> dict:
+def _training_manifest(*, cfg, plan, out, gate, leakage, lm, encoded, preflight, adapter_files, state, resume_from,
+                       distributed, stats) -> dict:
     """PV-03, plus the hashes of the adapter (PV-05) so evaluation can refuse a changed one."""
     from cai_bootstrap.provenance import TRAINING_MANIFEST, artifact_manifest, environment, file_entry
 
@@ -494,7 +522,7 @@ def _training_manifest(*, cfg, plan, out, gate, leakage, lm, encoded, preflight,
         {"role": "qc_summary", **file_entry(gate.qc_summary_path, out)},
         {"role": "session_manifest", **file_entry(gate.manifest_path, out)},
     ]
-    hp = cfg.hyperparameters()
+    hp = cfg.hyperparameters(distributed["world_size"])
     return artifact_manifest(
         TRAINING_MANIFEST,
         adapter_files,
@@ -510,6 +538,7 @@ def _training_manifest(*, cfg, plan, out, gate, leakage, lm, encoded, preflight,
             "compute_dtype": "bfloat16" if plan.bf16 else "float32",
             "backend": plan.backend,
             "device": plan.device,
+            "distributed": distributed,
             "adapter_path": _rel(out / ADAPTER_DIR, out),
             "checkpoints": [_rel(p, out) for p in checkpoints],
             "resumed_from": _rel(resume_from, out) if resume_from else None,
