@@ -34,10 +34,9 @@ from cai_bootstrap.prompts import RESPONSE_FRAMES
 from cai_bootstrap.run_lock import RunDirectoryInUse
 from cai_bootstrap.stages.chain import Chain as _Chain
 from cai_bootstrap.stages.chain import ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name
+from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR, get_stage
 
 STATE_DIR = "stage1"
-GATES_DIR = "gates"
-FINAL_GATE_MANIFEST = "final_eval.json"
 
 
 # The chain's errors under the names this module has always exported.
@@ -56,7 +55,7 @@ class _Strict(BaseModel):
 class Stage1Config(_Strict):
     model: str = GEMMA_NAME
     profile: str | None = None
-    run_dir: Path = Path("runs/stage1")
+    run_dir: Path = get_stage(1).run_dir
     device: str | None = None
     seed: int = Field(0, ge=0)
     quiet: bool = False
