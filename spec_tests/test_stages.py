@@ -145,6 +145,37 @@ def test_stage1_starts_from_a_named_base_model():
         resolve_input_model(1)
 
 
+@pytest.mark.spec("ST-01")
+@pytest.mark.parametrize("passed,override,rc", [(True, None, 3), (False, None, 2), (False, "an experiment", 3)])
+def test_stage2_entry_refuses_without_go_and_records_an_override(tmp_path, capsys, passed, override, rc):
+    from cai_bootstrap.stages.stage2 import INPUT_RECORD, STATE_DIR, main
+
+    gate = _stage1_run(tmp_path / "s1", passed=passed)
+    run = tmp_path / "s2"
+    argv = [str(gate), "--run-dir", str(run)] + (["--override", override] if override else [])
+    assert main(argv) == rc
+    out, err = capsys.readouterr()
+    record = run / STATE_DIR / INPUT_RECORD
+    if rc == 2:
+        assert "REFUSED" in err and "says FAIL" in err and not record.exists()
+        return
+    rec = json.loads(record.read_text())
+    assert rec["override"] == (None if passed else {"reason": override, "decision": "fail"})
+    assert rec["gate"]["path"] == str(gate.resolve()) and rec["planned_steps"] == ["instructions", "evaluate", "final_gate"]
+    assert f"--sft-run {tmp_path / 's1' / 'sft'}" in out and f"--stage1-data {tmp_path / 's1' / 'merged'}" in out
+    assert f"stage1_gate={gate.resolve()}" in out and "cai-bootstrap validate" in out
+    assert "NOT RUN" in err and "evaluate" in err
+
+
+@pytest.mark.spec("ST-01", "OPS-01")
+def test_noxfile_stage2_session_runs_the_gated_entry():
+    import ast
+
+    text = (Path(__file__).resolve().parent.parent / "noxfile.py").read_text()
+    fn = next(n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == "stage2")
+    assert ast.get_docstring(fn) and "cai_bootstrap.stages.stage2" in ast.unparse(fn)
+
+
 @pytest.mark.spec("ST-01", "GT-04")
 def test_the_chain_engine_serves_any_stage(tmp_path):
     from types import SimpleNamespace

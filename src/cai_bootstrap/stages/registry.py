@@ -118,7 +118,8 @@ STAGES: dict[int, Stage] = {s.id: s for s in (
                  Step("validate", "cai_bootstrap.validation:validate_paths"),
                  Step("train_dpo", "cai_bootstrap.preference.train_dpo:run_dpo"),
                  Step("evaluate", None, "stage-2 model vs stage-1 model, paired"),
-                 Step("final_gate", None, "GT-02 on that evaluation"))),
+                 Step("final_gate", None, "GT-02 on that evaluation")),
+          command="cai_bootstrap.stages.stage2"),
     Stage(3, "implicit instructions", input_of(3),
           data_recipe="the stage-2 model writes requests whose instruction is implied (a text to continue, a table "
                       "to fill, a question inside a document) and answers them; critics judge whether the answer "
