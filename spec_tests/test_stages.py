@@ -11,6 +11,7 @@ import pytest
 
 from cai_bootstrap.gates import FINAL_GATE, Check, GateDecision, write_gate_manifest
 from cai_bootstrap.io_utils import atomic_write_json, sha256_file
+from cai_bootstrap.stages.lineage import LineageError, adapter_digest, build_lineage, format_lineage
 from cai_bootstrap.stages.registry import (
     STAGES,
     Stage,
@@ -191,3 +192,62 @@ def test_the_chain_engine_serves_any_stage(tmp_path):
 
     Chain(Cfg(run_dir=tmp_path), cli=lambda argv: 0, label="stage9").run([Phase("x", "one phase", lambda ch: [], run)])
     assert json.loads((tmp_path / "stage9" / "x.json").read_text())["status"] == "done"
+
+
+# -- lineage (pure) -----------------------------------------------------------------------------------------------
+
+
+def _manifest(weights="w" * 64, dataset="d" * 64, adapter="a" * 64, kind=None) -> dict:
+    return {"model": {"spec": "tiny"}, "loader_provenance": {"weights": {"mode": "sha256", "combined": weights, "files": {}}},
+            "dataset": {"path": "/data/dataset.jsonl", "sha256": dataset, "records": 6, **({"kind": kind} if kind else {})},
+            "files": [{"path": "adapter/adapter_model.safetensors", "sha256": adapter}]}
+
+
+def _gate(name, decision="pass"):
+    return {"gate": name, "clause": "GT-02", "decision": decision, "reasons": [], "inputs": [{"name": "x", "sha256": "s"}]}
+
+
+@pytest.mark.spec("ST-03")
+def test_lineage_chains_base_dataset_gates_and_adapters_across_stages():
+    s1 = build_lineage(_manifest(), stage=1, method="sft", gates=[(1, _gate("sft_data"))])
+    assert [(s["kind"], s["stage"]) for s in s1["steps"]] == [("base_model", 0), ("dataset", 1), ("gate", 1), ("model", 1)]
+    assert s1["steps"][0]["weights"] == {"mode": "sha256", "combined": "w" * 64} and s1["steps"][1]["sha256"] == "d" * 64
+    assert s1["steps"][3]["adapter_sha256"] == adapter_digest({"adapter/adapter_model.safetensors": "a" * 64})
+    s2 = build_lineage(_manifest(dataset="p" * 64, adapter="b" * 64, kind="preference_pairs"), stage=2, method="dpo",
+                       gates=[(1, _gate(FINAL_GATE)), (2, _gate("dpo_data"))], parent=s1,
+                       started_from={"adapter/adapter_model.safetensors": "a" * 64})
+    assert s2["steps"][:4] == s1["steps"] and s2["stages"] == [1, 2]
+    assert [(s["kind"], s.get("gate") or s.get("role") or s.get("method")) for s in s2["steps"][4:]] == [
+        ("gate", FINAL_GATE), ("dataset", "preference_pairs"), ("gate", "dpo_data"), ("model", "dpo")]
+    lines = format_lineage(s2)
+    assert lines[0].startswith("1. base model `tiny`: weights sha256 wwwwwwwwwwww") and lines[-1].startswith("8. stage 2 dpo adapter")
+
+
+LINEAGE_ERRORS = [  # (manifest changes, parent base weights, started_from adapter hash, error)
+    ({"dataset": {"path": "x"}}, None, None, "lacks 'dataset.sha256'"),
+    ({"files": []}, None, None, "lists no adapter/"),
+    ({}, "v" * 64, "a" * 64, "loaded base weights"),
+    ({}, "w" * 64, "z" * 64, "started from adapter"),
+]
+
+
+@pytest.mark.spec("ST-03")
+@pytest.mark.parametrize("changes,parent_weights,started,error", LINEAGE_ERRORS)
+def test_lineage_refuses_manifests_that_do_not_make_one_chain(changes, parent_weights, started, error):
+    parent = build_lineage(_manifest(weights=parent_weights), stage=1, method="sft") if parent_weights else None
+    kw = {"parent": parent, "started_from": {"adapter/adapter_model.safetensors": started}} if parent else {}
+    with pytest.raises(LineageError, match=error):
+        build_lineage({**_manifest(), **changes}, stage=2 if parent else 1, method="dpo" if parent else "sft", **kw)
+
+
+@pytest.mark.spec("ST-03", "GT-04")
+def test_stage1_report_prints_the_model_lineage(tmp_path):
+    from cai_bootstrap.stage1_report import write_report
+
+    lineage = build_lineage(_manifest(), stage=1, method="sft", gates=[(1, _gate("sft_data"))])
+    atomic_write_json(tmp_path / "sft" / "training_manifest.json", {**_manifest(), "lineage": lineage})
+    atomic_write_json(tmp_path / "gates" / "final_eval.json", {**_gate(FINAL_GATE, "fail"), "reasons": ["no lift"]})
+    write_report(tmp_path)
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "## Model lineage (ST-03)" in text
+    assert "2. stage 1 sft_records: 6 records, sha256 dddddddddddd..." in text and "5. stage 1 gate final_eval: FAIL" in text
