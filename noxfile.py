@@ -121,6 +121,13 @@ def stage1(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def stage2(session: nox.Session) -> None:
+    """Stage 2 from Stage 1's model: refuses unless Stage 1's final gate says GO (`-- [GATE] [--override REASON]`)."""
+    _install(session, "demo", "testmodel", "train", "validate", "stats")
+    session.run("python", "-m", "cai_bootstrap.stages.stage2", *session.posargs, env=_locked_env())
+
+
+@nox.session(default=False)
 def expectations(session: nox.Session) -> None:
     """Validate data batches with the Great Expectations suites: `nox -s expectations -- PATH...` (no torch)."""
     if not session.posargs:

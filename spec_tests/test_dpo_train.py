@@ -130,7 +130,7 @@ def _no_load(monkeypatch):
     monkeypatch.setattr("cai_bootstrap.loader.load_base_model", boom)
 
 
-@pytest.mark.spec("PO-03", "SFT-01", "SFT-06")
+@pytest.mark.spec("PO-03", "SFT-01", "SFT-06", "ST-03")
 def test_gate_refuses_changed_pairs_leaks_and_an_unfinished_stage1_before_loading(tiny_model_dir, sft_run, tmp_path, monkeypatch):
     from cai_bootstrap.sft.data_gate import DataGateError, EvalLeakageError
 
@@ -149,6 +149,11 @@ def test_gate_refuses_changed_pairs_leaks_and_an_unfinished_stage1_before_loadin
 
     with pytest.raises(TrainingSetupError, match="not a finished Stage-1 SFT run"):
         run_dpo(_cfg(tiny_model_dir, tmp_path, make_pairs_run(tmp_path / "p3"), tmp_path / "o3"), device_info=CPU)
+
+    # ST-03: the Stage-1 gate named for the lineage must be readable before anything loads.
+    with pytest.raises(TrainingSetupError, match="stage1_gate: no gate manifest at"):
+        run_dpo(_cfg(tiny_model_dir, sft_run, make_pairs_run(tmp_path / "p4"), tmp_path / "o4",
+                     stage1_gate=str(tmp_path / "missing.json")), device_info=CPU)
 
 
 @pytest.mark.spec("PO-03", "PV-06")
@@ -283,3 +288,18 @@ def test_dpo_manifest_names_pairs_reference_and_objective(dpo_out, sft_run, pair
     report = validate_file(dpo_out / MANIFEST_NAME)
     assert report.ok, report.format()
     assert json.loads((dpo_out / GATE_MANIFEST_NAME).read_text())["decision"] == "pass"
+
+
+@pytest.mark.spec("ST-03")
+def test_dpo_lineage_continues_the_stage1_lineage(dpo_out, sft_run, pairs_run):
+    from cai_bootstrap.io_utils import sha256_file
+
+    m = json.loads((dpo_out / MANIFEST_NAME).read_text())
+    parent = json.loads((sft_run / MANIFEST_NAME).read_text())["lineage"]
+    steps = m["lineage"]["steps"]
+    assert steps[: len(parent["steps"])] == parent["steps"] and m["lineage"]["stages"] == [1, 2]
+    pairs, gate, model = steps[len(parent["steps"]):]
+    assert (pairs["role"], pairs["sha256"]) == ("preference_pairs", sha256_file(pairs_run / "pairs.jsonl"))
+    assert (gate["gate"], gate["decision"]) == ("dpo_data", "pass")
+    assert model["method"] == "dpo" and model["files"]["adapter/adapter_model.safetensors"] == sha256_file(
+        dpo_out / "adapter" / "adapter_model.safetensors")

@@ -318,3 +318,24 @@ def test_sft_code_passes_the_static_conformance_check():
     for name in ("commands/train_cmds.py", "bench_train.py"):
         path = package_root() / name
         assert check_source(path.read_text(encoding="utf-8"), str(path)) == []
+
+
+@pytest.mark.spec("ST-03")
+def test_lineage_names_base_weights_and_dataset_exactly_as_the_manifests_record_them(reference, gen_run, tiny_model_dir):
+    from cai_bootstrap.gates import read_gate_manifest
+    from cai_bootstrap.loader import _hash_weights
+    from cai_bootstrap.stages.lineage import adapter_digest, build_lineage
+
+    m = _manifest(reference)
+    base, dataset, gate, model = m["lineage"]["steps"]
+    assert base["weights"]["combined"] == m["loader_provenance"]["weights"]["combined"] == _hash_weights(tiny_model_dir)["combined"]
+    session = json.loads((gen_run / "session_manifest.json").read_text())
+    recorded = {e["path"]: e["sha256"] for e in session["generated_artifacts"]}
+    assert dataset["sha256"] == m["dataset"]["sha256"] == recorded["dataset.jsonl"] == sha256_file(gen_run / "dataset.jsonl")
+    assert (gate["gate"], gate["decision"], gate["inputs"]["dataset"]) == ("sft_data", "pass", dataset["sha256"])
+    assert model["files"]["adapter/adapter_model.safetensors"] == sha256_file(reference / "adapter" / "adapter_model.safetensors")
+    assert model["adapter_sha256"] == adapter_digest({e["path"]: e["sha256"] for e in m["files"]})
+    # The block is a pure function of the manifests: rebuilt from them, it is the same.
+    rebuilt = build_lineage({k: v for k, v in m.items() if k != "lineage"}, stage=1, method="sft",
+                            gates=[(1, read_gate_manifest(reference / GATE_MANIFEST_NAME))])
+    assert rebuilt == m["lineage"]

@@ -26,6 +26,7 @@ from cai_bootstrap.io_utils import atomic_write_json, sha256_file
 from cai_bootstrap.provenance import git_info, utc_now
 
 MANIFEST_SCHEMA = "cai_bootstrap.gate_manifest/v1"
+FINAL_GATE = "final_eval"  # GT-02; its GO is what lets the next stage start (ST-01)
 
 
 class GateInputError(ValueError):
@@ -151,7 +152,7 @@ def decide_final(summary: Mapping, thresholds: FinalGateThresholds = FinalGateTh
         "guarded_types": guarded,
         "regressions": regressions,
     }
-    return GateDecision("final_eval", "GT-02", thresholds.to_dict(), values, checks)
+    return GateDecision(FINAL_GATE, "GT-02", thresholds.to_dict(), values, checks)
 
 
 # --------------------------------------------------------------------------------------
@@ -250,6 +251,63 @@ def write_gate_manifest(decision: GateDecision, path: str | Path, *, inputs: Map
     manifest = {"schema": MANIFEST_SCHEMA, **decision.to_dict(), "inputs": recorded,
                 "timestamp": utc_now(), "git_commit": _git_commit()}
     return atomic_write_json(path, manifest)
+
+
+
+# The gates over an evaluation folder: one function each, called by `cai-bootstrap gate final|gap`
+# and by the chains, so a chain passes typed thresholds instead of argv strings.
+
+FINAL_GATE_FILE = "gate_final.json"  # default manifest names inside the evaluation folder
+GAP_GATE_FILE = "gate_gap.json"
+
+
+def _read_json(path: Path, hint: str) -> dict:
+    from cai_bootstrap.io_utils import read_text_file
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {hint}")
+    try:
+        return json.loads(read_text_file(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _verified_eval_file(eval_dir: str | Path, name: str, hint: str) -> Path:
+    """PV-07: a gate decides only on an evaluation output whose hash its manifest pinned."""
+    from cai_bootstrap.integrity import verify_eval_output
+
+    folder = Path(eval_dir)
+    if not (folder / name).exists():
+        raise FileNotFoundError(f"{folder / name} does not exist; {hint}")
+    return verify_eval_output(folder, name)
+
+
+def _eval_gate(eval_dir, name: str, input_name: str, hint: str, out, default_out: str, decide) -> tuple[GateDecision, Path]:
+    from cai_bootstrap.integrity import EVAL_MANIFEST_NAME, check_output_file
+
+    path = _verified_eval_file(eval_dir, name, hint)
+    manifest = check_output_file(out or Path(eval_dir) / default_out, [path, Path(eval_dir) / EVAL_MANIFEST_NAME])
+    decision = decide(_read_json(path, hint))
+    write_gate_manifest(decision, manifest, inputs={input_name: path})
+    return decision, Path(manifest)
+
+
+def run_final_gate(eval_dir: str | Path, thresholds: FinalGateThresholds = FinalGateThresholds(), *,
+                   out: str | Path | None = None) -> tuple[GateDecision, Path]:
+    """GT-02 on a paired evaluation folder; writes the manifest (default ``EVAL/gate_final.json``)."""
+    from cai_bootstrap.evaluation.report import SUMMARY_FILE
+
+    return _eval_gate(eval_dir, SUMMARY_FILE, "eval_summary", "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first",
+                      out, FINAL_GATE_FILE, lambda summary: decide_final(summary, thresholds))
+
+
+def run_gap_gate(eval_dir: str | Path, thresholds: GapGateThresholds = GapGateThresholds(), *,
+                 out: str | Path | None = None) -> tuple[GateDecision, Path]:
+    """GT-03 on a base-only evaluation in both modes; writes the manifest (default ``EVAL/gate_gap.json``)."""
+    from cai_bootstrap.evaluation.report import RATES_FILE
+
+    return _eval_gate(eval_dir, RATES_FILE, "rates", "run `cai-bootstrap evaluate --base-only --mode both` first",
+                      out, GAP_GATE_FILE, lambda rates: decide_gap(rates, thresholds))
 
 
 def read_gate_manifest(path: str | Path) -> dict:

@@ -2,7 +2,9 @@
 validation + QC gate -> scale -> merge + validation + QC gate -> SFT -> evaluation ->
 final gate -> report (GT-04).
 
-Each phase runs the same ``cai-bootstrap`` subcommand a user would run by hand, then
+The chain engine is :mod:`cai_bootstrap.stages.chain` (shared by every stage); this module
+holds Stage 1's phases and its command. Each phase runs the same code a user would run
+by hand (``cai-bootstrap`` subcommands or the functions behind them), then the engine
 records a phase manifest (``stage1/<phase>.json``) with the sha256 of its inputs and
 outputs (PV-05). A rerun skips a phase only if its manifest says done and every
 recorded file still has its hash, so it resumes from the last completed phase and
@@ -21,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -32,21 +33,21 @@ from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_
 from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
 from cai_bootstrap import launch
 from cai_bootstrap.integrity import check_writable_location
-from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text, read_text_file, sha256_file
+from cai_bootstrap.io_utils import atomic_write_json, atomic_write_text
 from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.prompts import RESPONSE_FRAMES
-from cai_bootstrap.provenance import git_info, utc_now
 from cai_bootstrap.run_lock import RunDirectoryInUse
+from cai_bootstrap.stages.chain import Chain as _Chain
+from cai_bootstrap.stages.chain import ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name
+from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR, get_stage
 
 STATE_DIR = "stage1"
 
 
-class Stage1Error(RuntimeError):
-    """A phase failed or a gate said no; the message says which and why."""
-
-
-class PhaseStateError(ValueError):
-    """A phase manifest under stage1/ cannot be read; the message names it and how to recover."""
+# The chain's errors under the names this module has always exported.
+Stage1Error = ChainError
+__all__ = ["Chain", "Phase", "PhaseResult", "PhaseStateError", "Stage1Config", "Stage1Error", "STATE_DIR",
+           "check_phase_name", "load_stage1_config", "main", "phases"]
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -59,7 +60,7 @@ class _Strict(BaseModel):
 class Stage1Config(_Strict):
     model: str = GEMMA_NAME
     profile: str | None = None
-    run_dir: Path = Path("runs/stage1")
+    run_dir: Path = get_stage(1).run_dir
     device: str | None = None
     seed: int = Field(0, ge=0)
     quiet: bool = False
@@ -94,123 +95,17 @@ def load_stage1_config(path: str | Path | None, **overrides) -> Stage1Config:
         raise Stage1Error(f"invalid stage-1 config: {format_validation_errors(e)}") from None
 
 
-# -- phase bookkeeping -----------------------------------------------------------------------------
+# -- the chain ------------------------------------------------------------------------------------
 
 
-@dataclass
-class PhaseResult:
-    outputs: list[Path]
-    passed: bool = True
-    reason: str = ""
-    values: dict = field(default_factory=dict)
+class Chain(_Chain):
+    """The generic chain with Stage 1's label: state under ``<run_dir>/stage1/``, log lines ``[stage1] ...``."""
 
-
-@dataclass
-class Phase:
-    name: str
-    description: str
-    inputs: Callable[["Chain"], list[Path]]
-    run: Callable[["Chain"], PhaseResult]
-    gate: bool = False
-
-
-def _hashes(paths: list[Path]) -> dict[str, str | None]:
-    return {str(p): (sha256_file(p) if p.is_file() else None) for p in paths}
-
-
-class Chain:
     def __init__(self, cfg: Stage1Config, cli: Callable[[list[str]], int] | None = None, *,
                  launcher: Callable[[list], list] | None = None, gpus: Callable[[], list[str]] | None = None) -> None:
-        self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
-        self.state_dir = self.run_dir / STATE_DIR
-        if cli is None:
-            from cai_bootstrap.cli import main as cli
-        self.cli = cli
+        super().__init__(cfg, cli, label=STATE_DIR)
         self.launcher = launcher or launch.run_shards  # starts shard processes (OPS-05)
         self.gpus = gpus or launch.visible_gpus
-        self.log: list[dict] = []
-
-    # paths
-    def p(self, *parts: str) -> Path:
-        return self.run_dir.joinpath(*parts)
-
-    def call(self, *argv: str) -> int:
-        argv = [str(a) for a in argv]
-        print(f"[stage1] cai-bootstrap {' '.join(argv)}", flush=True)
-        return self.cli(argv)
-
-    def state_path(self, name: str) -> Path:
-        return self.state_dir / f"{name}.json"
-
-    def is_done(self, phase: Phase) -> bool:
-        sp = self.state_path(phase.name)
-        if not sp.is_file():
-            return False
-        try:
-            state = json.loads(read_text_file(sp))
-            if not isinstance(state, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            raise PhaseStateError(f"phase manifest {sp} is unreadable ({e}); delete it to rerun phase "
-                                  f"{phase.name}") from None
-        if state.get("status") != "done":
-            return False
-        recorded = {**state.get("inputs", {}), **state.get("outputs", {})}
-        current = _hashes([Path(k) for k in recorded])
-        changed = [k for k, v in recorded.items() if current.get(k) != v]
-        if changed:
-            print(f"[stage1] {phase.name}: redo, files changed since it finished: {changed}", flush=True)
-            return False
-        return True
-
-    def run(self, phases: list[Phase], *, until: str | None = None) -> dict:
-        from cai_bootstrap.run_lock import run_lock
-
-        # OPS-06: the chain holds its run directory; the phases' commands run below it in this process.
-        with run_lock(self.run_dir, "stage1"):
-            return self._run(phases, until=until)
-
-    def _run(self, phases: list[Phase], *, until: str | None = None) -> dict:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        for phase in phases:
-            if self.is_done(phase):
-                print(f"[stage1] {phase.name}: already done (hashes verified), skipping", flush=True)
-                self.log.append({"phase": phase.name, "status": "skipped (done)"})
-                if until == phase.name:
-                    break
-                continue
-            inputs = phase.inputs(self)
-            missing = [str(p) for p in inputs if not p.is_file()]
-            if missing:
-                raise Stage1Error(f"phase {phase.name}: inputs missing {missing}; an earlier phase did not finish")
-            in_hashes = _hashes(inputs)
-            print(f"[stage1] {phase.name}: {phase.description}", flush=True)
-            t0 = time.time()
-            started = utc_now()
-            try:
-                result = phase.run(self)
-            except Exception as e:  # recorded, then re-raised with the phase named
-                self._write_state(phase, "error", in_hashes, {}, started, time.time() - t0, str(e), {})
-                raise Stage1Error(f"phase {phase.name} failed: {e}") from e
-            if _hashes(inputs) != in_hashes:
-                raise Stage1Error(f"phase {phase.name}: its inputs changed while it ran; rerun")
-            status = "done" if result.passed else "gate_failed"
-            self._write_state(phase, status, in_hashes, _hashes(result.outputs), started, time.time() - t0,
-                              result.reason, result.values)
-            self.log.append({"phase": phase.name, "status": status, "wall_s": round(time.time() - t0, 1)})
-            if not result.passed:
-                raise Stage1Error(f"gate {phase.name} stopped the chain: {result.reason}")
-            if until == phase.name:
-                break
-        return {"phases": self.log}
-
-    def _write_state(self, phase, status, ins, outs, started, wall, reason, values) -> None:
-        atomic_write_json(self.state_path(phase.name), {
-            "phase": phase.name, "status": status, "gate": phase.gate, "started_at": started, "finished_at": utc_now(),
-            "wall_s": round(wall, 2), "inputs": ins, "outputs": outs, "reason": reason, "values": values,
-            "git_commit": git_info()["commit"], "config": self.cfg.model_dump(mode="json"),
-        })
 
 
 # -- the phases ------------------------------------------------------------------------------------
@@ -257,9 +152,12 @@ def _gap(ch: Chain) -> PhaseResult:
     if ch.cfg.gap_limit or ch.cfg.eval_limit:
         argv += ["--limit", ch.cfg.gap_limit or ch.cfg.eval_limit]
     _check(ch.call(*argv), "gap-check evaluation")
-    manifest = ch.p("gates", "gap_check.json")
-    rc = ch.call("gate", "gap", "--eval", out, "--max-base-rate", ch.cfg.gap_max_base_rate, "--out", manifest)
-    return _gate_result(manifest, rc)
+    from cai_bootstrap.gates import GapGateThresholds, run_gap_gate
+
+    decision, manifest = run_gap_gate(out, GapGateThresholds(max_base_rate=ch.cfg.gap_max_base_rate),
+                                      out=ch.p("gates", "gap_check.json"))
+    ch.say(decision.headline())
+    return _gate_result(manifest, 0 if decision.passed else 1)
 
 
 def _common_model_args(ch: Chain) -> list:
@@ -351,20 +249,23 @@ def _scale(ch: Chain) -> PhaseResult:
 def _merge(ch: Chain) -> PhaseResult:
     shards = [launch.shard_dir(ch.p("scale"), i) for i in range(ch.cfg.scale_shards)]
     out = ch.p("merged")
-    rc = ch.call("merge", *shards, "--out", out)
-    if rc not in (0, 1):
-        raise Stage1Error(f"merge exited with {rc}")
+    from cai_bootstrap.datagen.merge import merge_shards
+
+    ch.say(f"merge_shards({len(shards)} shards) -> {out}")
+    merge_shards(shards, out)  # its QC verdict is judged by the scale gate next
     return PhaseResult([out / "dataset.jsonl", out / "qc_summary.json", out / "session_manifest.json"])
 
 
 def _sft(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.sft.config import default_config_path, load_config
+    from cai_bootstrap.sft.train import run_training
+
     out = ch.p("sft")
-    argv = ["train", "--dataset", ch.p("merged"), "--model", ch.cfg.model, "--out", out]
-    if ch.cfg.sft_config:
-        argv += ["--config", ch.cfg.sft_config]
-    for k, v in ch.cfg.sft_overrides.items():
-        argv += ["--set", f"{k}={v}"]
-    _check(ch.call(*argv), "training")
+    # What `cai-bootstrap train --config C --set K=V --dataset D --model M --out O` builds: overrides, then the paths.
+    cfg = load_config(ch.cfg.sft_config or default_config_path(),
+                      {**ch.cfg.sft_overrides, "dataset": str(ch.p("merged")), "model": ch.cfg.model, "output_dir": str(out)})
+    ch.say(f"run_training(dataset={cfg.dataset}, output_dir={cfg.output_dir})")
+    run_training(cfg)
     return PhaseResult([out / "TRAINING_SUCCESS", out / "training_manifest.json"])
 
 
@@ -384,9 +285,12 @@ def _evaluate(ch: Chain) -> PhaseResult:
 
 
 def _final(ch: Chain) -> PhaseResult:
-    manifest = ch.p("gates", "final_eval.json")
-    rc = ch.call("gate", "final", "--eval", ch.p("eval"), "--alpha", ch.cfg.final_alpha, "--out", manifest)
-    return _gate_result(manifest, rc)
+    from cai_bootstrap.gates import FinalGateThresholds, run_final_gate
+
+    decision, manifest = run_final_gate(ch.p("eval"), FinalGateThresholds(alpha=ch.cfg.final_alpha),
+                                        out=ch.p(GATES_DIR, FINAL_GATE_MANIFEST))
+    ch.say(decision.headline())
+    return _gate_result(manifest, 0 if decision.passed else 1)
 
 
 def _report(ch: Chain) -> PhaseResult:
@@ -417,7 +321,7 @@ def phases() -> list[Phase]:
         Phase("evaluate", "paired evaluation, base vs trained", P("sft", "TRAINING_SUCCESS"), _evaluate),
         Phase("final_gate", "McNemar p < alpha, positive lift, no safety/format regression (GT-02)",
               P("eval", "eval_summary.json"), _final, gate=True),
-        Phase("report", "run report with every gate's numbers and lineage", P("gates", "final_eval.json"), _report),
+        Phase("report", "run report with every gate's numbers and lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report),
     ]
 
 
@@ -432,12 +336,6 @@ def _report_after_stop(run_dir: Path | None) -> None:
         print(f"stage1: report of the phases run so far: {paths[-1]}", file=sys.stderr)
     except Exception as e:  # the stop reason above matters more than a report failure
         print(f"stage1: could not write the report ({type(e).__name__}: {e})", file=sys.stderr)
-
-
-def check_phase_name(flag: str, name: str | None, known: list[str]) -> None:
-    """A misspelt phase name must stop the command: ignored, it would run the whole chain."""
-    if name is not None and name not in known:
-        raise Stage1Error(f"{flag} {name!r} is not a phase; known phases: {', '.join(known)}")
 
 
 def main(argv: list[str] | None = None) -> int:

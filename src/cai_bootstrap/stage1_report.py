@@ -118,6 +118,16 @@ def _arm_rows(ev: dict) -> list[str]:
     return rows
 
 
+def _model_lineage(training_manifest: dict | None, final_gate: dict | None) -> list[str]:
+    """ST-03: the trained model's chain as its manifest records it, then the final gate decided after it."""
+    lineage = (training_manifest or {}).get("lineage")
+    if not lineage:
+        return []
+    from cai_bootstrap.stages.lineage import format_lineage
+
+    return ["## Model lineage (ST-03)", "", *format_lineage(lineage, [(1, final_gate)] if final_gate else []), ""]
+
+
 def write_report(run_dir: str | Path) -> list[Path]:
     run = Path(run_dir)
     out = run / "report"
@@ -184,6 +194,9 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if (run / "eval" / "rates.png").exists():
             lines += ["", "![rates](../eval/rates.png)"]
         lines.append("")
+    from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR
+
+    lines += _model_lineage(tm, _read(run / GATES_DIR / FINAL_GATE_MANIFEST))
     lines += ["## Lineage (sha256 of every artifact)", "", "| file | sha256 |", "|---|---|"]
     for p in sorted(run.rglob("*")):
         if p.is_file() and "report" not in p.parts and p.suffix in (".json", ".jsonl", ".safetensors", ".png") and "checkpoint" not in str(p):

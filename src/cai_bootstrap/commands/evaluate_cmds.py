@@ -16,7 +16,6 @@ adapter or a malformed eval set fails in a second, not after minutes of loading.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -182,70 +181,32 @@ def _gate_missing(args) -> int:
     raise CLIError("name a gate: `gate pilot` or `gate scale` (GT-01), `gate final` (GT-02) or `gate gap` (GT-03)")
 
 
-def _read_json(path: Path, hint: str) -> dict:
-    from cai_bootstrap.io_utils import read_text_file
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; {hint}")
-    try:
-        return json.loads(read_text_file(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _verified_eval_file(eval_dir: str, name: str, hint: str) -> Path:
-    """PV-07: a gate decides only on an evaluation output whose hash its manifest pinned."""
-    from cai_bootstrap.integrity import verify_eval_output
-
-    folder = Path(eval_dir)
-    if not (folder / name).exists():
-        raise FileNotFoundError(f"{folder / name} does not exist; {hint}")
-    return verify_eval_output(folder, name)
-
-
-def _finish_gate(decision, manifest_path: Path, inputs: dict) -> int:
-    from cai_bootstrap.gates import write_gate_manifest
-
-    write_gate_manifest(decision, manifest_path, inputs=inputs)
+def _print_gate(decision, manifest_path: Path) -> int:
     print(decision.headline())
     print(f"gate manifest: {manifest_path}")
     return 0 if decision.passed else 1
 
 
 def _gate_final(args) -> int:
-    from cai_bootstrap.evaluation.report import SUMMARY_FILE
-    from cai_bootstrap.gates import FinalGateThresholds, decide_final
-
-    from cai_bootstrap.integrity import EVAL_MANIFEST_NAME, check_non_negative, check_open_unit_interval, check_output_file
+    from cai_bootstrap.gates import FinalGateThresholds, run_final_gate
+    from cai_bootstrap.integrity import check_non_negative, check_open_unit_interval
 
     check_open_unit_interval("--alpha", args.alpha)
     check_non_negative("--min-lift", args.min_lift)
-    hint = "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first"
-    path = _verified_eval_file(args.eval_dir, SUMMARY_FILE, hint)
-    out = check_output_file(args.out or Path(args.eval_dir) / "gate_final.json",
-                            [path, Path(args.eval_dir) / EVAL_MANIFEST_NAME])
-    summary = _read_json(path, hint)
-    decision = decide_final(summary, FinalGateThresholds(alpha=args.alpha, min_lift=args.min_lift))
-    return _finish_gate(decision, out, {"eval_summary": path})
+    decision, manifest = run_final_gate(args.eval_dir, FinalGateThresholds(alpha=args.alpha, min_lift=args.min_lift), out=args.out)
+    return _print_gate(decision, manifest)
 
 
 def _gate_gap(args) -> int:
     from cai_bootstrap.cli import CLIError
-    from cai_bootstrap.evaluation.report import RATES_FILE
-    from cai_bootstrap.gates import GapGateThresholds, decide_gap
-
-    from cai_bootstrap.integrity import EVAL_MANIFEST_NAME, check_output_file
+    from cai_bootstrap.gates import GapGateThresholds, run_gap_gate
 
     if not 0.0 <= args.max_base_rate <= 1.0:
         raise CLIError(f"--max-base-rate is a rate and must lie in [0, 1], got {args.max_base_rate}")
-    hint = "run `cai-bootstrap evaluate --base-only --mode both` first"
-    path = _verified_eval_file(args.eval_dir, RATES_FILE, hint)
-    out = check_output_file(args.out or Path(args.eval_dir) / "gate_gap.json", [path, Path(args.eval_dir) / EVAL_MANIFEST_NAME])
-    rates = _read_json(path, hint)
     targets = tuple(t.strip() for t in args.target_types.split(",") if t.strip()) if args.target_types else None
-    decision = decide_gap(rates, GapGateThresholds(max_base_rate=args.max_base_rate, target_types=targets,
-                                                   per_type=args.per_type))
-    return _finish_gate(decision, out, {"rates": path})
+    thresholds = GapGateThresholds(max_base_rate=args.max_base_rate, target_types=targets, per_type=args.per_type)
+    decision, manifest = run_gap_gate(args.eval_dir, thresholds, out=args.out)
+    return _print_gate(decision, manifest)
 
 
 def _gate_data(args) -> int:

@@ -40,6 +40,8 @@ class DPORunConfig(BaseModel):
     pairs: Path = Field(description="run directory of a finished pairs run")
     output_dir: Path
     eval_set: Path | None = None
+    # Stage 1's final gate manifest (GT-02) that let Stage 2 start; recorded in the lineage (ST-03).
+    stage1_gate: Path | None = None
 
     backend: Literal["hf"] = "hf"
     device: Literal["auto", "cuda", "cpu"] = "auto"

@@ -322,6 +322,13 @@ def check_before_load(cfg: DPORunConfig, *, device_info: Mapping[str, Any] | Non
             pass
         raise
     sft = check_sft_run(cfg.sft_run)
+    if cfg.stage1_gate is not None:
+        from cai_bootstrap.gates import GateError, read_gate_manifest
+
+        try:
+            read_gate_manifest(cfg.stage1_gate)  # recorded in the lineage after training: unreadable is refused now
+        except GateError as e:
+            raise TrainingSetupError(f"stage1_gate: {e}") from None
     return {"plan": plan, "gate": gate, "leakage": leakage, "sft": sft}
 
 
@@ -373,6 +380,7 @@ def run_dpo(cfg: DPORunConfig, *, callbacks: Iterable[Any] = (), device_info: Ma
                                           "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if plan.cuda else None,
                                           "batch_rows_verified": rows,
                                           "wall_seconds": round(time.time() - t_start, 3)})
+        manifest["lineage"] = _lineage(cfg, out, manifest, sft)
         del trainer
         lm.release()
 
@@ -390,6 +398,19 @@ def _sha(path: Path) -> str:
     from cai_bootstrap.io_utils import sha256_file
 
     return sha256_file(path)
+
+
+def _lineage(cfg: DPORunConfig, out: Path, manifest: dict, sft: dict) -> dict:
+    """ST-03: the Stage-1 model's lineage, continued by (Stage-1 final gate ->) pairs -> pairs gate -> this adapter."""
+    from cai_bootstrap.gates import read_gate_manifest
+    from cai_bootstrap.stages.lineage import build_lineage
+
+    sft_manifest = json.loads(Path(sft["training_manifest"]).read_text(encoding="utf-8"))
+    # A Stage-1 manifest written before lineage existed still records everything the block needs.
+    parent = sft_manifest.get("lineage") or build_lineage(sft_manifest, stage=1, method="sft")
+    gates = [(1, read_gate_manifest(cfg.stage1_gate))] if cfg.stage1_gate else []
+    gates.append((2, read_gate_manifest(out / GATE_MANIFEST_NAME)))
+    return build_lineage(manifest, stage=2, method=cfg.method, gates=gates, parent=parent, started_from=sft["files"])
 
 
 def _training_manifest(*, cfg, plan, out, gate, leakage, sft, lm, encoded, adapter_files, state, stats) -> dict:

@@ -239,7 +239,7 @@ def _fingerprint(cfg: SFTRunConfig, dataset_sha: str, model_source: str, plan: R
 def _check_resumable(out: Path, fingerprint: dict, *, writer: bool = True) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuse a different run in the same folder.
 
-    Only the ``writer`` (the main process) removes incomplete checkpoints; the other ranks
+    Only the ``writer`` (the main process) sets incomplete checkpoints aside; the other ranks
     reach the same answer by reading."""
     import sys
 
@@ -475,6 +475,11 @@ def _run_training(cfg: SFTRunConfig, *, callbacks, device_info, validator, verif
             "wall_seconds": round(time.time() - t_start, 3),
         },
     )
+    from cai_bootstrap.gates import read_gate_manifest
+    from cai_bootstrap.stages.lineage import build_lineage
+
+    # ST-03: base weights -> dataset -> data gate -> adapter, as this manifest records them.
+    manifest["lineage"] = build_lineage(manifest, stage=1, method="sft", gates=[(1, read_gate_manifest(out / GATE_MANIFEST_NAME))])
     # Free the weights before returning (EV-07: the next phase loads its own model).
     del trainer, model
     lm.release()

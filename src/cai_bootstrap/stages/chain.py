@@ -1,0 +1,154 @@
+"""The chain engine every stage runs on: phases in order, a hashed manifest per phase, resume, gates.
+
+A phase names the files it reads (``inputs``) and returns the files it wrote; the chain
+records both with their sha256 in ``<run_dir>/<label>/<phase>.json`` (PV-05). A rerun
+skips a phase only if its manifest says done and every recorded file still has its
+hash, so it resumes from the last completed phase and redoes anything whose inputs
+changed. A gate phase that returns ``passed=False`` stops the chain with its reason.
+Nothing here knows what a stage does: a stage is a list of :class:`Phase` and a config
+(any pydantic model with a ``run_dir``), so a new stage reuses this module unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cai_bootstrap.io_utils import atomic_write_json, read_text_file, sha256_file
+from cai_bootstrap.provenance import git_info, utc_now
+
+
+class ChainError(RuntimeError):
+    """A phase failed or a gate said no; the message says which and why."""
+
+
+class PhaseStateError(ValueError):
+    """A phase manifest cannot be read; the message names it and how to recover."""
+
+
+@dataclass
+class PhaseResult:
+    outputs: list[Path]
+    passed: bool = True
+    reason: str = ""
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
+class Phase:
+    name: str
+    description: str
+    inputs: Callable[["Chain"], list[Path]]
+    run: Callable[["Chain"], PhaseResult]
+    gate: bool = False
+
+
+def _hashes(paths: list[Path]) -> dict[str, str | None]:
+    return {str(p): (sha256_file(p) if p.is_file() else None) for p in paths}
+
+
+class Chain:
+    """Runs phases under ``cfg.run_dir``; ``label`` names the state folder, the run lock and the log prefix."""
+
+    def __init__(self, cfg: Any, cli: Callable[[list[str]], int] | None = None, *, label: str) -> None:
+        self.cfg = cfg
+        self.label = label
+        self.run_dir = Path(cfg.run_dir)
+        self.state_dir = self.run_dir / label
+        if cli is None:
+            from cai_bootstrap.cli import main as cli
+        self.cli = cli
+        self.log: list[dict] = []
+
+    # paths
+    def p(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    def say(self, message: str) -> None:
+        print(f"[{self.label}] {message}", flush=True)
+
+    def call(self, *argv: str) -> int:
+        argv = [str(a) for a in argv]
+        self.say(f"cai-bootstrap {' '.join(argv)}")
+        return self.cli(argv)
+
+    def state_path(self, name: str) -> Path:
+        return self.state_dir / f"{name}.json"
+
+    def is_done(self, phase: Phase) -> bool:
+        sp = self.state_path(phase.name)
+        if not sp.is_file():
+            return False
+        try:
+            state = json.loads(read_text_file(sp))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise PhaseStateError(f"phase manifest {sp} is unreadable ({e}); delete it to rerun phase "
+                                  f"{phase.name}") from None
+        if state.get("status") != "done":
+            return False
+        recorded = {**state.get("inputs", {}), **state.get("outputs", {})}
+        current = _hashes([Path(k) for k in recorded])
+        changed = [k for k, v in recorded.items() if current.get(k) != v]
+        if changed:
+            self.say(f"{phase.name}: redo, files changed since it finished: {changed}")
+            return False
+        return True
+
+    def run(self, phases: list[Phase], *, until: str | None = None) -> dict:
+        from cai_bootstrap.run_lock import run_lock
+
+        # OPS-06: the chain holds its run directory; the phases' commands run below it in this process.
+        with run_lock(self.run_dir, self.label):
+            return self._run(phases, until=until)
+
+    def _run(self, phases: list[Phase], *, until: str | None = None) -> dict:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for phase in phases:
+            if self.is_done(phase):
+                self.say(f"{phase.name}: already done (hashes verified), skipping")
+                self.log.append({"phase": phase.name, "status": "skipped (done)"})
+                if until == phase.name:
+                    break
+                continue
+            inputs = phase.inputs(self)
+            missing = [str(p) for p in inputs if not p.is_file()]
+            if missing:
+                raise ChainError(f"phase {phase.name}: inputs missing {missing}; an earlier phase did not finish")
+            in_hashes = _hashes(inputs)
+            self.say(f"{phase.name}: {phase.description}")
+            t0 = time.time()
+            started = utc_now()
+            try:
+                result = phase.run(self)
+            except Exception as e:  # recorded, then re-raised with the phase named
+                self._write_state(phase, "error", in_hashes, {}, started, time.time() - t0, str(e), {})
+                raise ChainError(f"phase {phase.name} failed: {e}") from e
+            if _hashes(inputs) != in_hashes:
+                raise ChainError(f"phase {phase.name}: its inputs changed while it ran; rerun")
+            status = "done" if result.passed else "gate_failed"
+            self._write_state(phase, status, in_hashes, _hashes(result.outputs), started, time.time() - t0,
+                              result.reason, result.values)
+            self.log.append({"phase": phase.name, "status": status, "wall_s": round(time.time() - t0, 1)})
+            if not result.passed:
+                raise ChainError(f"gate {phase.name} stopped the chain: {result.reason}")
+            if until == phase.name:
+                break
+        return {"phases": self.log}
+
+    def _write_state(self, phase, status, ins, outs, started, wall, reason, values) -> None:
+        atomic_write_json(self.state_path(phase.name), {
+            "phase": phase.name, "status": status, "gate": phase.gate, "started_at": started, "finished_at": utc_now(),
+            "wall_s": round(wall, 2), "inputs": ins, "outputs": outs, "reason": reason, "values": values,
+            "git_commit": git_info()["commit"], "config": self.cfg.model_dump(mode="json"),
+        })
+
+
+def check_phase_name(flag: str, name: str | None, known: list[str]) -> None:
+    """A misspelt phase name must stop the command: ignored, it would run the whole chain."""
+    if name is not None and name not in known:
+        raise ChainError(f"{flag} {name!r} is not a phase; known phases: {', '.join(known)}")
