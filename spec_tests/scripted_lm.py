@@ -153,13 +153,13 @@ class ScriptedLM:
     def release(self) -> None:
         """The wrapped model is shared by other tests; it is never freed from here."""
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, do_sample: bool, temperature=None, top_p=None,
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, do_sample: bool, temperature=None, top_p=None, top_k=None,
                  repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 8, progress=None,
                  desc: str = "generate", stop_strings=()) -> list[Generation]:
         if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
             raise RuntimeError(f"scripted failure at generate call {len(self.calls) + 1}")
         self.calls.append({"prompts": list(prompts), "max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                           "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
+                           "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
                            "seed": seed, "batch_size": batch_size, "stop_strings": tuple(stop_strings)})
         if self.sleep:
             time.sleep(self.sleep)
