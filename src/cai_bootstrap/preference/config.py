@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
-from cai_bootstrap.sft.config import ADAMW_OPTIMIZERS, ConfigError, _format_errors, _set_dotted
+from cai_bootstrap.sft.config import ADAMW_OPTIMIZERS, ConfigError, _format_errors, read_run_file
 
 BETA_RANGE = (0.1, 0.3)
 DEFAULT_BETA = 0.1
@@ -157,16 +157,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "DPO config") -> 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> DPORunConfig:
     """Read a YAML run file (its ``dpo`` section or the whole file), apply dotted overrides, validate."""
-    from cai_bootstrap.config_io import read_yaml_section
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; start from src/cai_bootstrap/configs/dpo_default.yaml")
-    data = read_yaml_section(p, "dpo", ConfigError)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, key, value)
-    return config_from_dict(data, source=str(p))
+    return config_from_dict(read_run_file(path, "dpo", overrides, "dpo_default.yaml"), source=str(path))
 
 
 def default_config_path() -> Path:

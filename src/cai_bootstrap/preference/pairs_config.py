@@ -62,13 +62,15 @@ def load_pairs_config(path, overrides=None) -> PairsConfig:
     """A YAML run file (its ``pairs`` section or the whole file) with dotted overrides, validated in one place."""
     from pydantic import ValidationError
 
-    from cai_bootstrap.config_io import read_yaml_section
-    from cai_bootstrap.sft.config import ConfigError, _format_errors, _set_dotted
+    from cai_bootstrap.sft.config import ConfigError, _format_errors, _set_dotted, read_run_file
 
-    data = read_yaml_section(path, "pairs", ConfigError) if path else {}
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, key, value)
+    if path:
+        data = read_run_file(path, "pairs", overrides, "pairs_default.yaml")
+    else:
+        data = {}
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                _set_dotted(data, key, value)
     try:
         return PairsConfig.model_validate(data)
     except ValidationError as e:

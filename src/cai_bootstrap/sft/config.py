@@ -298,18 +298,23 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SFTRunConfig:
-    """Read a YAML run file, apply ``overrides`` (dotted keys, None values skipped), validate."""
+def read_run_file(path: str | os.PathLike, section: str, overrides: Mapping[str, Any] | None, template: str) -> dict:
+    """A run file's ``section`` (or the whole file) with dotted ``overrides`` applied (None values skipped)."""
     from cai_bootstrap.config_io import read_yaml_section
 
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {p} does not exist; start from src/cai_bootstrap/configs/sft_default.yaml")
-    data = read_yaml_section(p, "sft", ConfigError)
+    if not p.exists():  # a folder is named as such by read_yaml_section
+        raise ConfigError(f"config file {p} does not exist; start from src/cai_bootstrap/configs/{template}")
+    data = read_yaml_section(p, section, ConfigError)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
-    return config_from_dict(data, source=str(p))
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SFTRunConfig:
+    """Read a YAML run file, apply ``overrides`` (dotted keys, None values skipped), validate."""
+    return config_from_dict(read_run_file(path, "sft", overrides, "sft_default.yaml"), source=str(path))
 
 
 def default_config_path() -> Path:
