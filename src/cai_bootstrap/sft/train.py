@@ -269,7 +269,9 @@ def _check_resumable(out: Path, fingerprint: dict, *, writer: bool = True) -> Pa
     # A checkpoint cut short by a crash is this run's own; it would fail every resume (OPS-06).
     # Moved aside, never deleted: a checkpoint judged incomplete by mistake can be put back by hand.
     for folder, why in (incomplete.items() if writer else ()):
-        aside = folder.with_name(f".{folder.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
+        from cai_bootstrap.provenance import utc_now
+
+        aside = folder.with_name(f".{folder.name}.incomplete-{utc_now().replace(':', '')}")
         print(f"train: setting aside incomplete checkpoint {folder} as {aside.name} ({why}); resuming from "
               f"{last.name if last else 'the start'}", file=sys.stderr)
         folder.rename(aside)
