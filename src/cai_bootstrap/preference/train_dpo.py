@@ -48,6 +48,7 @@ from cai_bootstrap.sft.train import (
     _write_gate_manifest,
     loss_history,
     plan_run,
+    trainer_arguments,
 )
 
 GATE_MANIFEST_NAME = "gate_dpo_data.json"
@@ -160,33 +161,6 @@ def verify_trainer_batches(trainer, encoded: EncodedPairs, pad_id: int) -> int:
 # -- trainers ------------------------------------------------------------------------------------------
 
 
-def _common_args(cfg: DPORunConfig, plan: RunPlan, checkpoint_dir: Path) -> dict:
-    return dict(
-        output_dir=str(checkpoint_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        optim=cfg.optimizer,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        max_length=cfg.max_length,
-        bf16=plan.bf16,
-        fp16=False,
-        use_cpu=not plan.cuda,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        logging_steps=cfg.logging_steps,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
-        dataloader_num_workers=0,
-    )
-
-
 def build_dpo_trainer(model, lm, encoded: EncodedPairs, cfg: DPORunConfig, plan: RunPlan, checkpoint_dir: Path, callbacks=()):
     """trl's DPOTrainer on pre-tokenized pairs; the reference is the frozen copy of the Stage-1 adapter."""
     from datasets import Dataset
@@ -201,7 +175,7 @@ def build_dpo_trainer(model, lm, encoded: EncodedPairs, cfg: DPORunConfig, plan:
                 raise ValueError(f"{dataset_name} dataset must be pre-tokenized; lacks {sorted(missing)}")
             return dataset
 
-    args = DPOConfig(**_common_args(cfg, plan, checkpoint_dir), beta=cfg.beta, loss_type=[cfg.loss_type],
+    args = DPOConfig(**trainer_arguments(cfg, plan, checkpoint_dir), beta=cfg.beta, loss_type=[cfg.loss_type],
                      precompute_ref_log_probs=False)
     ds = Dataset.from_list([ex.row() for ex in encoded.examples])
     return PretokenizedDPOTrainer(model=model, args=args, train_dataset=ds, processing_class=lm.tokenizer, callbacks=list(callbacks))
@@ -217,7 +191,7 @@ def build_orpo_trainer(model, lm, encoded, cfg, plan, checkpoint_dir, callbacks=
     from datasets import Dataset
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    args = ORPOConfig(**_common_args(cfg, plan, checkpoint_dir), beta=cfg.beta, max_completion_length=None)
+    args = ORPOConfig(**trainer_arguments(cfg, plan, checkpoint_dir), beta=cfg.beta, max_completion_length=None)
     return ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_text_rows(encoded, records)),
                        processing_class=lm.tokenizer, callbacks=list(callbacks))
 
@@ -227,7 +201,7 @@ def build_simpo_trainer(model, lm, encoded, cfg, plan, checkpoint_dir, callbacks
     from datasets import Dataset
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = CPOConfig(**_common_args(cfg, plan, checkpoint_dir), beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0,
+    args = CPOConfig(**trainer_arguments(cfg, plan, checkpoint_dir), beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0,
                      simpo_gamma=cfg.simpo_gamma, max_completion_length=None)
     return CPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_text_rows(encoded, records)),
                       processing_class=lm.tokenizer, callbacks=list(callbacks))

@@ -162,26 +162,19 @@ def _unsloth_lora(model, cfg: SFTRunConfig, plan: RunPlan):
 # -- trainer ----------------------------------------------------------------------------------------
 
 
-def build_trainer(model, lm, encoded: EncodedDataset, cfg: SFTRunConfig, plan: RunPlan, checkpoint_dir: Path, callbacks=()):
-    """trl's SFTTrainer over pre-tokenized examples whose ``labels`` it uses unchanged."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    ds = Dataset.from_list([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in encoded.examples])
-    args = SFTConfig(
+def trainer_arguments(cfg, plan: RunPlan, checkpoint_dir: Path) -> dict:
+    """The trainer arguments SFT and preference training share: schedule, precision, checkpoints, seeds."""
+    return dict(
         output_dir=str(checkpoint_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
         optim=cfg.optimizer,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,
         max_length=cfg.max_length,
-        packing=False,
-        completion_only_loss=True,
         bf16=plan.bf16,
         fp16=False,
         use_cpu=not plan.cuda,
@@ -189,13 +182,27 @@ def build_trainer(model, lm, encoded: EncodedDataset, cfg: SFTRunConfig, plan: R
         gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
-        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+    )
+
+
+def build_trainer(model, lm, encoded: EncodedDataset, cfg: SFTRunConfig, plan: RunPlan, checkpoint_dir: Path, callbacks=()):
+    """trl's SFTTrainer over pre-tokenized examples whose ``labels`` it uses unchanged."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    ds = Dataset.from_list([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in encoded.examples])
+    args = SFTConfig(
+        **trainer_arguments(cfg, plan, checkpoint_dir),
+        weight_decay=cfg.weight_decay,
+        packing=False,
+        completion_only_loss=True,
+        save_total_limit=cfg.save_total_limit,
+        include_num_input_tokens_seen="non_padding",
         disable_tqdm=False,
         # The profile's EOS, so the trainer does not "align" the model to the tokenizer's own
         # default (for Qwen that is the chat end-of-turn token).
