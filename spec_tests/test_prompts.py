@@ -17,6 +17,7 @@ from cai_bootstrap.datagen.config import ConfigError, load_config
 from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.parsing import parse_instruction_list
+from cai_bootstrap.sampling import TopKTopPSampler
 
 PACKAGE = Path(prompts.__file__).resolve().parent
 
@@ -553,5 +554,9 @@ def test_sampling_passes_top_k_explicitly(top_k, expected, tiny_lm, monkeypatch)
     extra = {} if top_k is None else {"top_k": top_k}
     tiny_lm.generate(["Instruction: Say hi.\nResponse:"], max_new_tokens=2, do_sample=True, temperature=0.4, top_p=0.9,
                      progress=False, **extra)
-    assert seen["top_k"] == expected
+    # With top-k on, the k kept tokens are sampled by the last logits processor (sampling.py).
+    samplers = [p for p in seen.get("logits_processor") or () if isinstance(p, TopKTopPSampler)]
+    applied = samplers[0].top_k if samplers else seen["top_k"]
+    assert applied == expected
+    assert bool(samplers) == (expected > 0)
     assert load_config(None).responses.as_provenance()["top_k"] == load_config(None).instructions.as_provenance()["top_k"] == 50

@@ -249,6 +249,7 @@ class LoadedModel:
     eos_token_id: int
     pad_token_id: int
     forbidden_ids: dict[int, str]
+    _token_texts: list[str] | None = field(default=None, repr=False, compare=False)
 
     # -- the one encode path (CG-02) -------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -349,13 +350,29 @@ class LoadedModel:
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
         )
-        if stop_strings:
+        from cai_bootstrap.stopping import TokenTextStop, fast_path_applies
+
+        fast_stop = fast_path_applies(stop_strings)
+        if stop_strings and not fast_stop:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
         if do_sample:
             # Always explicit: left out, transformers would apply its own top_k (50) unrecorded.
             from cai_bootstrap.decoding import DEFAULT_TOP_K
 
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=DEFAULT_TOP_K if top_k is None else top_k)
+            top_k = DEFAULT_TOP_K if top_k is None else top_k
+            top_p = 1.0 if top_p is None else top_p
+            temperature = 1.0 if temperature is None else temperature
+            if top_k > 0:
+                # Same distribution, drawn over the k kept tokens instead of the whole vocabulary (sampling.py).
+                from transformers import LogitsProcessorList
+
+                from cai_bootstrap.sampling import TopKTopPSampler
+
+                sampler = TopKTopPSampler(temperature=temperature, top_k=top_k, top_p=top_p)
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                              logits_processor=LogitsProcessorList([sampler]))
+            else:
+                kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         show = progress if progress is not None else len(prompts) > batch_size
@@ -366,6 +383,11 @@ class LoadedModel:
                 input_ids, mask = self.pad_left([encoded[i] for i in idx])
                 input_ids, mask = input_ids.to(self.device), mask.to(self.device)
                 torch.manual_seed(seed + b)
+                if fast_stop:
+                    from transformers import StoppingCriteriaList
+
+                    stop = TokenTextStop.for_prompts(stop_strings, self.token_texts(), [encoded[i] for i in idx])
+                    kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
                 seq = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
                 new = seq[:, input_ids.shape[1] :].tolist()
                 for row, i in zip(new, idx):
@@ -381,11 +403,16 @@ class LoadedModel:
         if not stopped and stop_strings:
             # A row that met a stop string is padded to the batch's length afterwards: find the
             # shortest prefix whose text holds a stop string; what follows is padding.
-            for end in range(1, len(ids) + 1):
-                if any(s in self.tokenizer.decode(ids[:end], skip_special_tokens=True) for s in stop_strings):
-                    stopped_on_string = True
-                    ids = ids[:end]
-                    break
+            from cai_bootstrap.stopping import fast_path_applies, first_stop
+
+            if fast_path_applies(stop_strings):
+                end = first_stop(ids, self.token_texts(), stop_strings)
+            else:
+                end = next((e for e in range(1, len(ids) + 1)
+                            if any(s in self.tokenizer.decode(ids[:e], skip_special_tokens=True) for s in stop_strings)), None)
+            if end is not None:
+                stopped_on_string = True
+                ids = ids[:end]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         emitted = [
             {"token": tok, "position": pos, "offset": len(self.tokenizer.decode(ids[:pos], skip_special_tokens=True))}
@@ -399,6 +426,14 @@ class LoadedModel:
             token_ids=ids,
             special_tokens=emitted,
         )
+
+    def token_texts(self) -> list[str]:
+        """Every token id's text alone, computed once per model (stop strings, stopping.py)."""
+        if self._token_texts is None:
+            from cai_bootstrap.stopping import token_texts
+
+            self._token_texts = token_texts(self.tokenizer)
+        return self._token_texts
 
     def release(self) -> None:
         """Free the weights now (EV-07: never two models resident)."""
