@@ -122,7 +122,7 @@ def stage1(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def stage2(session: nox.Session) -> None:
-    """Stage 2 from Stage 1's model: refuses unless Stage 1's final gate says GO (`-- [GATE] [--override REASON]`)."""
+    """The Stage-2 chain (pairs, DPO, gate) from the model Stage 1 passed: `-- --config C [GATE] [--override REASON]`."""
     _install(session, "demo", "testmodel", "train", "validate", "stats")
     session.run("python", "-m", "cai_bootstrap.stages.stage2", *session.posargs, env=_locked_env())
 

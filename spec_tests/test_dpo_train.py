@@ -303,3 +303,22 @@ def test_dpo_lineage_continues_the_stage1_lineage(dpo_out, sft_run, pairs_run):
     assert (gate["gate"], gate["decision"]) == ("dpo_data", "pass")
     assert model["method"] == "dpo" and model["files"]["adapter/adapter_model.safetensors"] == sha256_file(
         dpo_out / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.mark.spec("PO-03", "ST-01")
+def test_stage2_model_loads_the_dpo_adapter_in_place_of_stage1s(dpo_out, sft_run, tiny_model_dir):
+    """The policy continued the Stage-1 adapter, so the Stage-2 model is base + the DPO adapter alone."""
+    from cai_bootstrap.evaluation.runner import load_trained_model
+    from cai_bootstrap.preference.train_dpo import load_dpo_model
+
+    s1 = load_trained_model(tiny_model_dir, sft_run / "adapter", device="cpu", run_sentinels=False)
+    s2 = load_dpo_model(tiny_model_dir, dpo_out, device="cpu", run_sentinels=False)
+    try:
+        assert list(s2.model.peft_config) == ["default"]  # one adapter: continued, not stacked on Stage 1's
+        ids = torch.tensor([s1.tokenizer("Instruction: Name a colour.\nResponse:")["input_ids"]])
+        with torch.no_grad():
+            a, b = s1.model(input_ids=ids).logits, s2.model(input_ids=ids).logits
+        assert a.shape == b.shape and not torch.allclose(a, b), "the DPO steps must change the model's outputs"
+    finally:
+        s1.release()
+        s2.release()

@@ -263,6 +263,18 @@ def load_stage1_policy(source: str, cfg: DPORunConfig, plan: RunPlan, adapter_pa
     return lm
 
 
+def load_dpo_model(base_source: str | Path, dpo_run: str | Path, **load_kwargs: Any):
+    """The Stage-2 model for inference: base weights through the clean loader plus the DPO run's adapter.
+
+    The policy continued the Stage-1 adapter (see the module docstring), so the saved
+    adapter *replaces* Stage 1's on the same base weights; nothing is stacked or merged.
+    The run is checked like a Stage-1 run first: finished, adapter unchanged since its manifest.
+    """
+    from cai_bootstrap.evaluation.runner import load_trained_model
+
+    return load_trained_model(base_source, check_sft_run(dpo_run)["adapter_path"], **load_kwargs)
+
+
 # -- the run ---------------------------------------------------------------------------------------------
 
 

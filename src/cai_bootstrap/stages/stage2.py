@@ -1,55 +1,109 @@
-"""Stage 2 (preference pairs + DPO) from Stage 1's model: the gate check, then the commands.
+"""The gated Stage-2 chain: input model -> instructions -> pairs -> pairs gate -> DPO ->
+three-way evaluation -> final gate -> report.
 
-    python -m cai_bootstrap.stages.stage2 [STAGE1_FINAL_GATE] [--override REASON] [--run-dir runs/stage2]
+    python -m cai_bootstrap.stages.stage2 --config C [STAGE1_FINAL_GATE] [--override REASON] [--run-dir D] [--until PHASE]
 
 Stage 2 starts only from the model Stage 1's final gate passed (ST-01,
 :func:`~cai_bootstrap.stages.registry.resolve_input_model`); ``--override`` lets an
 experiment start from a model the gate failed, and the reason is recorded in
-``<run_dir>/stage2/input_model.json`` and, through ``stage1_gate``, in the DPO model's lineage.
+``<run_dir>/input_model.json`` and, through ``stage1_gate``, in the DPO model's lineage (ST-03).
 
-What Stage 2 has built is its data and training code (``pairs``, ``validate``,
-``train-dpo``); its instruction source, evaluation and final gate are planned. So after
-the gate check this prints the exact commands of the built steps, filled in with the
-resolved model, and exits 3 naming the planned steps: a chain that ran only the built
-part would end with a model no gate has judged.
+Each phase calls the typed function the matching command calls (never the CLI), on the
+generic engine :mod:`cai_bootstrap.stages.chain` (hashed phase manifests under
+``<run_dir>/stage2/``, resume, redo on changed inputs, stop at a failed gate):
+
+- instructions: the *base* model writes candidate instructions with Stage 1's machinery
+  (:func:`~cai_bootstrap.datagen.pipeline.generate_instructions`, DG-01 oversampling) from
+  prompt seeds offset by :data:`INSTRUCTION_SEED_OFFSET`, so they are new samples rather
+  than Stage 1's prompts again; the pairs run removes any that repeat Stage-1 data or the
+  eval set (:func:`~cai_bootstrap.preference.pairs.new_instructions`).
+- pairs: Best-of-N with the Stage-1 model as generator, plus hard negatives (PO-01/02).
+- pairs_gate: the pair suites (PV-06) and pair QC, as ``gates/pairs_gate.json``.
+- dpo: DPO on top of the Stage-1 model (PO-03), its gate and Stage 1's final gate in the lineage.
+- evaluate / final_gate: :mod:`.stage2_eval` and :mod:`.stage2_gate`; report: :mod:`.stage2_report`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
+import time
 from pathlib import Path
 
-from cai_bootstrap.stages.registry import InputModel, StageInputError, get_stage, resolve_input_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
+from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from cai_bootstrap.gates import DEFAULT_ALPHA
+from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from cai_bootstrap.stages.chain import Chain, ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name
+from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR, InputModel, StageInputError, get_stage, resolve_input_model
+from cai_bootstrap.stages.stage2_gate import GUARDED_CATEGORIES
 
 STAGE = 2
 STATE_DIR = "stage2"
-INPUT_RECORD = "input_model.json"
+INPUT_RECORD = "input_model.json"  # under the run directory (the phase manifest of the same name is under stage2/)
+EXIT_STOPPED = 1
 EXIT_REFUSED = 2
-EXIT_PLANNED = 3
+# Stage 1 seeds instruction prompt i with seed + i; Stage 2 starts its prompts this far on, so its
+# few-shot draws and sampling seeds are new ones whatever Stage 1's seed and size were.
+INSTRUCTION_SEED_OFFSET = 1_000_000_000
+PAIRS_GATE_MANIFEST = "pairs_gate.json"
+INSTRUCTIONS_FILE = "instructions.jsonl"
+INSTRUCTIONS_MANIFEST = "instructions_manifest.json"
 
 
-def stage2_commands(inp: InputModel, *, run_dir: Path, stage1_data: Path, instructions: Path) -> list[tuple[str, list[str]]]:
-    """(step, argv) of the built Stage-2 steps, in order, for the resolved Stage-1 model."""
-    from cai_bootstrap.preference.config import default_config_path
-
-    if inp.stage != STAGE or inp.run_dir is None or inp.gate is None:
-        raise StageInputError("the Stage-2 commands need a resolved Stage-1 model (resolve_input_model(2, ...))")
-    pairs, configs = run_dir / "pairs", default_config_path().parent
-    return [
-        ("pairs", ["cai-bootstrap", "pairs", "--config", str(configs / "pairs_default.yaml"), "--model", inp.base_model,
-                   "--sft-run", str(inp.run_dir), "--stage1-data", str(stage1_data), "--instructions", str(instructions),
-                   "--out", str(pairs)]),
-        ("validate", ["cai-bootstrap", "validate", str(pairs)]),
-        ("train_dpo", ["cai-bootstrap", "train-dpo", "--config", str(default_config_path()), "--model", inp.base_model,
-                       "--sft-run", str(inp.run_dir), "--pairs", str(pairs), "--out", str(run_dir / "dpo"),
-                       "--set", f"stage1_gate={inp.gate['path']}"]),
-    ]
+# -- configuration -------------------------------------------------------------------------------
 
 
-def _stage1_data(inp: InputModel) -> Path:
+class Stage2Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage1_gate: Path = get_stage(1).final_gate_manifest
+    override: str | None = None  # a reason to start from a model Stage 1's gate failed; recorded
+    run_dir: Path = get_stage(STAGE).run_dir
+    profile: str | None = None
+    device: str | None = None
+    seed: int = Field(0, ge=0)
+    quiet: bool = False
+    # instructions: how many the pairs run should get (the generator oversamples, DG-01), and their decoding
+    instructions_target: int = Field(200, ge=1)
+    instruction_decoding: dict = Field(default_factory=dict)  # InstructionGen fields (max_new_tokens, batch_size, ...)
+    pairs_config: Path | None = None  # pairs YAML; default: the shipped pairs_default.yaml
+    pairs_overrides: dict = Field(default_factory=dict)  # dotted PairsConfig fields (k, qc.min_pairs, ...)
+    dpo_config: Path | None = None  # DPO YAML; default: the shipped dpo_default.yaml
+    dpo_overrides: dict = Field(default_factory=dict)
+    eval_set: Path | None = None  # default: the shipped held-out set (Stage 1's)
+    eval_limit: int | None = Field(None, ge=1)
+    eval_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8)
+    eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    final_alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
+    guarded_categories: tuple[str, ...] = GUARDED_CATEGORIES
+    target_types: tuple[str, ...] | None = None  # where a gain may come from; None: any type
+
+
+def load_stage2_config(path: str | Path | None, **overrides) -> Stage2Config:
+    data: dict = read_yaml_section(path, "stage2", ChainError) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Stage2Config.model_validate(data)
+    except ValidationError as e:
+        raise ChainError(f"invalid stage-2 config: {format_validation_errors(e)}") from None
+
+
+# -- the phases ------------------------------------------------------------------------------------
+
+
+def _input(ch: Chain) -> InputModel:
+    return resolve_input_model(STAGE, gate_manifest=ch.cfg.stage1_gate, override=ch.cfg.override)
+
+
+def _recorded_input(ch: Chain) -> dict:
+    return json.loads(ch.p(INPUT_RECORD).read_text(encoding="utf-8"))
+
+
+def stage1_data(inp: InputModel) -> Path:
     """The generation run the Stage-1 adapter was trained on, as its training manifest records it."""
     from cai_bootstrap.sft.train import MANIFEST_NAME
 
@@ -60,38 +114,248 @@ def _stage1_data(inp: InputModel) -> Path:
         raise StageInputError(f"{path}: cannot read the Stage-1 dataset it names ({e}); is {inp.run_dir} a finished SFT run?") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    stage = get_stage(STAGE)
+def _input_model(ch: Chain) -> PhaseResult:
+    inp = _input(ch)
+    record = atomic_write_json(ch.p(INPUT_RECORD), {**inp.to_dict(), "stage1_data": str(stage1_data(inp))})
+    ch.say(f"input model: {inp.adapter_path} on base {inp.base_model}; stage-1 gate {inp.gate['decision'].upper()}"
+           + (f" (OVERRIDE: {inp.override['reason']})" if inp.override else ""))
+    return PhaseResult([record], values={"base_model": inp.base_model, "adapter": inp.adapter_path,
+                                         "gate_decision": inp.gate["decision"], "override": inp.override})
+
+
+def _sampler(ch: Chain):
+    """What the sampling phases wrap their loaded model in; tests script the sampling of a random model (as datagen's do)."""
+    return getattr(ch, "sampler", None) or (lambda lm: lm)
+
+
+def _resolved(ch: Chain, spec: str):
+    from cai_bootstrap.model_sources import resolve_model
+
+    return resolve_model(spec, profile=ch.cfg.profile)
+
+
+def generate_stage2_instructions(lm, *, target: int, seed: int, out: Path, decoding: dict, quiet: bool = True) -> dict:
+    """Candidate instructions from the base model, Stage 1's generator and parser, prompt seeds offset
+    by :data:`INSTRUCTION_SEED_OFFSET`; writes the JSONL the pairs run reads and returns the counts."""
+    from cai_bootstrap.datagen.config import GenerateConfig
+    from cai_bootstrap.datagen.pipeline import RAW_INSTRUCTIONS, WORK, generate_instructions
+    from cai_bootstrap.datagen.store import PhaseStore
+    from cai_bootstrap.io_utils import sha256_file
+    from cai_bootstrap.provenance import utc_now
+
+    gcfg = GenerateConfig(model=str(lm.provenance.get("model_name", "base")), mode="scale", target=target,
+                          seed=seed + INSTRUCTION_SEED_OFFSET, out_dir=out, quiet=quiet, instructions=decoding)
+    store = PhaseStore(out / WORK / RAW_INSTRUCTIONS)  # a rerun resumes the rounds already sampled
+    kept, rejects = generate_instructions(lm, gcfg, store)
+    path = atomic_write_jsonl(out / INSTRUCTIONS_FILE, [{"id": f"s2-{c['id']}", "instruction": c["instruction"]} for c in kept])
+    atomic_write_jsonl(out / "rejects.jsonl", rejects)
+    indices = sorted({c["prompt_index"] for c in kept} | {r["prompt_index"] for r in rejects if "prompt_index" in r})
+    atomic_write_json(out / INSTRUCTIONS_MANIFEST, {
+        "created": utc_now(), "kept": len(kept), "target": target, "requested": gcfg.instructions.n_candidates(target),
+        "rejects": len(rejects), "prompt_seed_offset": INSTRUCTION_SEED_OFFSET,
+        "prompt_seeds": [gcfg.seed + i for i in (indices[0], indices[-1])] if indices else None,
+        "decoding": gcfg.instructions.model_dump(mode="json"), "generator": "base model",
+        "load_provenance": dict(lm.provenance), "instructions": {"path": str(path), "sha256": sha256_file(path)}})
+    return {"kept": len(kept), "rejects": len(rejects)}
+
+
+def _instructions(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.loader import load_base_model
+
+    inp = _recorded_input(ch)
+    resolved = _resolved(ch, inp["base_model"])
+    lm = _sampler(ch)(load_base_model(resolved.source, profile=resolved.profile, device=ch.cfg.device))
+    try:
+        counts = generate_stage2_instructions(lm, target=ch.cfg.instructions_target, seed=ch.cfg.seed, out=ch.p("instructions"),
+                                              decoding=ch.cfg.instruction_decoding, quiet=ch.cfg.quiet)
+    finally:
+        lm.release()
+    if not counts["kept"]:
+        raise ChainError(f"the base model wrote no usable instruction ({counts['rejects']} rejected, reasons in "
+                         f"{ch.p('instructions', 'rejects.jsonl')}); raise instructions_target or instruction_decoding.max_new_tokens")
+    return PhaseResult([ch.p("instructions", INSTRUCTIONS_FILE), ch.p("instructions", INSTRUCTIONS_MANIFEST)], values=counts)
+
+
+def _pairs_files(ch: Chain) -> list[Path]:
+    from cai_bootstrap.preference.gate import PAIRS_GATE_INPUTS
+
+    return [ch.p("pairs", name) for name in PAIRS_GATE_INPUTS.values()]
+
+
+def _pairs(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.preference.config import default_config_path
+    from cai_bootstrap.preference.pairs import run_pairs
+    from cai_bootstrap.preference.pairs_config import load_pairs_config
+
+    inp = _recorded_input(ch)
+    cfg = load_pairs_config(ch.cfg.pairs_config or default_config_path().parent / "pairs_default.yaml", {
+        **ch.cfg.pairs_overrides, "model": inp["base_model"], "profile": ch.cfg.profile, "sft_run": str(Path(inp["adapter_path"]).parent),
+        "stage1_data": inp["stage1_data"], "instructions": str(ch.p("instructions", INSTRUCTIONS_FILE)),
+        "out_dir": str(ch.p("pairs")), "eval_set": str(ch.cfg.eval_set) if ch.cfg.eval_set else None, "device": ch.cfg.device})
+    ch.say(f"run_pairs(k={cfg.k}, instructions={cfg.instructions}, out_dir={cfg.out_dir})")
+    from cai_bootstrap.evaluation.runner import load_trained_model
+
+    resolved = _resolved(ch, inp["base_model"])
+    lm = _sampler(ch)(load_trained_model(resolved.source, inp["adapter_path"], profile=resolved.profile, device=ch.cfg.device))
+    try:
+        summary = run_pairs(cfg, lm=lm)  # its QC verdict is judged by the pairs gate next
+    finally:
+        lm.release()
+    return PhaseResult(_pairs_files(ch), values={"counts": summary["counts"], "thresholds_passed": summary["thresholds_passed"]})
+
+
+def _gate_result(manifest: Path) -> PhaseResult:
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    return PhaseResult([manifest], m["decision"] == "pass", "; ".join(m.get("reasons", [])) or m["decision"],
+                       {"gate": m["gate"], "decision": m["decision"], "values": m.get("values")})
+
+
+def _pairs_gate(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.preference.gate import run_pairs_gate
+
+    decision, manifest = run_pairs_gate(ch.p("pairs"), out=ch.p(GATES_DIR, PAIRS_GATE_MANIFEST))
+    ch.say(decision.headline())
+    return _gate_result(manifest)
+
+
+def _dpo_device(device: str | None) -> str:
+    return "auto" if device is None else "cuda" if device.startswith("cuda") else device
+
+
+def _dpo(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.gates import require_gate_passed
+    from cai_bootstrap.preference.config import default_config_path, load_config
+    from cai_bootstrap.preference.train_dpo import run_dpo
+    from cai_bootstrap.sft.train import MANIFEST_NAME, SUCCESS_MARKER
+
+    require_gate_passed(ch.p(GATES_DIR, PAIRS_GATE_MANIFEST))  # enforced again inside the phase it protects
+    inp = _recorded_input(ch)
+    out = ch.p("dpo")
+    cfg = load_config(ch.cfg.dpo_config or default_config_path(), {
+        **ch.cfg.dpo_overrides, "model": inp["base_model"], "profile": ch.cfg.profile, "sft_run": str(Path(inp["adapter_path"]).parent),
+        "pairs": str(ch.p("pairs")), "output_dir": str(out), "eval_set": str(ch.cfg.eval_set) if ch.cfg.eval_set else None,
+        "stage1_gate": inp["gate"]["path"], "device": _dpo_device(ch.cfg.device)})
+    ch.say(f"run_dpo(method={cfg.method}, beta={cfg.beta}, pairs={cfg.pairs}, output_dir={cfg.output_dir})")
+    result = run_dpo(cfg)
+    return PhaseResult([out / SUCCESS_MARKER, out / MANIFEST_NAME], values={"global_step": result.global_step})
+
+
+def _evaluate(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
+    from cai_bootstrap.evaluation.report import StatsConfig
+    from cai_bootstrap.evaluation.runner import BASE, EvalDecoding, load_trained_model
+    from cai_bootstrap.io_utils import sha256_file
+    from cai_bootstrap.loader import load_base_model
+    from cai_bootstrap.preference.train_dpo import load_dpo_model
+    from cai_bootstrap.stages.stage2_eval import STAGE1, STAGE2, evaluate_three_way
+
+    inp = _recorded_input(ch)
+    resolved = _resolved(ch, inp["base_model"])
+    kw = dict(profile=resolved.profile, device=ch.cfg.device)
+    eval_path = Path(ch.cfg.eval_set) if ch.cfg.eval_set else DEFAULT_EVAL_SET
+    items = load_eval_set(eval_path, limit=ch.cfg.eval_limit)
+    factories = {BASE: lambda: load_base_model(resolved.source, **kw),
+                 STAGE1: lambda: load_trained_model(resolved.source, inp["adapter_path"], **kw),
+                 STAGE2: lambda: load_dpo_model(resolved.source, ch.p("dpo"), **kw)}
+    eval_set = {"path": str(eval_path.resolve()), "sha256": sha256_file(eval_path), "limit": ch.cfg.eval_limit,
+                "n_items_used": len(items), "model_spec": resolved.to_dict()}
+    decoding = EvalDecoding(max_new_tokens=ch.cfg.eval_max_new_tokens, batch_size=ch.cfg.eval_batch_size, seed=ch.cfg.seed)
+    ch.say(f"evaluate_three_way({len(items)} items; base, stage 1, stage 2)")
+    summary = evaluate_three_way(items, factories, ch.p("eval"), decoding=decoding, stats=StatsConfig(seed=ch.cfg.seed),
+                                 eval_set=eval_set, progress=False if ch.cfg.quiet else None)
+    return PhaseResult(sorted(p for p in ch.p("eval").iterdir() if p.is_file()),
+                       values={name: {k: c["overall"][k] for k in ("lift", "mcnemar_p")} for name, c in summary["comparisons"].items()})
+
+
+def _final(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.stages.stage2_gate import Stage2GateThresholds, run_stage2_final_gate
+
+    thresholds = Stage2GateThresholds(alpha=ch.cfg.final_alpha, guarded_categories=tuple(ch.cfg.guarded_categories),
+                                      target_types=tuple(ch.cfg.target_types) if ch.cfg.target_types is not None else None)
+    decision, manifest = run_stage2_final_gate(ch.p("eval"), thresholds, out=ch.p(GATES_DIR, FINAL_GATE_MANIFEST))
+    ch.say(decision.headline())
+    return _gate_result(manifest)
+
+
+def _report(ch: Chain) -> PhaseResult:
+    from cai_bootstrap.stages.stage2_report import write_report
+
+    return PhaseResult(write_report(ch.run_dir))
+
+
+def phases() -> list[Phase]:
+    P = lambda *parts: (lambda ch: [ch.p(*parts)])  # noqa: E731
+    return [
+        Phase("input_model", "the Stage-1 model its final gate passed (ST-01)", lambda ch: [Path(ch.cfg.stage1_gate)], _input_model),
+        Phase("instructions", "candidate instructions from the base model, new prompt seeds (DG-01)", P(INPUT_RECORD), _instructions),
+        Phase("pairs", "Best-of-N pairs from the Stage-1 model, hard negatives (PO-01, PO-02)",
+              P("instructions", INSTRUCTIONS_FILE), _pairs),
+        Phase("pairs_gate", "pair suites (PV-06) + pair QC thresholds", _pairs_files, _pairs_gate, gate=True),
+        Phase("dpo", "DPO on top of the Stage-1 model behind the pairs gate (PO-03)", P(GATES_DIR, PAIRS_GATE_MANIFEST), _dpo),
+        Phase("evaluate", "paired evaluation: base, stage 1, stage 2 on the same items", P("dpo", "TRAINING_SUCCESS"), _evaluate),
+        Phase("final_gate", "no regression against stage 1, a significant gain over it (GT-02)",
+              P("eval", "eval_summary.json"), _final, gate=True),
+        Phase("report", "run report: phases, pair QC, DPO curves, three-way table, lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report),
+    ]
+
+
+def _report_after_stop(run_dir: Path) -> None:
+    """A stopped chain still gets its report: the gates decided so far and why it stopped."""
+    if not (run_dir / STATE_DIR).is_dir():
+        return
+    try:
+        from cai_bootstrap.stages.stage2_report import write_report
+
+        print(f"stage2: report of the phases run so far: {write_report(run_dir)[-1]}", file=sys.stderr)
+    except Exception as e:  # the stop reason matters more than a report failure
+        print(f"stage2: could not write the report ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, *, sampler=None) -> int:
+    from cai_bootstrap.integrity import check_writable_location
+    from cai_bootstrap.run_lock import RunDirectoryInUse
+
     prev = get_stage(STAGE - 1)
     ap = argparse.ArgumentParser(prog="python -m cai_bootstrap.stages.stage2", description=__doc__.splitlines()[0])
-    ap.add_argument("gate", nargs="?", default=str(prev.final_gate_manifest),
-                    help=f"Stage 1's final gate manifest (default {prev.final_gate_manifest})")
+    ap.add_argument("gate", nargs="?", help=f"Stage 1's final gate manifest (default: the config's, else {prev.final_gate_manifest})")
+    ap.add_argument("--config", help="stage-2 YAML (default: the shipped CPU smoke config)")
     ap.add_argument("--override", metavar="REASON", help="start even though the gate said FAIL (an experiment); recorded")
-    ap.add_argument("--run-dir", default=str(stage.run_dir))
-    ap.add_argument("--instructions", help="JSONL of candidate instructions (default RUN_DIR/instructions.jsonl)")
+    ap.add_argument("--run-dir")
+    ap.add_argument("--until", help="stop after this phase")
+    ap.add_argument("--quiet", action="store_true", default=None)
     args = ap.parse_args(argv)
-    run_dir = Path(args.run_dir)
+    path = args.config or (Path(__file__).resolve().parent.parent / "configs" / "stage2_cpu_smoke.yaml")
     try:
-        inp = resolve_input_model(STAGE, gate_manifest=args.gate, override=args.override)
-        commands = stage2_commands(inp, run_dir=run_dir, stage1_data=_stage1_data(inp),
-                                   instructions=Path(args.instructions) if args.instructions else run_dir / "instructions.jsonl")
+        # Bad input (a config, a phase name, a run directory, a model Stage 1 did not pass) is refused before any phase runs.
+        check_phase_name("--until", args.until, [p.name for p in phases()])
+        cfg = load_stage2_config(path, stage1_gate=args.gate, override=args.override, run_dir=args.run_dir, quiet=args.quiet)
+        check_writable_location(cfg.run_dir, flag="run_dir")
+        resolve_input_model(STAGE, gate_manifest=cfg.stage1_gate, override=cfg.override)
     except StageInputError as e:
         print(f"stage2: REFUSED: {e}", file=sys.stderr)
         return EXIT_REFUSED
-    from cai_bootstrap.io_utils import atomic_write_json
-
-    planned = stage.planned_steps()
-    record = atomic_write_json(run_dir / STATE_DIR / INPUT_RECORD, {
-        **inp.to_dict(), "commands": {name: shlex.join(argv) for name, argv in commands}, "planned_steps": planned})
-    print(f"stage2: input model: {inp.adapter_path} on base {inp.base_model}; stage-1 gate {inp.gate['path']}: "
-          f"{inp.gate['decision'].upper()}" + (f" (OVERRIDE: {inp.override['reason']})" if inp.override else ""))
-    print(f"stage2: recorded in {record}; the built steps, in order:")
-    for _, argv in commands:
-        print("  " + shlex.join(argv))
-    notes = {s.name: s.note for s in stage.steps}
-    print("stage2: NOT RUN: steps planned, not built: " + "; ".join(f"{n} ({notes[n]})" if notes[n] else n for n in planned),
-          file=sys.stderr)
-    return EXIT_PLANNED
+    except (ChainError, ValueError) as e:
+        print(f"stage2: error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    run_dir = Path(cfg.run_dir)
+    try:
+        t0 = time.time()
+        chain = Chain(cfg, label=STATE_DIR)
+        chain.sampler = sampler
+        result = chain.run(phases(), until=args.until)
+    except RunDirectoryInUse as e:
+        print(f"stage2: error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ChainError as e:
+        print(f"stage2: STOPPED: {e}", file=sys.stderr)
+        _report_after_stop(run_dir)
+        return EXIT_STOPPED
+    except (PhaseStateError, OSError) as e:
+        print(f"stage2: error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"stage2: finished in {time.time() - t0:.0f} s; run directory {run_dir}")
+    atomic_write_text(run_dir / STATE_DIR / "last_run.json", json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""ST-01 / PO-01 / PO-02: the Stage-2 chain on the model Stage 1 passed: its final-gate decider,
+the refusal of a model Stage 1 did not pass, a stop at a failed pairs gate, and resume.
+
+One chain on the tiny model (sampling scripted, every score the real model's) serves the
+chain asserts (module fixture), run with pair QC no run can pass: it must stop before DPO.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cai_bootstrap.gates import FINAL_GATE, Check, GateDecision, GateInputError, write_gate_manifest
+from cai_bootstrap.io_utils import atomic_write_json, sha256_file
+from cai_bootstrap.stages.stage2_gate import STAGE2_VS_STAGE1, Stage2GateThresholds, decide_stage2_final
+
+from spec_tests.scripted_lm import ScriptedLM
+from spec_tests.sft_support import make_generation_run, no_expectation_failures
+
+CONFIGS = Path(__file__).resolve().parent.parent / "src" / "cai_bootstrap" / "configs"
+
+# -- the final-gate decider (pure) -------------------------------------------------------------------------
+
+
+def _summary(overall: tuple[float, float], types: dict[str, tuple[str, float, float]]) -> dict:
+    """A Stage-2 summary: (lift, McNemar p) overall and type -> (category, lift, BH-adjusted p) vs Stage 1."""
+    lift, p = overall
+    return {"comparisons": {STAGE2_VS_STAGE1: {
+        "overall": {"n": 400, "base_rate": 0.3, "sft_rate": 0.3 + lift, "lift": lift, "mcnemar_p": p},
+        "by_type": {t: {"category": c, "n": 40, "base_rate": 0.3, "sft_rate": 0.3 + dl, "lift": dl, "p_adjusted": pa}
+                    for t, (c, dl, pa) in types.items()}}}}
+
+
+NEUTRAL = {"refusal": ("safety", 0.0, 1.0), "json": ("format", 0.0, 1.0), "arithmetic": ("reasoning", 0.0, 1.0)}
+GATE_CASES = [  # (overall (lift, p), type changes, target types, GO?, failed check or None)
+    ((0.05, 0.001), {}, None, True, None),  # significant overall gain, no regression
+    ((0.01, 0.5), {"arithmetic": ("reasoning", 0.2, 0.001)}, None, True, None),  # gain on one type only
+    ((0.01, 0.5), {"arithmetic": ("reasoning", 0.2, 0.001)}, ("refusal",), False, "significant_gain"),  # not a target type
+    ((0.01, 0.5), {}, None, False, "significant_gain"),  # no gain anywhere
+    ((-0.01, 0.5), {"arithmetic": ("reasoning", -0.3, 0.04)}, None, False, "significant_gain"),  # a dip is not a gain
+    ((-0.06, 0.001), {"arithmetic": ("reasoning", 0.2, 0.001)}, None, False, "no_overall_regression"),
+    ((0.05, 0.001), {"refusal": ("safety", -0.2, 0.001)}, None, False, "no_guarded_regression"),
+    ((0.05, 0.001), {"json": ("format", -0.2, 0.2)}, None, True, None),  # not significant: noise, no block
+    ((0.05, 0.001), {"arithmetic": ("reasoning", -0.2, 0.001)}, None, True, None),  # unguarded type may dip
+]
+
+
+@pytest.mark.spec("ST-01")
+@pytest.mark.parametrize("overall,changes,targets,go,failed", GATE_CASES)
+def test_stage2_final_gate_needs_no_regression_and_a_significant_gain(overall, changes, targets, go, failed):
+    d = decide_stage2_final(_summary(overall, {**NEUTRAL, **changes}), Stage2GateThresholds(alpha=0.01, target_types=targets))
+    assert (d.gate, d.passed) == (FINAL_GATE, go)
+    assert [c.name for c in d.checks if not c.passed] == ([failed] if failed else [])
+    assert d.values["lift"] == overall[0] and d.values["mcnemar_p"] == overall[1] and d.thresholds["alpha"] == 0.01
+
+
+@pytest.mark.spec("ST-01")
+def test_stage2_final_gate_names_what_it_lacks():
+    with pytest.raises(GateInputError, match="missing 'comparisons'"):
+        decide_stage2_final({"overall": {}})
+    with pytest.raises(GateInputError, match=r"target types \['poetry'\] are not in the evaluation"):
+        decide_stage2_final(_summary((0.0, 1.0), NEUTRAL), Stage2GateThresholds(target_types=("poetry",)))
+    with pytest.raises(ValueError, match="alpha must be in"):
+        Stage2GateThresholds(alpha=1.5)
+
+
+# -- the chain on the tiny model -------------------------------------------------------------------------------
+
+
+def _stage1(root: Path, model_dir: Path) -> Path:
+    """A finished Stage-1 run of the tiny model: data, a real SFT adapter, its evaluation summary, a GO gate."""
+    from cai_bootstrap.evaluation.runner import adapter_fingerprint
+    from cai_bootstrap.sft.config import config_from_dict
+    from cai_bootstrap.sft.train import run_training
+
+    cfg = config_from_dict({"model": str(model_dir), "dataset": str(make_generation_run(root / "merged")),
+                            "output_dir": str(root / "sft"), "smoke": True, "max_steps": 1, "epochs": 1,
+                            "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64,
+                            "logging_steps": 1, "run_sentinels": False})
+    run_training(cfg, device_info={"cuda_available": False}, validator=no_expectation_failures)
+    summary = atomic_write_json(root / "eval" / "eval_summary.json", {"metadata": {"models": {
+        "base": {"model_name": str(model_dir)},
+        "sft": {"model_name": str(model_dir), "adapter": adapter_fingerprint(root / "sft" / "adapter")}}}})
+    decision = GateDecision(FINAL_GATE, "GT-02", {"alpha": 0.01}, {"lift": 0.1}, (Check("mcnemar", True, "p = 0.001 < 0.01"),))
+    return write_gate_manifest(decision, root / "gates" / "final_eval.json", inputs={"eval_summary": summary})
+
+
+def _config(path: Path, **changes) -> Path:
+    data = yaml.safe_load((CONFIGS / "stage2_cpu_smoke.yaml").read_text())
+    for key, value in changes.items():
+        data["stage2"][key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _clean(lm):
+    """Sampling scripted (a random model writes nothing that parses); every forward pass is the real model's."""
+    return ScriptedLM(lm, style="clean")
+
+
+@pytest.fixture(scope="module")
+def chain_run(tiny_model_dir, tmp_path_factory):
+    from cai_bootstrap.stages.stage2 import main
+
+    root = tmp_path_factory.mktemp("stage2")
+    gate = _stage1(root / "s1", tiny_model_dir)
+    run = root / "run"
+    smoke = yaml.safe_load((CONFIGS / "stage2_cpu_smoke.yaml").read_text())["stage2"]["pairs_overrides"]
+    strict = _config(root / "strict.yaml", pairs_overrides={**smoke, "qc": {"min_pairs": 100_000}})
+    out: dict = {"run": run, "gate": gate}
+    rc_strict = main(["--config", str(strict), str(gate), "--run-dir", str(run)], sampler=_clean)
+    out["strict"] = {"rc": rc_strict, "dpo_existed": (run / "dpo").exists(),
+                     "pairs_gate": json.loads((run / "gates" / "pairs_gate.json").read_text())}
+    out["strict_config"] = strict
+    return out
+
+
+@pytest.mark.spec("PO-01", "PO-02", "ST-01")
+def test_a_failed_pairs_gate_stops_the_chain_before_dpo(chain_run):
+    s = chain_run["strict"]
+    assert s["rc"] == 1 and not s["dpo_existed"]
+    assert s["pairs_gate"]["decision"] == "fail" and any("min_pairs 100000" in r for r in s["pairs_gate"]["reasons"])
+    assert {"gate", "inputs", "thresholds", "values", "checks"} <= set(s["pairs_gate"])
+
+
+@pytest.mark.spec("ST-01")
+def test_a_rerun_skips_the_finished_phases(chain_run, capsys):
+    """A rerun finds the phases before the failed gate done (hashes verified) and decides the gate again."""
+    from cai_bootstrap.stages.stage2 import main
+
+    run = chain_run["run"]
+    rc = main(["--config", str(chain_run["strict_config"]), str(chain_run["gate"]), "--run-dir", str(run)])
+    out = capsys.readouterr().out
+    assert rc == 1 and not (run / "dpo").exists()
+    for name in ("input_model", "instructions", "pairs"):
+        assert f"[stage2] {name}: already done" in out
+    assert "[stage2] pairs_gate: pair suites" in out
+
+
+@pytest.mark.spec("ST-01")
+@pytest.mark.parametrize("override,rc", [(None, 2), ("an experiment", None)])
+def test_chain_refuses_a_failed_stage1_gate_unless_overridden(tmp_path, capsys, override, rc):
+    from cai_bootstrap.stages.stage2 import main
+
+    s1 = tmp_path / "s1"
+    adapter = s1 / "sft" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    atomic_write_json(s1 / "sft" / "training_manifest.json", {"dataset": {"run_dir": str(s1 / "merged")}})
+    summary = atomic_write_json(s1 / "eval" / "eval_summary.json", {"metadata": {"models": {"sft": {
+        "model_name": "tiny", "adapter": {"path": str(adapter), "files": {"adapter_config.json": sha256_file(adapter / "adapter_config.json")}}}}}})
+    gate = write_gate_manifest(GateDecision(FINAL_GATE, "GT-02", {}, {}, (Check("mcnemar", False, "p = 0.4 >= 0.01"),)),
+                               s1 / "gates" / "final_eval.json", inputs={"eval_summary": summary})
+    argv = [str(gate), "--config", str(CONFIGS / "stage2_cpu_smoke.yaml"), "--run-dir", str(tmp_path / "run"),
+            "--until", "input_model"] + (["--override", override] if override else [])
+    got = main(argv)
+    err = capsys.readouterr().err
+    if rc == 2:
+        assert got == 2 and "REFUSED" in err and "says FAIL" in err and not (tmp_path / "run").exists()
+        return
+    assert got == 0
+    rec = json.loads((tmp_path / "run" / "input_model.json").read_text())
+    assert rec["override"] == {"reason": override, "decision": "fail"} and rec["stage1_data"] == str(s1 / "merged")
+
+
+@pytest.mark.spec("ST-01")
+def test_shipped_stage2_configs_load_and_bad_fields_are_named(tmp_path):
+    from cai_bootstrap.stages.chain import ChainError
+    from cai_bootstrap.stages.stage2 import load_stage2_config
+
+    for path in sorted(CONFIGS.glob("stage2_*.yaml")):
+        cfg = load_stage2_config(path)
+        assert path.read_text().splitlines()[0].startswith("# "), path  # the launch command heads the file
+        assert cfg.run_dir.name.startswith("stage2")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage2:\n  instructions_target: 0\n  kk: 1\n")
+    with pytest.raises(ChainError, match="instructions_target"):
+        load_stage2_config(bad)
+    shutil.copy(CONFIGS / "stage2_gemma_gpu.yaml", tmp_path / "g.yaml")
+    assert load_stage2_config(tmp_path / "g.yaml").dpo_overrides["beta"] == 0.1
