@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from cai_bootstrap import cleaning, parsing, prompts
 from cai_bootstrap.critic_probes import INSTRUCTION_JUDGE, JUDGES, PAIR_JUDGE, RELEVANCE_JUDGE, with_policy
 from cai_bootstrap.datagen.config import RELEVANCE_THRESHOLD_FROM_PROBES, GenerateConfig
+from cai_bootstrap.datagen.pilot_reuse import RECORD as PILOT_REUSE
+from cai_bootstrap.datagen.pilot_reuse import pilot_dir_of, reuse_pilot_work
 from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.dedup import DuplicateIndex
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -413,6 +415,12 @@ def _run_locked(cfg: GenerateConfig, lm, out: Path, work: Path, state_path: Path
         # Written only once a model loaded, so a typo in --model leaves no run behind to clash with.
         state = {"config": cfg_dump, "started_at": utc_now()}
         atomic_write_json(state_path, state)
+    if cfg.mode == "scale":
+        reused = reuse_pilot_work(cfg_dump, work, lm.provenance, pilot_dir_of(cfg.pilot_gate),
+                                  (RAW_INSTRUCTIONS, CRITIC_PROBES))
+        if reused is not None and not cfg.quiet:
+            print(f"pilot reuse: {'copied ' + ', '.join(c['file'] for c in reused['copied']) if reused['copied'] else 'none'}"
+                  + (f" ({'; '.join(reused['reasons'])})" if reused["reasons"] else ""), flush=True)
     raw_store = PhaseStore(work / RAW_INSTRUCTIONS)
     kept, pre_rejects = generate_instructions(lm, cfg, raw_store)
 
@@ -495,7 +503,7 @@ def write_artifacts(out: Path, dataset, rejects, summary, *, state: dict, budget
     manifest["started_at"] = state.get("started_at", manifest["started_at"])
     for name in (DATASET, REJECTS, QC_SUMMARY):
         add_generated_artifact(manifest, out / name, out)
-    for p in sorted((out / WORK).glob("*.jsonl")) + sorted((out / WORK).glob(CRITIC_PROBES)):
+    for p in sorted((out / WORK).glob("*.jsonl")) + sorted((out / WORK).glob(CRITIC_PROBES)) + sorted((out / WORK).glob(PILOT_REUSE)):
         add_generated_artifact(manifest, p, out, role="work")
     manifest["finished_at"] = utc_now()
     write_manifest(out / SESSION_MANIFEST, manifest)
