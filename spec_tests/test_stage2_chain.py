@@ -116,7 +116,32 @@ def chain_run(tiny_model_dir, tmp_path_factory):
     out["strict"] = {"rc": rc_strict, "dpo_existed": (run / "dpo").exists(),
                      "pairs_gate": json.loads((run / "gates" / "pairs_gate.json").read_text())}
     out["strict_config"] = strict
+    # The same chain to its end: judges scripted (a random model's critic cannot separate answers by the
+    # required gap), everything else real: DPO steps, three models evaluated, the final gate, the report.
+    full_run = root / "full"
+    with pytest.MonkeyPatch.context() as mp:
+        import cai_bootstrap.critic as critic_module
+
+        mp.setattr(critic_module, "pair_critic", lambda lm, **kw: _ScriptedJudge("difference"))
+        mp.setattr(critic_module, "relevance_judge", lambda lm, **kw: _ScriptedJudge("score"))
+        out["full_rc"] = main(["--config", str(_config(root / "full.yaml")), str(gate), "--run-dir", str(full_run)], sampler=_clean)
+    out["full"] = full_run
     return out
+
+
+class _ScriptedJudge:
+    """Scores a text by its length modulo 7 (distinct answers get distinct scores, a gap of at least 1)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def score(self, items):
+        from types import SimpleNamespace
+
+        def text(item):
+            return item["response"] if isinstance(item, dict) else item[1]
+
+        return [SimpleNamespace(**{self.field: float(len(text(i)) % 7)}) for i in items]
 
 
 @pytest.mark.spec("PO-01", "PO-02", "ST-01")
@@ -182,3 +207,24 @@ def test_shipped_stage2_configs_load_and_bad_fields_are_named(tmp_path):
         load_stage2_config(bad)
     shutil.copy(CONFIGS / "stage2_gemma_gpu.yaml", tmp_path / "g.yaml")
     assert load_stage2_config(tmp_path / "g.yaml").dpo_overrides["beta"] == 0.1
+
+
+@pytest.mark.spec("ST-01", "PO-03")
+def test_the_chain_runs_to_its_final_gate_and_reports_three_ways(chain_run):
+    run = chain_run["full"]
+    assert chain_run["full_rc"] in (0, 1)  # GO or NO-GO: a random model decides either way, but it decides
+    for phase in ("input_model", "instructions", "pairs", "pairs_gate", "dpo", "evaluate", "final_gate"):
+        state = json.loads((run / "stage2" / f"{phase}.json").read_text())
+        assert state["status"] == ("gate_failed" if phase == "final_gate" and chain_run["full_rc"] else "done"), phase
+    pairs_gate = json.loads((run / "gates" / "pairs_gate.json").read_text())
+    assert pairs_gate["decision"] == "pass" and pairs_gate["values"]["counts"]["pairs"] >= 1
+    final = json.loads((run / "gates" / "final_eval.json").read_text())
+    assert final["decision"] == ("pass" if chain_run["full_rc"] == 0 else "fail")
+    assert {"lift", "mcnemar_p"} <= set(final["values"])
+    summary = json.loads((run / "eval" / "eval_summary.json").read_text())
+    assert set(summary["comparisons"]) == {"stage2_vs_stage1", "stage2_vs_base", "stage1_vs_base"}
+    report = (run / "report" / "REPORT.md").read_text()
+    for needle in ("stage2 vs stage1", "Preference pairs", "reward accuracy", "Model lineage"):
+        assert needle.lower() in report.lower(), needle
+    dpo = json.loads((run / "dpo" / "training_manifest.json").read_text())
+    assert dpo["lineage"]["steps"][-1]["stage"] == 2

@@ -235,45 +235,56 @@ def _run_pairs_locked(cfg, *, lm=None) -> dict:
     critic = pair_critic(lm, threshold=cfg.critic_threshold, batch_size=cfg.batch_size, calibrate=True)
     judge = relevance_judge(lm, batch_size=cfg.batch_size) if cfg.relevance_weight > 0 else None
 
-    def scored(instruction: str, texts: Sequence[tuple[str, str, str]]) -> list[Scored]:
-        """(id, source, text) triples judged by the pair critic and (if used) the relevance judge."""
-        if not texts:
-            return []
-        ab = critic.score([{"instruction": instruction, "response": t} for _, _, t in texts])
-        rel = judge.score([(instruction, t) for _, _, t in texts]) if judge else [None] * len(texts)
-        return [Scored(t, a.difference, r.score if r else None, source=s, id=i) for (i, s, t), a, r in zip(texts, ab, rel)]
+    def scored_many(groups: Sequence[tuple[str, Sequence[tuple[str, str, str]]]]) -> list[list[Scored]]:
+        """Per group (instruction, [(id, source, text)]), its texts judged by the pair critic and the relevance
+        judge, all groups in one batched pass per judge."""
+        flat = [(ins, t) for ins, texts in groups for t in texts]
+        if not flat:
+            return [[] for _ in groups]
+        ab = critic.score([{"instruction": ins, "response": t} for ins, (_, _, t) in flat])
+        rel = judge.score([(ins, t) for ins, (_, _, t) in flat]) if judge else [None] * len(flat)
+        it = iter(zip(flat, ab, rel))
+        return [[Scored(t, a.difference, r.score if r else None, source=s, id=i) for ((_, (i, s, t)), a, r) in
+                 (next(it) for _ in texts)] for _, texts in groups]
 
     gen = {"seed": cfg.seed, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "do_sample": True,
-           "top_p": cfg.top_p, "k": cfg.k}
-    pool = []
-    per_item = []
-    for n, it in enumerate(items):
-        seed = cfg.seed + 7919 * (n + 1)
-        gens = lm.generate([prompts.render_response_prompt(it["instruction"])] * cfg.k, max_new_tokens=cfg.max_new_tokens,
-                           do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, batch_size=cfg.k, progress=False)
-        texts = []
-        for j, g in enumerate(gens):
-            res = cleaning.clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=cfg.max_new_tokens, special_tokens=g.special_tokens)
-            if res.kept:
-                texts.append((f"c{j}", SAMPLED, res.text))
-            else:
-                rejects.append(cleaning.reject_record(res, g.text, id=f"{it['id']}-c{j}", instruction=it["instruction"]))
-        cands = scored(it["instruction"], texts)
-        per_item.append((it, seed, cands))
-        pool += [c.text for c in rank(cands, cfg.relevance_weight)[:1]]
+           "top_p": cfg.top_p, "k": cfg.k, "batch_size": cfg.batch_size, "stop_at_blank_line": True}
+    # All k samples of every instruction in one batched call: seeded per batch, reproducible for a fixed
+    # seed and batch size; a row stops at its first blank line (cleaning keeps the first paragraph only).
+    from cai_bootstrap.decoding import BLANK_LINE
+
+    rows = [(it, j) for it in items for j in range(cfg.k)]
+    gens = lm.generate([prompts.render_response_prompt(it["instruction"]) for it, _ in rows], max_new_tokens=cfg.max_new_tokens,
+                       do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size,
+                       progress=not getattr(cfg, "quiet", False), desc="pairs: candidates", stop_strings=(BLANK_LINE,))
+    texts_of: dict[str, list[tuple[str, str, str]]] = {it["id"]: [] for it in items}
+    for (it, j), g in zip(rows, gens):
+        res = cleaning.clean_response(g.text, n_tokens=g.n_tokens, max_new_tokens=cfg.max_new_tokens, special_tokens=g.special_tokens)
+        if res.kept:
+            texts_of[it["id"]].append((f"c{j}", SAMPLED, res.text))
+        else:
+            rejects.append(cleaning.reject_record(res, g.text, id=f"{it['id']}-c{j}", instruction=it["instruction"]))
+    judged = scored_many([(it["instruction"], texts_of[it["id"]]) for it in items])
+    per_item = [(it, cfg.seed + 7919 * (n + 1), cands) for n, (it, cands) in enumerate(zip(items, judged))]
+    pool = [rank(cands, cfg.relevance_weight)[0].text for _, _, cands in per_item if cands]
+    made_of = {}
+    for it, seed, cands in per_item:
+        if cands:
+            made, neg_rejects = hard_negative_texts(it["id"], rank(cands, cfg.relevance_weight)[0].text, kinds, seed, pool)
+            rejects += neg_rejects
+            made_of[it["id"]] = made
+    instruction_of = {it["id"]: it["instruction"] for it in items}
+    negs_of = dict(zip(made_of, scored_many([(instruction_of[k], [(n, n, t) for n, t in m]) for k, m in made_of.items()])))
     pairs = []
     for it, seed, cands in per_item:
         if not cands:
             rejects.append({"stage": "pairs", "reason": REASON_NO_CANDIDATE, "id": it["id"], "instruction": it["instruction"]})
             continue
-        best = rank(cands, cfg.relevance_weight)[0]
-        made, neg_rejects = hard_negative_texts(it["id"], best.text, kinds, seed, pool)
-        rejects += neg_rejects
-        negs = scored(it["instruction"], [(k, k, t) for k, t in made])
+        negs = negs_of[it["id"]]
 
         def prov(chosen: Scored, rejected: Scored, _it=it, _seed=seed) -> dict:
             return record_metadata(script_name=SCRIPT_NAME, artifact_type=PREFERENCE_PAIRS, load_provenance=lm.provenance,
-                                   generation={**gen, "sample_seed": _seed},
+                                   generation={**gen, "negative_seed": _seed},
                                    extra={"instruction_id": _it["id"], "chosen_id": chosen.id, "rejected_id": rejected.id,
                                           "rejected_from": "sampled candidate" if rejected.source == SAMPLED else "rule on the chosen answer"})
 
