@@ -5,7 +5,8 @@
 # each, so they come one folder per call); every call installs what it carries into /tmp/site,
 # which survives between calls while the machine stays warm. STAGE1_BUDGET_S bounds the chain in
 # this call: a stopped chain resumes in the next call from its last finished phase (and a
-# generation phase from its last finished batch). INSTALL_ONLY=1 installs and stops.
+# generation phase from its last finished batch). INSTALL_ONLY=1 installs and stops; GEN_SPEED=1 first
+# measures generation throughput (gpu_tests/gen_speed.py); STAGE2=1 runs Stage 2 after a Stage-1 GO.
 # Results land in $OUT: the report, the QC and evaluation summaries, sample pairs, the log.
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu-stage1}
@@ -23,13 +24,34 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OF
   GX_ANALYTICS_ENABLED=false CAI_BOOTSTRAP_CACHE=${CAI_BOOTSTRAP_CACHE:-/tmp/cai-cache}
 python3 -c 'import transformers, torch; print("transformers", transformers.__version__, "torch", torch.__version__, torch.cuda.get_device_name(0))'
 [ "${INSTALL_ONLY:-0}" = "1" ] && exit 0
+DEADLINE=$(( $(date +%s) + ${STAGE1_BUDGET_S:-540} ))
+left() { echo $(( DEADLINE - $(date +%s) )); }
+if [ "${GEN_SPEED:-0}" = "1" ] && [ ! -f "$OUT/gen_speed.json" ]; then
+  timeout --signal=TERM "$(left)" python3 gpu_tests/gen_speed.py "$OUT" 2>&1 | tail -c 6000
+fi
 CONFIG=${1:-src/cai_bootstrap/configs/stage1_gemma_gpu.yaml}
 RUN=${RUN_DIR:-/tmp/runs/stage1-gemma-gpu}
 mkdir -p "$(dirname "$RUN")"
-timeout --signal=TERM "${STAGE1_BUDGET_S:-540}" python3 -m cai_bootstrap.stage1 --config "$CONFIG" --run-dir "$RUN" --quiet \
-  2>&1 | tee -a "$RUN.log" | grep -v "it/s\]$" | tail -c 20000
+timeout --signal=TERM "$(left)" python3 -m cai_bootstrap.stage1 --config "$CONFIG" --run-dir "$RUN" --quiet \
+  2>&1 | tee -a "$RUN.log" | grep -v "it/s\]$" | tail -c 12000
 rc=${PIPESTATUS[0]}
 echo "stage1 exit status: $rc"
+[ -f "$RUN/eval/items.jsonl" ] && cp "$RUN/eval/items.jsonl" "$OUT/eval_items.jsonl"
+# STAGE2=1: Stage 2 from the model Stage 1's final gate passed, in the time left (resumes like Stage 1).
+if [ "${STAGE2:-0}" = "1" ] && [ "$rc" = "0" ] && [ "$(left)" -gt 30 ]; then
+  RUN2=${RUN2_DIR:-/tmp/runs/stage2-gemma-gpu}
+  timeout --signal=TERM "$(left)" python3 -m cai_bootstrap.stages.stage2 "$RUN/gates/final_eval.json" \
+    --config src/cai_bootstrap/configs/stage2_gemma_gpu.yaml --run-dir "$RUN2" 2>&1 | tee -a "$RUN2.log" | grep -v "it/s\]$" | tail -c 12000
+  rc2=${PIPESTATUS[0]}
+  echo "stage2 exit status: $rc2"
+  mkdir -p "$OUT/stage2"
+  cp "$RUN2.log" "$OUT/stage2/stage2.log" 2>/dev/null
+  for f in report/REPORT.md report/dpo_curves.png pairs/pairs_qc_summary.json eval/eval_summary.json gates/pairs_gate.json gates/final_eval.json dpo/training_manifest.json; do
+    [ -f "$RUN2/$f" ] && cp "$RUN2/$f" "$OUT/stage2/$(basename "$f")"
+  done
+  [ -f "$RUN2/pairs/pairs.jsonl" ] && head -n 3 "$RUN2/pairs/pairs.jsonl" > "$OUT/stage2/sample_pairs.jsonl"
+  rc=$rc2
+fi
 cp "$RUN.log" "$OUT/stage1.log" 2>/dev/null
 [ -f "$RUN/report/REPORT.md" ] && cp "$RUN/report/REPORT.md" "$OUT/"
 [ -f "$RUN/merged/qc_summary.json" ] && cp "$RUN/merged/qc_summary.json" "$OUT/merged_qc_summary.json"
