@@ -84,6 +84,21 @@ def test_identical_candidate_is_never_a_pair_and_selection_is_deterministic():
     assert [p["id"] for p in _sel(many).pairs] == [p["id"] for p in _sel(list(reversed(many))).pairs]
 
 
+@pytest.mark.spec("PO-01")
+def test_two_samples_with_the_same_text_make_one_pair():
+    """k samples often repeat an answer; each repeat would be the same (instruction, chosen, rejected) row again."""
+    from cai_bootstrap.preference.pairs import REASON_DUPLICATE_PAIR
+    from cai_bootstrap.preference.schema import HARD_NEGATIVE_TYPES
+
+    cands = [Scored("Eight.", 3.0, id="c0"), Scored("It has legs.", 0.0, id="c1"), Scored("It has legs.", 0.5, id="c2"),
+             Scored("Six.", 1.0, id="c3")]
+    negs = [Scored("It has legs.", -1.0, source=HARD_NEGATIVE_TYPES[0], id=HARD_NEGATIVE_TYPES[0])]
+    sel = _sel(cands, negs, min_margin_gap=0.5)
+    assert sorted(p["rejected"] for p in sel.pairs) == ["It has legs.", "Six."]
+    assert [r["reason"] for r in sel.rejects] == [REASON_DUPLICATE_PAIR, REASON_DUPLICATE_PAIR]
+    assert len({(p["instruction"], p["chosen"], p["rejected"]) for p in sel.pairs}) == len(sel.pairs)
+
+
 NEGATIVE_CASES = [
     # (type, chosen, what the negative must show)
     ("unwarranted_refusal", "A spider has eight legs.", lambda t: t in neg.REFUSALS),

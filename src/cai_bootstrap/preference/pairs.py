@@ -27,6 +27,7 @@ DEFAULT_RELEVANCE_WEIGHT = 1.0
 
 REASON_GAP_LOW = "margin_gap_low"
 REASON_SAME_TEXT = "chosen_equals_rejected"
+REASON_DUPLICATE_PAIR = "duplicate_pair"
 REASON_NOT_APPLICABLE = "negative_not_applicable"
 REASON_NO_CANDIDATE = "no_usable_candidate"
 REASON_SEEN_IN_STAGE1 = "seen_in_stage1"
@@ -82,6 +83,7 @@ def select_pairs(
         return out
     best = ranked[0]
     use_relevance = any(c.relevance is not None for c in [*ranked, *negatives])
+    paired: set[str] = set()
     for other in [*ranked[1:], *negatives]:
         gap = best.score(relevance_weight) - other.score(relevance_weight)
         base = {"stage": "pairs", "id": f"{item_id}-{other.id or other.source}", "instruction": instruction,
@@ -89,9 +91,13 @@ def select_pairs(
         if other.text.strip() == best.text.strip():
             out.rejects.append({**base, "reason": REASON_SAME_TEXT})
             continue
+        if other.text.strip() in paired:  # two samples with the same text would make the same pair twice
+            out.rejects.append({**base, "reason": REASON_DUPLICATE_PAIR})
+            continue
         if gap < min_margin_gap:
             out.rejects.append({**base, "reason": REASON_GAP_LOW})
             continue
+        paired.add(other.text.strip())
         out.pairs.append(pair_record(
             id=base["id"], instruction=instruction, chosen=best.text, rejected=other.text,
             chosen_score=best.score(relevance_weight), rejected_score=other.score(relevance_weight),
