@@ -11,14 +11,14 @@ from cai_bootstrap.io_utils import atomic_write_bytes, atomic_write_text, sha256
 GATES = ("gap_check", "pilot_gate", "scale_gate", "final_eval")
 
 
-def _read(path: Path) -> dict | None:
+def read_json_or_none(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -40,7 +40,7 @@ def _loss_plot(history: list[dict]) -> bytes | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title("SFT loss")
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data
 
@@ -62,7 +62,7 @@ def _margin_plot(qc: dict, title: str) -> bytes | None:
         ax.set_xticklabels(list(h.keys()), rotation=45, fontsize=7)
         ax.set_title(f"{name} margins")
     fig.suptitle(title)
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data
 
@@ -90,7 +90,7 @@ def _probe_rows(qc: dict | None) -> list[str]:
     return rows + [""]
 
 
-def _ci(ci) -> str:
+def format_ci(ci) -> str:
     """A confidence interval as [lo, hi] with three decimals (or as recorded when not a pair of numbers)."""
     try:
         lo, hi = ci
@@ -99,7 +99,7 @@ def _ci(ci) -> str:
         return str(ci)
 
 
-def _p(p) -> str:
+def format_p(p) -> str:
     return f"{p:.3g}" if isinstance(p, (int, float)) else str(p)
 
 
@@ -110,11 +110,11 @@ def _arm_rows(ev: dict) -> list[str]:
     if arms:
         rows += ["", "| arm | n | successes | rate | 95% CI |", "|---|---|---|---|---|"]
         for name, a in arms.items():
-            rows.append(f"| {name} | {a.get('n')} | {a.get('successes')} | {a.get('rate', 0):.3f} | {_ci(a.get('ci'))} |")
+            rows.append(f"| {name} | {a.get('n')} | {a.get('successes')} | {a.get('rate', 0):.3f} | {format_ci(a.get('ci'))} |")
     if vs:
         d = vs.get("discordant") or {}
-        rows += ["", f"Trained vs base in context: lift {vs.get('lift', 0):+.3f} (bootstrap CI {_ci(vs.get('lift_ci_bootstrap'))}); "
-                     f"McNemar p = {_p(vs.get('mcnemar_p'))}; improved {d.get('n01')}, regressed {d.get('n10')}."]
+        rows += ["", f"Trained vs base in context: lift {vs.get('lift', 0):+.3f} (bootstrap CI {format_ci(vs.get('lift_ci_bootstrap'))}); "
+                     f"McNemar p = {format_p(vs.get('mcnemar_p'))}; improved {d.get('n01')}, regressed {d.get('n10')}."]
     return rows
 
 
@@ -134,19 +134,19 @@ def write_report(run_dir: str | Path) -> list[Path]:
     lines = ["# Stage-1 run report", "", f"Run directory: `{run}`", ""]
     state_dir = run / "stage1"
     lines += ["## Phases", "", "| phase | status | wall (s) | note |", "|---|---|---|---|"]
-    for p in sorted(state_dir.glob("*.json"), key=lambda p: (_read(p) or {}).get("started_at", "")):
-        st = _read(p) or {}
+    for p in sorted(state_dir.glob("*.json"), key=lambda p: (read_json_or_none(p) or {}).get("started_at", "")):
+        st = read_json_or_none(p) or {}
         if "phase" not in st:
             continue
         lines.append(f"| {st['phase']} | {st.get('status')} | {st.get('wall_s')} | {str(st.get('reason', ''))[:120]} |")
     lines += ["", "## Gates", ""]
     for g in GATES:
-        m = _read(run / "gates" / f"{g}.json")
+        m = read_json_or_none(run / "gates" / f"{g}.json")
         if not m:
             lines.append(f"- **{g}**: not decided")
             continue
         lines.append(f"- **{g}** ({m.get('clause')}): **{m['decision'].upper()}**: " + "; ".join(m.get("reasons", [])))
-    gap = _read(run / "gap" / "rates.json")
+    gap = read_json_or_none(run / "gap" / "rates.json")
     if gap:
         base = (gap.get("models") or {}).get("base", {})
         modes = [m for m in ("framed", "raw") if m in base]
@@ -164,15 +164,15 @@ def write_report(run_dir: str | Path) -> list[Path]:
               "|---|---|---|---|---|---|---|---|"]
     written: list[Path] = []
     for name in ("pilot", "merged"):
-        qc = _read(run / name / "qc_summary.json")
+        qc = read_json_or_none(run / name / "qc_summary.json")
         lines += _qc_rows(name, qc)
         if qc:
             img = _margin_plot(qc, f"{name}: critic margins")
             if img:
                 written.append(atomic_write_bytes(out / f"margins_{name}.png", img))
     lines += [""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
-    lines += _probe_rows(_read(run / "merged" / "qc_summary.json") or _read(run / "pilot" / "qc_summary.json"))
-    tm = _read(run / "sft" / "training_manifest.json")
+    lines += _probe_rows(read_json_or_none(run / "merged" / "qc_summary.json") or read_json_or_none(run / "pilot" / "qc_summary.json"))
+    tm = read_json_or_none(run / "sft" / "training_manifest.json")
     if tm:
         hp = tm.get("hyperparameters", {})
         lines += ["## Training", "", f"Hyperparameters: `{json.dumps(hp)}`", ""]
@@ -180,23 +180,23 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if img:
             written.append(atomic_write_bytes(out / "loss.png", img))
             lines += ["![loss](loss.png)", ""]
-    ev = _read(run / "eval" / "eval_summary.json")
+    ev = read_json_or_none(run / "eval" / "eval_summary.json")
     if ev:
         o = ev.get("overall", {})
         lines += ["## Evaluation (base vs trained, paired)", "",
-                  f"n = {o.get('n')}; base {o.get('base_rate'):.3f} CI {_ci(o.get('base_ci'))}; trained {o.get('sft_rate'):.3f} "
-                  f"CI {_ci(o.get('sft_ci'))}; lift {o.get('lift'):+.3f} (bootstrap CI {_ci(o.get('lift_ci_bootstrap'))}); "
-                  f"McNemar p = {_p(o.get('mcnemar_p'))}; Cohen's h = {_p(o.get('cohens_h'))}", "",
+                  f"n = {o.get('n')}; base {o.get('base_rate'):.3f} CI {format_ci(o.get('base_ci'))}; trained {o.get('sft_rate'):.3f} "
+                  f"CI {format_ci(o.get('sft_ci'))}; lift {o.get('lift'):+.3f} (bootstrap CI {format_ci(o.get('lift_ci_bootstrap'))}); "
+                  f"McNemar p = {format_p(o.get('mcnemar_p'))}; Cohen's h = {format_p(o.get('cohens_h'))}", "",
                   "| type | n | base | trained | p (BH-adjusted) |", "|---|---|---|---|---|"]
         for t, b in sorted((ev.get("by_type") or {}).items()):
-            lines.append(f"| {t} | {b.get('n')} | {b.get('base_rate'):.3f} | {b.get('sft_rate'):.3f} | {_p(b.get('p_adjusted'))} |")
+            lines.append(f"| {t} | {b.get('n')} | {b.get('base_rate'):.3f} | {b.get('sft_rate'):.3f} | {format_p(b.get('p_adjusted'))} |")
         lines += _arm_rows(ev)
         if (run / "eval" / "rates.png").exists():
             lines += ["", "![rates](../eval/rates.png)"]
         lines.append("")
     from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR
 
-    lines += _model_lineage(tm, _read(run / GATES_DIR / FINAL_GATE_MANIFEST))
+    lines += _model_lineage(tm, read_json_or_none(run / GATES_DIR / FINAL_GATE_MANIFEST))
     lines += ["## Lineage (sha256 of every artifact)", "", "| file | sha256 |", "|---|---|"]
     for p in sorted(run.rglob("*")):
         if p.is_file() and "report" not in p.parts and p.suffix in (".json", ".jsonl", ".safetensors", ".png") and "checkpoint" not in str(p):

@@ -122,7 +122,7 @@ def incontext_outcomes(run: EvalRun) -> tuple[list[dict], list[dict]]:
     return ic, sft
 
 
-def _comparison(base: Sequence[dict], sft: Sequence[dict], cfg: StatsConfig) -> dict:
+def paired_comparison(base: Sequence[dict], sft: Sequence[dict], cfg: StatsConfig) -> dict:
     """The PV-04 blocks (overall, by type with BH, BH summary) for one pair of arms."""
     overall, by_type, bh = st.compare_by_type(
         [r["success"] for r in base], [r["success"] for r in sft], [r["type"] for r in base],
@@ -146,7 +146,7 @@ def arm_rates(run: EvalRun, confidence: float) -> dict:
     return out
 
 
-def _compact_model(prov: dict) -> dict:
+def compact_model(prov: dict) -> dict:
     keep = ("model_name", "loader_version", "dtype", "quantization", "device", "template_disabled", "bos_prepended")
     out = {k: prov[k] for k in keep if k in prov}
     weights = prov.get("weights") or {}
@@ -161,12 +161,12 @@ def build_summary(run: EvalRun, cfg: StatsConfig, *, eval_set: dict) -> dict:
     """The PV-04 evaluation output: trained vs base zero-shot (GT-02), and trained vs base in-context (EV-08)."""
     base, sft = paired_outcomes(run, COMPARISON_MODE)
     incontext, sft_again = incontext_outcomes(run)
-    main = _comparison(base, sft, cfg)
+    main = paired_comparison(base, sft, cfg)
     return {
         "schema": SUMMARY_SCHEMA,
         **main,
         # the same statistics with the in-context arm in the base_* fields
-        "vs_incontext": _comparison(incontext, sft_again, cfg),
+        "vs_incontext": paired_comparison(incontext, sft_again, cfg),
         "arms": arm_rates(run, cfg.confidence),
         "metadata": {
             "confidence_level": cfg.confidence,
@@ -180,7 +180,7 @@ def build_summary(run: EvalRun, cfg: StatsConfig, *, eval_set: dict) -> dict:
             "incontext": {"mode": INCONTEXT, "n_demonstrations": DEFAULT_N_DEMONSTRATIONS, "seed": run.decoding.seed,
                           "pairing": "same items; the in-context prompt ends in the zero-shot one"},
             "eval_set": eval_set,
-            "models": {label: _compact_model(p) for label, p in run.models.items()},
+            "models": {label: compact_model(p) for label, p in run.models.items()},
             "created": utc_now(),
         },
     }

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
-from cai_bootstrap.sft.config import ADAMW_OPTIMIZERS, ConfigError, _format_errors, read_run_file
+from cai_bootstrap.sft.config import ADAMW_OPTIMIZERS, ConfigError, format_config_errors, read_run_file
 
 BETA_RANGE = (0.1, 0.3)
 DEFAULT_BETA = 0.1
@@ -151,7 +151,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "DPO config") -> 
     try:
         return DPORunConfig.model_validate(dict(data))
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source).replace("SFT configuration", "DPO configuration")
+        raise ConfigError(format_config_errors(e, source).replace("SFT configuration", "DPO configuration")
                           .replace("configs/sft_default.yaml", "configs/dpo_default.yaml")) from None
 
 

@@ -62,7 +62,7 @@ def load_pairs_config(path, overrides=None) -> PairsConfig:
     """A YAML run file (its ``pairs`` section or the whole file) with dotted overrides, validated in one place."""
     from pydantic import ValidationError
 
-    from cai_bootstrap.sft.config import ConfigError, _format_errors, _set_dotted, read_run_file
+    from cai_bootstrap.sft.config import ConfigError, format_config_errors, set_dotted_override, read_run_file
 
     if path:
         data = read_run_file(path, "pairs", overrides, "pairs_default.yaml")
@@ -70,8 +70,8 @@ def load_pairs_config(path, overrides=None) -> PairsConfig:
         data = {}
         for key, value in (overrides or {}).items():
             if value is not None:
-                _set_dotted(data, key, value)
+                set_dotted_override(data, key, value)
     try:
         return PairsConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path or "pairs flags")).replace("SFT configuration", "pairs configuration")) from None
+        raise ConfigError(format_config_errors(e, str(path or "pairs flags")).replace("SFT configuration", "pairs configuration")) from None

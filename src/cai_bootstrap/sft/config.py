@@ -262,7 +262,7 @@ class SFTRunConfig(BaseModel):
         }
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_config_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -284,10 +284,10 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "SFT config") -> 
     try:
         return SFTRunConfig.model_validate(dict(data))
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(format_config_errors(e, source)) from None
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted_override(data: dict, dotted: str, value: Any) -> None:
     cur = data
     parts = dotted.split(".")
     for p in parts[:-1]:
@@ -308,7 +308,7 @@ def read_run_file(path: str | os.PathLike, section: str, overrides: Mapping[str,
     data = read_yaml_section(p, section, ConfigError)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, key, value)
+            set_dotted_override(data, key, value)
     return data
 
 

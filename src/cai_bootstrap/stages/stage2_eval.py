@@ -24,8 +24,8 @@ from cai_bootstrap.evaluation.report import (
     RATES_FILE,
     SUMMARY_FILE,
     StatsConfig,
-    _comparison,
-    _compact_model,
+    paired_comparison,
+    compact_model,
     build_rates,
 )
 from cai_bootstrap.evaluation.runner import BASE, FRAMED, SFT, EvalDecoding, EvalRun, evaluate_models
@@ -62,11 +62,11 @@ def three_way_summary(run: EvalRun, cfg: StatsConfig, *, eval_set: dict) -> dict
     for label in MODELS:
         k, n = sum(bool(r["success"]) for r in recs[label]), len(recs[label])
         arms[label] = {"model": label, "mode": FRAMED, "n": n, "successes": k, "rate": k / n, "ci": list(st.wilson_ci(k, n, cfg.confidence))}
-    models = {label: _compact_model(p) for label, p in run.models.items()}
+    models = {label: compact_model(p) for label, p in run.models.items()}
     return {
         "schema": SCHEMA,
         "arms": arms,
-        "comparisons": {name: {"first": a, "second": b, **_comparison(recs[a], recs[b], cfg)} for name, (a, b) in PAIRS.items()},
+        "comparisons": {name: {"first": a, "second": b, **paired_comparison(recs[a], recs[b], cfg)} for name, (a, b) in PAIRS.items()},
         "metadata": {
             "confidence_level": cfg.confidence, "bootstrap_samples": cfg.bootstrap_samples, "seed": cfg.seed, "fdr": cfg.fdr,
             "exact_binomial_below": cfg.exact_below, "decoding": run.decoding.as_provenance(), "comparison_mode": FRAMED,

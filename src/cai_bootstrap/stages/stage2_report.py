@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cai_bootstrap.io_utils import atomic_write_bytes, atomic_write_text
 from cai_bootstrap.preference.schema import PAIR_QC_FILE
-from cai_bootstrap.stage1_report import _ci, _p, _png, _read
+from cai_bootstrap.stage1_report import format_ci, format_p, png_bytes, read_json_or_none
 
 GATES = ("pairs_gate", "final_eval")
 ARM_NAMES = {"base": "base zero-shot", "stage1": "stage-1 model zero-shot", "stage2": "stage-2 model zero-shot"}
@@ -34,7 +34,7 @@ def _curves_plot(loss: list[dict], rewards: list[dict]) -> bytes | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
         ax.set_xlabel("optimizer step")
         ax.set_title(name)
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data
 
@@ -81,19 +81,19 @@ def evaluation_lines(ev: dict | None) -> list[str]:
     lines = ["## Evaluation: base, stage 1, stage 2 (paired, greedy, same items)", "",
              "| arm | n | successes | rate | 95% CI |", "|---|---|---|---|---|"]
     for label, a in arms.items():
-        lines.append(f"| {ARM_NAMES.get(label, label)} | {a.get('n')} | {a.get('successes')} | {_fmt(a.get('rate'))} | {_ci(a.get('ci'))} |")
+        lines.append(f"| {ARM_NAMES.get(label, label)} | {a.get('n')} | {a.get('successes')} | {_fmt(a.get('rate'))} | {format_ci(a.get('ci'))} |")
     lines += ["", "| comparison | lift | lift 95% CI (bootstrap) | McNemar p | improved | regressed |", "|---|---|---|---|---|---|"]
     for name, c in cmps.items():
         o, d = c.get("overall") or {}, (c.get("overall") or {}).get("discordant") or {}
-        lines.append(f"| {name.replace('_', ' ')} | {o.get('lift', 0):+.3f} | {_ci(o.get('lift_ci_bootstrap'))} | "
-                     f"{_p(o.get('mcnemar_p'))} | {d.get('n01')} | {d.get('n10')} |")
+        lines.append(f"| {name.replace('_', ' ')} | {o.get('lift', 0):+.3f} | {format_ci(o.get('lift_ci_bootstrap'))} | "
+                     f"{format_p(o.get('mcnemar_p'))} | {d.get('n01')} | {d.get('n10')} |")
     s21 = (cmps.get("stage2_vs_stage1") or {}).get("by_type") or {}
     if s21:
         lines += ["", "Stage 2 vs stage 1 by type:", "", "| type | category | n | stage 1 | stage 2 | lift | p (BH-adjusted) |",
                   "|---|---|---|---|---|---|---|"]
         for t, b in sorted(s21.items()):
             lines.append(f"| {t} | {b.get('category')} | {b.get('n')} | {_fmt(b.get('base_rate'))} | {_fmt(b.get('sft_rate'))} | "
-                         f"{b.get('lift', 0):+.3f} | {_p(b.get('p_adjusted'))} |")
+                         f"{b.get('lift', 0):+.3f} | {format_p(b.get('p_adjusted'))} |")
     return lines + [""]
 
 
@@ -104,32 +104,32 @@ def write_report(run_dir: str | Path) -> list[Path]:
     run = Path(run_dir)
     out = run / "report"
     lines = ["# Stage-2 run report", "", f"Run directory: `{run}`", ""]
-    inp = _read(run / "input_model.json")
+    inp = read_json_or_none(run / "input_model.json")
     if inp:
         lines += [f"Input model: adapter `{inp.get('adapter_path')}` on base `{inp.get('base_model')}`; stage-1 gate "
                   f"{str((inp.get('gate') or {}).get('decision')).upper()}"
                   + (f" (OVERRIDE: {inp['override']['reason']})" if inp.get("override") else ""), ""]
     lines += ["## Phases", "", "| phase | status | wall (s) | note |", "|---|---|---|---|"]
-    for p in sorted((run / "stage2").glob("*.json"), key=lambda p: (_read(p) or {}).get("started_at", "")):
-        st = _read(p) or {}
+    for p in sorted((run / "stage2").glob("*.json"), key=lambda p: (read_json_or_none(p) or {}).get("started_at", "")):
+        st = read_json_or_none(p) or {}
         if "phase" in st:
             lines.append(f"| {st['phase']} | {st.get('status')} | {st.get('wall_s')} | {str(st.get('reason', ''))[:120]} |")
     lines += ["", "## Gates", ""]
     for g in GATES:
-        m = _read(run / GATES_DIR / f"{g}.json")
+        m = read_json_or_none(run / GATES_DIR / f"{g}.json")
         lines.append(f"- **{g}** ({m.get('clause')}): **{m['decision'].upper()}**: " + "; ".join(m.get("reasons", []))
                      if m else f"- **{g}**: not decided")
-    lines += [""] + pair_qc_lines(_read(run / "pairs" / PAIR_QC_FILE))
+    lines += [""] + pair_qc_lines(read_json_or_none(run / "pairs" / PAIR_QC_FILE))
     written: list[Path] = []
-    tm = _read(run / "dpo" / "training_manifest.json")
+    tm = read_json_or_none(run / "dpo" / "training_manifest.json")
     lines += training_lines(tm)
     if tm:
         img = _curves_plot(tm.get("loss_history") or [], tm.get("reward_history") or [])
         if img:
             written.append(atomic_write_bytes(out / "dpo_curves.png", img))
             lines += ["![DPO curves](dpo_curves.png)", ""]
-    lines += evaluation_lines(_read(run / "eval" / "eval_summary.json"))
-    final = _read(run / GATES_DIR / "final_eval.json")
+    lines += evaluation_lines(read_json_or_none(run / "eval" / "eval_summary.json"))
+    final = read_json_or_none(run / GATES_DIR / "final_eval.json")
     if tm and tm.get("lineage"):
         lines += ["## Model lineage (ST-03)", "", *format_lineage(tm["lineage"], [(2, final)] if final else []), ""]
     written.append(atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n"))
