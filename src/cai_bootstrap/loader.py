@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from cai_bootstrap.profiles import ModelProfile, detect_profile, get_profile
+from cai_bootstrap.sampling import SAMPLER_NAME
 from cai_bootstrap.sentinels import SENTINELS, evaluate_sentinels, raise_on_failure
+from cai_bootstrap.stopping import STOP_MATCHER_NAME
 
 LOADER_NAME = "cai_bootstrap.loader"
 # Added tokens that look like chat/role markup are forbidden even when a tokenizer
@@ -686,6 +688,8 @@ def load_base_model(
             "from_role_regex": sorted(sources["role_regex"].values()),
         },
         "delta_check": delta,
+        # How generate() samples and stops, so a record says which code drew it (sampling.py, stopping.py).
+        "generation": {"sampler": SAMPLER_NAME, "stop_strings": STOP_MATCHER_NAME},
         "sentinels": None,
     }
     if run_sentinels:

@@ -29,7 +29,7 @@ import torch
 from transformers import LogitsProcessor
 
 # Recorded with every generation that uses it (loader provenance), so a run says how it sampled.
-SAMPLER_NAME = "top-k-first"
+SAMPLER_NAME = "top-k-first: temperature, top-k, top-p over the k kept tokens (cai_bootstrap.sampling)"
 
 
 def kept_distribution(scores: torch.Tensor, *, temperature: float, top_k: int, top_p: float

@@ -20,6 +20,9 @@ from typing import Sequence
 import torch
 from transformers import StoppingCriteria
 
+# Recorded in every load provenance (loader.py), so a run says how its rows were stopped.
+STOP_MATCHER_NAME = "token-text for ASCII stop strings without spaces, else transformers' StopStringCriteria (cai_bootstrap.stopping)"
+
 
 def fast_path_applies(stop_strings: Sequence[str]) -> bool:
     """Whether every stop string is one this module matches exactly (non-empty ASCII without spaces)."""
