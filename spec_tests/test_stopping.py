@@ -47,7 +47,8 @@ def test_criterion_stops_at_the_same_step_as_transformers(tiny_lm):
     tok = tiny_lm.tokenizer
     texts = token_texts(tok)
     prompts = [tok("Instruction: Say hi.\nResponse:", add_special_tokens=False)["input_ids"],
-               tok("A list:\n", add_special_tokens=False)["input_ids"]]  # a prompt that ends in a newline
+               tok("A list:\n", add_special_tokens=False)["input_ids"],  # a prompt that ends in a newline
+               tok("Q:\n\nA:", add_special_tokens=False)["input_ids"]]  # a prompt holding a whole stop string
     conts = [tok(t, add_special_tokens=False)["input_ids"] for t in _texts(1, 40)]
     agreed = 0
     ref = StopStringCriteria(tokenizer=tok, stop_strings=list(STOPS))  # stateless: it reads each sequence's end
@@ -77,3 +78,25 @@ def test_generation_with_either_criterion_gives_the_same_rows(tiny_lm, monkeypat
     monkeypatch.setattr(stopping, "fast_path_applies", lambda stops: False)
     slow = tiny_lm.generate(prompts, **kw)
     assert [(g.text, g.n_tokens, g.hit_limit) for g in fast] == [(g.text, g.n_tokens, g.hit_limit) for g in slow]
+
+
+@pytest.mark.spec("PR-02")
+def test_a_decoder_that_is_not_the_concatenation_of_its_tokens_falls_back(tiny_lm):
+    """A decoder that strips a lone space token would make "\\n \\n" look like a blank line token by token."""
+    tok = tiny_lm.tokenizer
+    assert token_texts(tok) is not None  # the Qwen byte-level decoder concatenates
+
+    class Stripping:
+        def __len__(self):
+            return len(tok)
+
+        def __call__(self, text, add_special_tokens=False):
+            return tok(text, add_special_tokens=add_special_tokens)
+
+        def batch_decode(self, rows, skip_special_tokens=True):
+            return [t.strip(" ") for t in tok.batch_decode(rows, skip_special_tokens=skip_special_tokens)]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    assert token_texts(Stripping()) is None

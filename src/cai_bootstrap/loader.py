@@ -354,7 +354,7 @@ class LoadedModel:
         )
         from cai_bootstrap.stopping import TokenTextStop, fast_path_applies
 
-        fast_stop = fast_path_applies(stop_strings)
+        fast_stop = fast_path_applies(stop_strings) and self.token_texts() is not None
         if stop_strings and not fast_stop:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
         if do_sample:
@@ -407,7 +407,7 @@ class LoadedModel:
             # shortest prefix whose text holds a stop string; what follows is padding.
             from cai_bootstrap.stopping import fast_path_applies, first_stop
 
-            if fast_path_applies(stop_strings):
+            if fast_path_applies(stop_strings) and self.token_texts() is not None:
                 end = first_stop(ids, self.token_texts(), stop_strings)
             else:
                 end = next((e for e in range(1, len(ids) + 1)
@@ -429,13 +429,14 @@ class LoadedModel:
             special_tokens=emitted,
         )
 
-    def token_texts(self) -> list[str]:
-        """Every token id's text alone, computed once per model (stop strings, stopping.py)."""
+    def token_texts(self) -> list[str] | None:
+        """Every token id's text alone, computed once per model; None when decoding is not their
+        concatenation, and then stop strings go to transformers' criterion (stopping.py)."""
         if self._token_texts is None:
             from cai_bootstrap.stopping import token_texts
 
-            self._token_texts = token_texts(self.tokenizer)
-        return self._token_texts
+            self._token_texts = token_texts(self.tokenizer) or []
+        return self._token_texts or None
 
     def release(self) -> None:
         """Free the weights now (EV-07: never two models resident)."""

@@ -10,7 +10,9 @@ string exactly when the text of its last few characters plus its newest token's 
 contains it, which is one dictionary lookup and one substring test per row and step.
 
 Stop strings outside that class (non-ASCII, or holding a space) are left to
-transformers' criterion; :func:`fast_path_applies` decides.
+transformers' criterion (:func:`fast_path_applies`), and so is every stop string of a
+tokenizer whose decoding is not the concatenation of its tokens' texts on a few probes
+(:func:`token_texts` returns None), such as a decoder that strips a lone space token.
 """
 
 from __future__ import annotations
@@ -29,18 +31,40 @@ def fast_path_applies(stop_strings: Sequence[str]) -> bool:
     return bool(stop_strings) and all(s and s.isascii() and " " not in s for s in stop_strings)
 
 
-def token_texts(tokenizer) -> list[str]:
-    """The text of every token id alone, special tokens as empty text (as decoding skips them)."""
-    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+# Texts whose decoding must equal the concatenation of their tokens' texts for the fast path to
+# hold; a decoder that strips or merges around spaces (some SentencePiece set-ups) fails them.
+CONSISTENCY_PROBES = ("a\n\nb", "x \n y", " Hello\n\n1. World", "Instruction: A\nResponse: B\n\nInstruction:",
+                      "word \n\n next", "\n \n", "end.\n\n\n")
+
+
+def token_texts(tokenizer) -> list[str] | None:
+    """The text of every token id alone (special tokens as empty text, as decoding skips them),
+    or None when this tokenizer's decoding is not the concatenation of those texts."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+    for probe in CONSISTENCY_PROBES:
+        ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        if "".join(texts[i] for i in ids) != tokenizer.decode(ids, skip_special_tokens=True):
+            return None
+    return texts
+
+
+def completes(tail: str, piece: str, stop_strings: Sequence[str]) -> bool:
+    """Whether ``piece`` (the newest token's text) completes a stop string that starts in ``tail`` or in it.
+
+    A stop string lying wholly inside the tail (a shorter one among longer ones, or one in
+    the prompt) does not count, as it does not for transformers' criterion.
+    """
+    window = tail + piece
+    return bool(piece) and any(window.find(s, max(0, len(tail) - len(s) + 1)) != -1 for s in stop_strings)
 
 
 def first_stop(ids: Sequence[int], texts: Sequence[str], stop_strings: Sequence[str], tail: str = "") -> int | None:
     """Number of tokens up to and including the one whose text completes a stop string; None if none does."""
     keep = max(len(s) for s in stop_strings) - 1
     for n, tok in enumerate(ids, start=1):
-        window = tail + texts[tok]
-        if any(s in window for s in stop_strings):
+        if completes(tail, texts[tok], stop_strings):
             return n
+        window = tail + texts[tok]
         tail = window[-keep:] if keep else ""
     return None
 
@@ -64,7 +88,7 @@ class TokenTextStop(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         hits = []
         for r, tok in enumerate(input_ids[:, -1].tolist()):
+            hits.append(completes(self.tails[r], self.texts[tok], self.stops))
             window = self.tails[r] + self.texts[tok]
-            hits.append(any(s in window for s in self.stops))
             self.tails[r] = window[-self.keep:] if self.keep else ""
         return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
