@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cai_bootstrap.datagen import pipeline as P
-from cai_bootstrap.datagen.pilot_reuse import RECORD, why_not
+from cai_bootstrap.datagen.pilot_reuse import RECORD, fingerprint, why_not
 from cai_bootstrap.gates import Check, GateDecision, write_gate_manifest
 from cai_bootstrap.io_utils import read_jsonl
 from spec_tests.datagen_support import canonical, flowing_lm, small_config
@@ -73,8 +73,13 @@ def test_changed_settings_copy_nothing_and_say_why(runs):
     ({"responses": {"max_new_tokens": 9}, "target": 9, "mode": "scale"}, ("w", "w"), []),  # no instruction row changes
     ({}, ("w", "v"), ["model weights differ"]),
     ({}, (None, None), ["model weights differ"]),
+    ({"machine": {"generation": {"sampler": "another"}}}, ("w", "w"), ["code, device or libraries differ from the pilot's: generation"]),
+    ({"machine": {"torch": "2.0"}}, ("w", "w"), ["code, device or libraries differ from the pilot's: torch"]),
 ])
 def test_what_must_be_equal(change, weights, expected):
     pilot = {"mode": "pilot", "target": 6, "shard": "0/1", "seed": 0, "instructions": {"batch_size": 2}, "responses": {}}
-    reasons = why_not({**pilot, **change}, pilot, *weights)
+    pilot_machine = fingerprint({"generation": {"sampler": "top-k-first"}, "device": "cpu"}, {"torch": "2.13"})
+    change = dict(change)
+    machine = {**pilot_machine, **change.pop("machine", {})}
+    reasons = why_not({**pilot, **change}, pilot, *weights, machine, pilot_machine)
     assert len(reasons) == len(expected) and all(r.startswith(e) for r, e in zip(reasons, expected))
