@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OF
 python3 -c 'import transformers, torch; print("transformers", transformers.__version__, "torch", torch.__version__, torch.cuda.get_device_name(0))'
 [ "${INSTALL_ONLY:-0}" = "1" ] && exit 0
 DEADLINE=$(( $(date +%s) + ${STAGE1_BUDGET_S:-540} ))
-left() { echo $(( DEADLINE - $(date +%s) )); }
+left() { local s=$(( DEADLINE - $(date +%s) )); [ "$s" -lt 1 ] && s=1; echo "$s"; }  # timeout 0 would mean no limit
 if [ "${GEN_SPEED:-0}" = "1" ] && [ ! -f "$OUT/gen_speed.json" ]; then
   timeout --signal=TERM "$(left)" python3 gpu_tests/gen_speed.py "$OUT" 2>&1 | tail -c 6000
 fi

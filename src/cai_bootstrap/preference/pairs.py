@@ -253,15 +253,17 @@ def _run_pairs_locked(cfg, *, lm=None) -> dict:
         return [[Scored(t, a.difference, r.score if r else None, source=s, id=i) for ((_, (i, s, t)), a, r) in
                  (next(it) for _ in texts)] for _, texts in groups]
 
+    from cai_bootstrap.decoding import BLANK_LINE, DEFAULT_TOP_K
+
     gen = {"seed": cfg.seed, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "do_sample": True,
-           "top_p": cfg.top_p, "k": cfg.k, "batch_size": cfg.batch_size, "stop_at_blank_line": True}
+           "top_p": cfg.top_p, "top_k": DEFAULT_TOP_K, "k": cfg.k, "batch_size": cfg.batch_size, "stop_at_blank_line": True}
     # All k samples of every instruction in one batched call: seeded per batch, reproducible for a fixed
     # seed and batch size; a row stops at its first blank line (cleaning keeps the first paragraph only).
-    from cai_bootstrap.decoding import BLANK_LINE
 
     rows = [(it, j) for it in items for j in range(cfg.k)]
     gens = lm.generate([prompts.render_response_prompt(it["instruction"]) for it, _ in rows], max_new_tokens=cfg.max_new_tokens,
-                       do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size,
+                       do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=gen["top_k"], seed=cfg.seed,
+                       batch_size=cfg.batch_size,
                        progress=not getattr(cfg, "quiet", False), desc="pairs: candidates", stop_strings=(BLANK_LINE,))
     texts_of: dict[str, list[tuple[str, str, str]]] = {it["id"]: [] for it in items}
     for (it, j), g in zip(rows, gens):

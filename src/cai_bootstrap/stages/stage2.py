@@ -39,6 +39,7 @@ from cai_bootstrap.gates import DEFAULT_ALPHA
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from cai_bootstrap.stages.chain import Chain, ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name
 from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR, InputModel, StageInputError, get_stage, resolve_input_model
+from cai_bootstrap.sft.train import SUCCESS_MARKER
 from cai_bootstrap.stages.stage2_gate import GUARDED_CATEGORIES
 
 STAGE = 2
@@ -292,7 +293,7 @@ def phases() -> list[Phase]:
               P("instructions", INSTRUCTIONS_FILE), _pairs),
         Phase("pairs_gate", "pair suites (PV-06) + pair QC thresholds", _pairs_files, _pairs_gate, gate=True),
         Phase("dpo", "DPO on top of the Stage-1 model behind the pairs gate (PO-03)", P(GATES_DIR, PAIRS_GATE_MANIFEST), _dpo),
-        Phase("evaluate", "paired evaluation: base, stage 1, stage 2 on the same items", P("dpo", "TRAINING_SUCCESS"), _evaluate),
+        Phase("evaluate", "paired evaluation: base, stage 1, stage 2 on the same items", P("dpo", SUCCESS_MARKER), _evaluate),
         Phase("final_gate", "no regression against stage 1, a significant gain over it (GT-02)",
               P("eval", "eval_summary.json"), _final, gate=True),
         Phase("report", "run report: phases, pair QC, DPO curves, three-way table, lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report),
