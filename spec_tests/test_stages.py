@@ -172,6 +172,39 @@ def test_the_chain_engine_serves_any_stage(tmp_path):
     assert json.loads((tmp_path / "stage9" / "x.json").read_text())["status"] == "done"
 
 
+@pytest.mark.spec("ST-01", "GT-04")
+def test_a_changed_setting_redoes_the_phases_that_read_it(tmp_path, capsys):
+    """Changing a gate's threshold must not leave its old decision standing; other phases stay done."""
+    from types import SimpleNamespace
+
+    from cai_bootstrap.stages.chain import Chain, Phase, PhaseResult
+
+    class Cfg(SimpleNamespace):
+        def model_dump(self, mode="json"):
+            return {"run_dir": str(self.run_dir), "size": self.size, "alpha": self.alpha, "quiet": self.quiet}
+
+    runs = []
+
+    def make(ch):
+        runs.append("make")
+        return PhaseResult([atomic_write_json(ch.p("data.json"), {"size": ch.cfg.size})])
+
+    def gate(ch):
+        runs.append("gate")
+        return PhaseResult([atomic_write_json(ch.p("gate.json"), {"alpha": ch.cfg.alpha})])
+
+    phases = [Phase("make", "data", lambda ch: [], make, settings=("size",)),
+              Phase("gate", "decide", lambda ch: [ch.p("data.json")], gate, gate=True, settings=("alpha",)),
+              Phase("all", "reads every setting", lambda ch: [ch.p("gate.json")], lambda ch: PhaseResult([]))]
+    for size, alpha, quiet in ((1, 0.01, False), (1, 0.01, True), (1, 0.05, False), (2, 0.05, False)):
+        Chain(Cfg(run_dir=tmp_path, size=size, alpha=alpha, quiet=quiet), cli=lambda argv: 0, label="stage9").run(phases)
+    assert runs == ["make", "gate", "gate", "make", "gate"]  # quiet changes nothing; alpha only the gate
+    out = capsys.readouterr().out
+    assert "gate: redo, settings changed since it finished: ['alpha']" in out
+    assert "all: redo, settings changed since it finished: ['size']" in out  # no list: every setting but quiet
+    assert json.loads((tmp_path / "gate.json").read_text()) == {"alpha": 0.05}
+
+
 # -- lineage (pure) -----------------------------------------------------------------------------------------------
 
 

@@ -300,28 +300,47 @@ def _report(ch: Chain) -> PhaseResult:
     return PhaseResult(paths)
 
 
+def _files(ch: Chain, *names: str) -> list[Path]:
+    """Run files the config names (e.g. ``generate_config``): their contents decide results too."""
+    return [Path(v) for v in (getattr(ch.cfg, n) for n in names) if v is not None]
+
+
+# The config fields each phase reads (Phase.settings): a change redoes that phase and what depends on it.
+MODEL = ("model", "profile", "device")
+EVAL = (*MODEL, "seed", "eval_max_new_tokens", "eval_batch_size", "eval_limit")
+GENERATE = (*MODEL, "seed", "generate_config", "response_frame")
+
+
 def phases() -> list[Phase]:
     P = lambda *parts: (lambda ch: [ch.p(*parts)])  # noqa: E731
     return [
-        Phase("preflight", "device, memory, bf16 and output checks (OPS-03)", _none, _preflight, gate=True),
-        Phase("load", "clean load of the base model and the sentinel suite (CG-01..CG-06)", _none, _load, gate=True),
+        Phase("preflight", "device, memory, bf16 and output checks (OPS-03)", _none, _preflight, gate=True,
+              settings=("model", "profile", "quantization")),
+        Phase("load", "clean load of the base model and the sentinel suite (CG-01..CG-06)", _none, _load, gate=True,
+              settings=MODEL),
         Phase("gap_check", "base model evaluated framed and raw; training only if it is weak (GT-03)",
-              P("load", "provenance.json"), _gap, gate=True),
-        Phase("pilot", "pilot data generation", P("gates", "gap_check.json"), _pilot),
+              P("load", "provenance.json"), _gap, gate=True, settings=(*EVAL, "gap_limit", "gap_max_base_rate")),
+        Phase("pilot", "pilot data generation", lambda ch: [ch.p("gates", "gap_check.json"), *_files(ch, "generate_config")],
+              _pilot, settings=(*GENERATE, "pilot_target")),
         Phase("pilot_gate", "validation suites + QC thresholds on the pilot (GT-01)",
               lambda ch: [ch.p("pilot", "dataset.jsonl"), ch.p("pilot", "qc_summary.json")],
-              lambda ch: _data_gate(ch, ch.p("pilot"), "pilot_gate"), gate=True),
-        Phase("scale", "scale generation, sharded", P("gates", "pilot_gate.json"), _scale),
+              lambda ch: _data_gate(ch, ch.p("pilot"), "pilot_gate"), gate=True, settings=("pilot_min_items", "pilot_max_items")),
+        Phase("scale", "scale generation, sharded", lambda ch: [ch.p("gates", "pilot_gate.json"), *_files(ch, "generate_config")],
+              _scale, settings=(*GENERATE, "scale_target", "scale_shards")),
         Phase("merge", "merge shards, re-deduplicate, recompute QC",
-              lambda ch: [launch.shard_dir(ch.p("scale"), i) / "session_manifest.json" for i in range(ch.cfg.scale_shards)], _merge),
+              lambda ch: [launch.shard_dir(ch.p("scale"), i) / "session_manifest.json" for i in range(ch.cfg.scale_shards)], _merge,
+              settings=("scale_shards",)),
         Phase("scale_gate", "validation suites + QC thresholds on the merged data",
               lambda ch: [ch.p("merged", "dataset.jsonl"), ch.p("merged", "qc_summary.json")],
-              lambda ch: _data_gate(ch, ch.p("merged"), "scale_gate"), gate=True),
-        Phase("sft", "QLoRA SFT (plain LoRA on CPU) behind the data gate", P("gates", "scale_gate.json"), _sft),
-        Phase("evaluate", "paired evaluation, base vs trained", P("sft", "TRAINING_SUCCESS"), _evaluate),
+              lambda ch: _data_gate(ch, ch.p("merged"), "scale_gate"), gate=True, settings=("pilot_min_items", "pilot_max_items")),
+        Phase("sft", "QLoRA SFT (plain LoRA on CPU) behind the data gate",
+              lambda ch: [ch.p("gates", "scale_gate.json"), *_files(ch, "sft_config")], _sft,
+              settings=("model", "sft_config", "sft_overrides")),
+        Phase("evaluate", "paired evaluation, base vs trained", P("sft", "TRAINING_SUCCESS"), _evaluate, settings=EVAL),
         Phase("final_gate", "McNemar p < alpha, positive lift, no safety/format regression (GT-02)",
-              P("eval", "eval_summary.json"), _final, gate=True),
-        Phase("report", "run report with every gate's numbers and lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report),
+              P("eval", "eval_summary.json"), _final, gate=True, settings=("final_alpha",)),
+        Phase("report", "run report with every gate's numbers and lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report,
+              settings=()),
     ]
 
 

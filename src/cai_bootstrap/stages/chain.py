@@ -1,10 +1,11 @@
 """The chain engine every stage runs on: phases in order, a hashed manifest per phase, resume, gates.
 
-A phase names the files it reads (``inputs``) and returns the files it wrote; the chain
-records both with their sha256 in ``<run_dir>/<label>/<phase>.json`` (PV-05). A rerun
-skips a phase only if its manifest says done and every recorded file still has its
-hash, so it resumes from the last completed phase and redoes anything whose inputs
-changed. A gate phase that returns ``passed=False`` stops the chain with its reason.
+A phase names the files it reads (``inputs``) and the config fields it reads
+(``settings``) and returns the files it wrote; the chain records all of them, files with
+their sha256, in ``<run_dir>/<label>/<phase>.json`` (PV-05). A rerun skips a phase only if
+its manifest says done, every recorded file still has its hash and its settings are
+unchanged, so it resumes from the last completed phase and redoes anything whose inputs
+or settings changed. A gate phase that returns ``passed=False`` stops the chain with its reason.
 Nothing here knows what a stage does: a stage is a list of :class:`Phase` and a config
 (any pydantic model with a ``run_dir``), so a new stage reuses this module unchanged.
 """
@@ -44,6 +45,20 @@ class Phase:
     inputs: Callable[["Chain"], list[Path]]
     run: Callable[["Chain"], PhaseResult]
     gate: bool = False
+    # The config fields the phase reads: a finished phase whose recorded values of these differ
+    # from the current ones is redone (a changed threshold must not leave an old decision
+    # standing). None: every field but those in NEVER_DECIDING.
+    settings: tuple[str, ...] | None = None
+
+
+# Fields that change how a run is shown, never what it computes.
+NEVER_DECIDING = ("quiet",)
+
+
+def phase_settings(phase: Phase, config: dict) -> dict:
+    """The part of a config a phase's result depends on."""
+    names = phase.settings if phase.settings is not None else tuple(k for k in config if k not in NEVER_DECIDING)
+    return {k: config.get(k) for k in names}
 
 
 def _hashes(paths: list[Path]) -> dict[str, str | None]:
@@ -96,6 +111,12 @@ class Chain:
         changed = [k for k, v in recorded.items() if current.get(k) != v]
         if changed:
             self.say(f"{phase.name}: redo, files changed since it finished: {changed}")
+            return False
+        now = phase_settings(phase, self.cfg.model_dump(mode="json"))
+        then = phase_settings(phase, state.get("config") or {})
+        moved = sorted(k for k in now if now[k] != then.get(k))
+        if moved:
+            self.say(f"{phase.name}: redo, settings changed since it finished: {moved}")
             return False
         return True
 

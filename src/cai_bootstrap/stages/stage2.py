@@ -284,19 +284,35 @@ def _report(ch: Chain) -> PhaseResult:
     return PhaseResult(write_report(ch.run_dir))
 
 
+def _files(ch: Chain, *names: str) -> list[Path]:
+    """Run files the config names (e.g. ``dpo_config``): their contents decide results too."""
+    return [Path(v) for v in (getattr(ch.cfg, n) for n in names) if v is not None]
+
+
+# The config fields each phase reads (Phase.settings): a change redoes that phase and what depends on it.
+MODEL = ("profile", "device")
+
+
 def phases() -> list[Phase]:
     P = lambda *parts: (lambda ch: [ch.p(*parts)])  # noqa: E731
     return [
-        Phase("input_model", "the Stage-1 model its final gate passed (ST-01)", lambda ch: [Path(ch.cfg.stage1_gate)], _input_model),
-        Phase("instructions", "candidate instructions from the base model, new prompt seeds (DG-01)", P(INPUT_RECORD), _instructions),
+        Phase("input_model", "the Stage-1 model its final gate passed (ST-01)", lambda ch: [Path(ch.cfg.stage1_gate)], _input_model,
+              settings=("stage1_gate", "override")),
+        Phase("instructions", "candidate instructions from the base model, new prompt seeds (DG-01)", P(INPUT_RECORD), _instructions,
+              settings=(*MODEL, "seed", "instructions_target", "instruction_decoding")),
         Phase("pairs", "Best-of-N pairs from the Stage-1 model, hard negatives (PO-01, PO-02)",
-              P("instructions", INSTRUCTIONS_FILE), _pairs),
-        Phase("pairs_gate", "pair suites (PV-06) + pair QC thresholds", _pairs_files, _pairs_gate, gate=True),
-        Phase("dpo", "DPO on top of the Stage-1 model behind the pairs gate (PO-03)", P(GATES_DIR, PAIRS_GATE_MANIFEST), _dpo),
-        Phase("evaluate", "paired evaluation: base, stage 1, stage 2 on the same items", P("dpo", SUCCESS_MARKER), _evaluate),
+              lambda ch: [ch.p("instructions", INSTRUCTIONS_FILE), *_files(ch, "pairs_config")], _pairs,
+              settings=(*MODEL, "pairs_config", "pairs_overrides", "eval_set")),
+        Phase("pairs_gate", "pair suites (PV-06) + pair QC thresholds", _pairs_files, _pairs_gate, gate=True, settings=()),
+        Phase("dpo", "DPO on top of the Stage-1 model behind the pairs gate (PO-03)",
+              lambda ch: [ch.p(GATES_DIR, PAIRS_GATE_MANIFEST), *_files(ch, "dpo_config")], _dpo,
+              settings=(*MODEL, "dpo_config", "dpo_overrides", "eval_set")),
+        Phase("evaluate", "paired evaluation: base, stage 1, stage 2 on the same items", P("dpo", SUCCESS_MARKER), _evaluate,
+              settings=(*MODEL, "seed", "eval_set", "eval_limit", "eval_max_new_tokens", "eval_batch_size")),
         Phase("final_gate", "no regression against stage 1, a significant gain over it (GT-02)",
-              P("eval", "eval_summary.json"), _final, gate=True),
-        Phase("report", "run report: phases, pair QC, DPO curves, three-way table, lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report),
+              P("eval", "eval_summary.json"), _final, gate=True, settings=("final_alpha", "guarded_categories", "target_types")),
+        Phase("report", "run report: phases, pair QC, DPO curves, three-way table, lineage", P(GATES_DIR, FINAL_GATE_MANIFEST), _report,
+              settings=()),
     ]
 
 
