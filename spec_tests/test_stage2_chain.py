@@ -228,3 +228,21 @@ def test_the_chain_runs_to_its_final_gate_and_reports_three_ways(chain_run):
         assert needle.lower() in report.lower(), needle
     dpo = json.loads((run / "dpo" / "training_manifest.json").read_text())
     assert dpo["lineage"]["steps"][-1]["stage"] == 2
+
+
+@pytest.mark.spec("ST-01")
+def test_instruction_rounds_of_other_settings_are_set_aside_not_reused(tiny_lm, tmp_path):
+    from cai_bootstrap.datagen.pipeline import RAW_INSTRUCTIONS, WORK
+    from cai_bootstrap.io_utils import read_jsonl
+    from cai_bootstrap.stages.stage2 import generate_stage2_instructions
+
+    lm = _clean(tiny_lm)
+    kw = dict(target=2, seed=0, out=tmp_path)
+    generate_stage2_instructions(lm, decoding={"max_new_tokens": 32, "batch_size": 2}, **kw)
+    first = read_jsonl(tmp_path / WORK / RAW_INSTRUCTIONS)
+    generate_stage2_instructions(lm, decoding={"max_new_tokens": 32, "batch_size": 2}, **kw)  # same settings: resumed
+    assert read_jsonl(tmp_path / WORK / RAW_INSTRUCTIONS) == first and not list(tmp_path.glob(f"{WORK}.replaced-*"))
+    generate_stage2_instructions(lm, decoding={"max_new_tokens": 40, "batch_size": 2}, **kw)
+    aside = list(tmp_path.glob(f"{WORK}.replaced-*"))
+    assert len(aside) == 1 and read_jsonl(aside[0] / RAW_INSTRUCTIONS) == first
+    assert json.loads((tmp_path / WORK / "state.json").read_text())["instructions"]["max_new_tokens"] == 40

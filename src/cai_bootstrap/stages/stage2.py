@@ -146,7 +146,15 @@ def generate_stage2_instructions(lm, *, target: int, seed: int, out: Path, decod
 
     gcfg = GenerateConfig(model=str(lm.provenance.get("model_name", "base")), mode="scale", target=target,
                           seed=seed + INSTRUCTION_SEED_OFFSET, out_dir=out, quiet=quiet, instructions=decoding)
-    store = PhaseStore(out / WORK / RAW_INSTRUCTIONS)  # a rerun resumes the rounds already sampled
+    # A rerun resumes the rounds already sampled, but only rounds drawn the same way: rows of other
+    # settings or another model are set aside (kept, renamed), never mixed in.
+    made_by = {"seed": gcfg.seed, "instructions": gcfg.instructions.model_dump(mode="json"),
+               "weights": (lm.provenance.get("weights") or {}).get("combined"), "generation": lm.provenance.get("generation")}
+    state = out / WORK / "state.json"
+    if (out / WORK).is_dir() and (not state.is_file() or json.loads(state.read_text(encoding="utf-8")) != made_by):
+        (out / WORK).rename(out / f"{WORK}.replaced-{utc_now().replace(':', '')}")
+    atomic_write_json(state, made_by)
+    store = PhaseStore(out / WORK / RAW_INSTRUCTIONS)
     kept, rejects = generate_instructions(lm, gcfg, store)
     path = atomic_write_jsonl(out / INSTRUCTIONS_FILE, [{"id": f"s2-{c['id']}", "instruction": c["instruction"]} for c in kept])
     atomic_write_jsonl(out / "rejects.jsonl", rejects)
