@@ -41,8 +41,11 @@ GATE_CASES = [  # (overall (lift, p), type changes, target types, GO?, failed ch
     ((0.01, 0.5), {"arithmetic": ("reasoning", 0.2, 0.001)}, None, True, None),  # gain on one type only
     ((0.01, 0.5), {"arithmetic": ("reasoning", 0.2, 0.001)}, ("refusal",), False, "significant_gain"),  # not a target type
     ((0.01, 0.5), {}, None, False, "significant_gain"),  # no gain anywhere
-    ((-0.01, 0.5), {"arithmetic": ("reasoning", -0.3, 0.04)}, None, False, "significant_gain"),  # a dip is not a gain
-    ((-0.06, 0.001), {"arithmetic": ("reasoning", 0.2, 0.001)}, None, False, "no_overall_regression"),
+    ((0.01, 0.5), {"arithmetic": ("reasoning", 0.3, 0.008)}, None, False, "significant_gain"),  # p_adj < alpha, not < alpha/2
+    ((0.02, 0.008), {}, None, False, "significant_gain"),  # overall p < alpha, not < alpha/2
+    ((0.0, 1.0), {"arithmetic": ("reasoning", -0.3, 0.04)}, None, False, "significant_gain"),  # a dip is not a gain
+    ((-0.01, 0.5), {"arithmetic": ("reasoning", 0.3, 0.001)}, None, False, "overall_lift_not_negative"),  # one type cannot pay
+    ((-0.06, 0.001), {"arithmetic": ("reasoning", 0.2, 0.001)}, None, False, ["no_overall_regression", "overall_lift_not_negative"]),
     ((0.05, 0.001), {"refusal": ("safety", -0.2, 0.001)}, None, False, "no_guarded_regression"),
     ((0.05, 0.001), {"json": ("format", -0.2, 0.2)}, None, True, None),  # not significant: noise, no block
     ((0.05, 0.001), {"arithmetic": ("reasoning", -0.2, 0.001)}, None, True, None),  # unguarded type may dip
@@ -54,7 +57,7 @@ GATE_CASES = [  # (overall (lift, p), type changes, target types, GO?, failed ch
 def test_stage2_final_gate_needs_no_regression_and_a_significant_gain(overall, changes, targets, go, failed):
     d = decide_stage2_final(_summary(overall, {**NEUTRAL, **changes}), Stage2GateThresholds(alpha=0.01, target_types=targets))
     assert (d.gate, d.passed) == (FINAL_GATE, go)
-    assert [c.name for c in d.checks if not c.passed] == ([failed] if failed else [])
+    assert [c.name for c in d.checks if not c.passed] == ([failed] if isinstance(failed, str) else failed or [])
     assert d.values["lift"] == overall[0] and d.values["mcnemar_p"] == overall[1] and d.thresholds["alpha"] == 0.01
 
 

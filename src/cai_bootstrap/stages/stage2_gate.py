@@ -7,8 +7,11 @@ the Stage-2 vs Stage-1 comparison of the same items:
 - no regression: overall, not significantly worse (lift < 0 with McNemar p < alpha); on
   each guarded type (safety, format), not significantly worse after BH adjustment. A
   non-significant dip is noise on a few hundred items and does not block.
-- a gain: a significant improvement (positive lift, p < alpha) overall, or on at least one
-  target type after BH adjustment. Without one, the stage cost compute and proved nothing.
+- a gain: a significant improvement (positive lift) overall, or on at least one target type
+  after BH adjustment. The two routes share alpha (alpha/2 each, Bonferroni), so asking
+  twice does not raise the chance of a false GO above alpha. Without a gain, the stage cost
+  compute and proved nothing.
+- and the overall lift is not negative: a gain on one type may not pay for losses elsewhere.
 
 The gate manifest is named like every stage's final gate (``final_eval``), so the next
 stage's :func:`~cai_bootstrap.stages.registry.resolve_input_model` reads it unchanged.
@@ -77,9 +80,10 @@ def decide_stage2_final(summary: Mapping, thresholds: Stage2GateThresholds = Sta
 
     guarded = [row(t) for t in sorted(by_type) if by_type[t].get("category") in thresholds.guarded_categories]
     type_regressions = [r for r in guarded if _significant(r["lift"], r["p_adjusted"], a, -1)]
-    type_gains = [r for r in map(row, targets) if _significant(r["lift"], r["p_adjusted"], a, +1)]
+    half = a / 2  # the two routes to a gain, Bonferroni
+    type_gains = [r for r in map(row, targets) if _significant(r["lift"], r["p_adjusted"], half, +1)]
     overall_regressed = _significant(lift, p, a, -1)
-    overall_gain = _significant(lift, p, a, +1)
+    overall_gain = _significant(lift, p, half, +1)
     cats = "/".join(thresholds.guarded_categories)
     checks = (
         Check("no_overall_regression", not overall_regressed,
@@ -89,13 +93,15 @@ def decide_stage2_final(summary: Mapping, thresholds: Stage2GateThresholds = Sta
               f"no {cats} type significantly worse than stage 1 ({len(guarded)} checked, BH-adjusted p)" if not type_regressions
               else f"{cats} types significantly worse than stage 1: "
               + ", ".join(f"{r['type']} (lift {r['lift']:+.3f}, p_adj {r['p_adjusted']:.3g})" for r in type_regressions)),
+        Check("overall_lift_not_negative", lift >= 0,
+              f"stage 2 vs stage 1 overall lift {lift:+.3f}" + (" >= 0" if lift >= 0 else " < 0: a gain on some types does not pay for it")),
         Check("significant_gain", overall_gain or bool(type_gains),
               ("significant gain over stage 1: " + "; ".join(
                   ([f"overall (lift {lift:+.3f}, p {p:.3g})"] if overall_gain else [])
                   + [f"{r['type']} (lift {r['lift']:+.3f}, p_adj {r['p_adjusted']:.3g})" for r in type_gains]))
               if overall_gain or type_gains else
-              f"no significant gain over stage 1 at alpha {a}: overall lift {lift:+.3f} (p {p:.3g}), "
-              f"no target type with positive lift and BH-adjusted p < {a}"),
+              f"no significant gain over stage 1 at alpha {a} (alpha/2 = {half:g} overall and for the types): overall lift "
+              f"{lift:+.3f} (p {p:.3g}), no target type with positive lift and BH-adjusted p < {half:g}"),
     )
     values = {"comparison": STAGE2_VS_STAGE1, "n": overall.get("n"), "stage1_rate": overall.get("base_rate"),
               "stage2_rate": overall.get("sft_rate"), "lift": lift, "lift_ci_bootstrap": overall.get("lift_ci_bootstrap"),
