@@ -208,6 +208,14 @@ def test_shipped_stage2_configs_load_and_bad_fields_are_named(tmp_path):
     bad.write_text("stage2:\n  instructions_target: 0\n  kk: 1\n")
     with pytest.raises(ChainError, match="instructions_target"):
         load_stage2_config(bad)
+    for section, bad_value, message in (("dpo_overrides", {"betta": 0.1}, r"dpo_overrides: unknown fields \['betta'\]"),
+                                        ("pairs_overrides", {"kk": 2}, r"pairs_overrides: unknown fields \['kk'\]"),
+                                        ("instruction_decoding", {"max_tokens": 9}, r"instruction_decoding: unknown fields"),
+                                        ("guarded_categories", ["Safety"], r"guarded_categories \['Safety'\] are not"),
+                                        ("target_types", ["poetry"], r"target_types \['poetry'\] are not")):
+        bad.write_text(yaml.safe_dump({"stage2": {section: bad_value}}))
+        with pytest.raises(ChainError, match=message):
+            load_stage2_config(bad)
     shutil.copy(CONFIGS / "stage2_gemma_gpu.yaml", tmp_path / "g.yaml")
     assert load_stage2_config(tmp_path / "g.yaml").dpo_overrides["beta"] == 0.1
 

@@ -88,9 +88,39 @@ def load_stage2_config(path: str | Path | None, **overrides) -> Stage2Config:
     data: dict = read_yaml_section(path, "stage2", ChainError) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Stage2Config.model_validate(data)
+        cfg = Stage2Config.model_validate(data)
     except ValidationError as e:
         raise ChainError(f"invalid stage-2 config: {format_validation_errors(e)}") from None
+    problems = override_problems(cfg)
+    if problems:
+        raise ChainError("invalid stage-2 config: " + "; ".join(problems))
+    return cfg
+
+
+def override_problems(cfg: Stage2Config) -> list[str]:
+    """What the phases would refuse only when they run (an hour in, after DPO), found before any runs:
+    unknown override fields, guarded categories and target types the evaluation set does not have."""
+    from cai_bootstrap.datagen.config import InstructionGen
+    from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
+    from cai_bootstrap.preference.config import DPORunConfig
+    from cai_bootstrap.preference.pairs_config import PairsConfig
+
+    problems = []
+    for name, model, given in (("instruction_decoding", InstructionGen, cfg.instruction_decoding),
+                               ("pairs_overrides", PairsConfig, cfg.pairs_overrides),
+                               ("dpo_overrides", DPORunConfig, cfg.dpo_overrides)):
+        unknown = sorted(k for k in given if str(k).split(".")[0] not in model.model_fields)
+        if unknown:
+            problems.append(f"{name}: unknown fields {unknown} (known: {', '.join(sorted(model.model_fields))})")
+    items = load_eval_set(cfg.eval_set or DEFAULT_EVAL_SET)
+    categories, types = {x["category"] for x in items}, {x["type"] for x in items}
+    if set(cfg.guarded_categories) - categories:
+        problems.append(f"guarded_categories {sorted(set(cfg.guarded_categories) - categories)} are not categories of the "
+                        f"evaluation set ({', '.join(sorted(categories))})")
+    if cfg.target_types is not None and set(cfg.target_types) - types:
+        problems.append(f"target_types {sorted(set(cfg.target_types) - types)} are not types of the evaluation set "
+                        f"({', '.join(sorted(types))})")
+    return problems
 
 
 # -- the phases ------------------------------------------------------------------------------------
