@@ -26,8 +26,9 @@ python3 -c 'import transformers, torch; print("transformers", transformers.__ver
 [ "${INSTALL_ONLY:-0}" = "1" ] && exit 0
 DEADLINE=$(( $(date +%s) + ${STAGE1_BUDGET_S:-540} ))
 left() { local s=$(( DEADLINE - $(date +%s) )); [ "$s" -lt 1 ] && s=1; echo "$s"; }  # timeout 0 would mean no limit
-if [ "${GEN_SPEED:-0}" = "1" ] && [ ! -f "$OUT/gen_speed.json" ]; then
-  timeout --signal=TERM "$(left)" python3 gpu_tests/gen_speed.py "$OUT" 2>&1 | tail -c 6000
+if [ "${GEN_SPEED:-0}" = "1" ]; then
+  timeout --signal=TERM "$(left)" python3 gpu_tests/gen_speed.py /tmp/gen_speed 2>&1 | tail -c 6000
+  tar -czf "$OUT/gen_speed.tar.gz" -C /tmp/gen_speed .  # the device returns at most 8 files from $OUT
 fi
 CONFIG=${1:-src/cai_bootstrap/configs/stage1_gemma_gpu.yaml}
 RUN=${RUN_DIR:-/tmp/runs/stage1-gemma-gpu}
@@ -44,12 +45,13 @@ if [ "${STAGE2:-0}" = "1" ] && [ "$rc" = "0" ] && [ "$(left)" -gt 30 ]; then
     --config src/cai_bootstrap/configs/stage2_gemma_gpu.yaml --run-dir "$RUN2" 2>&1 | tee -a "$RUN2.log" | grep -v "it/s\]$" | tail -c 12000
   rc2=${PIPESTATUS[0]}
   echo "stage2 exit status: $rc2"
-  mkdir -p "$OUT/stage2"
-  cp "$RUN2.log" "$OUT/stage2/stage2.log" 2>/dev/null
+  # One archive: the device returns at most 8 files from $OUT.
+  S2=$(mktemp -d); cp "$RUN2.log" "$S2/stage2.log" 2>/dev/null
   for f in report/REPORT.md report/dpo_curves.png pairs/pairs_qc_summary.json eval/eval_summary.json gates/pairs_gate.json gates/final_eval.json dpo/training_manifest.json; do
-    [ -f "$RUN2/$f" ] && cp "$RUN2/$f" "$OUT/stage2/$(basename "$f")"
+    [ -f "$RUN2/$f" ] && cp "$RUN2/$f" "$S2/$(basename "$f")"
   done
-  [ -f "$RUN2/pairs/pairs.jsonl" ] && head -n 3 "$RUN2/pairs/pairs.jsonl" > "$OUT/stage2/sample_pairs.jsonl"
+  [ -f "$RUN2/pairs/pairs.jsonl" ] && head -n 3 "$RUN2/pairs/pairs.jsonl" > "$S2/sample_pairs.jsonl"
+  tar -czf "$OUT/stage2.tar.gz" -C "$S2" .
   rc=$rc2
 fi
 cp "$RUN.log" "$OUT/stage1.log" 2>/dev/null
