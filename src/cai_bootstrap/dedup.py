@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,7 +51,7 @@ _SKETCH_BINS = 64
 _SKETCH_CAP = 255
 # Prefixes are widened by this many places, so that a pair that can pass shows at least this
 # many more shared elements within them: pairs sharing a single rare token are dropped unread.
-_EXTRA_HITS = 2
+_EXTRA_HITS = 1
 
 KIND_EXACT = "exact_duplicate"
 KIND_NORMALIZED = "normalized_duplicate"
@@ -154,28 +155,6 @@ def _sketch(elements: frozenset[int]) -> np.ndarray:
     return np.bincount([(e * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) % 1_000_003 % _SKETCH_BINS for e in elements], minlength=_SKETCH_BINS)
 
 
-class _Posting:
-    """Pool items holding one element in one part of their prefix: position, the element's
-    place in that prefix and the item's length, as parallel arrays that grow by doubling."""
-
-    __slots__ = ("data", "size")
-
-    def __init__(self) -> None:
-        self.data = np.empty((3, 4), dtype=np.int64)
-        self.size = 0
-
-    def append(self, pos: int, at: int, length: int) -> None:
-        if self.size == self.data.shape[1]:
-            grown = np.empty((3, 2 * self.size), dtype=np.int64)
-            grown[:, : self.size] = self.data
-            self.data = grown
-        self.data[:, self.size] = (pos, at, length)
-        self.size += 1
-
-    def view(self) -> np.ndarray:
-        return self.data[:, : self.size]
-
-
 @dataclass
 class SearchWork:
     """What a search cost, counted so tests can check its growth without timing it."""
@@ -217,8 +196,11 @@ class DuplicateIndex:
         self._df: Counter = Counter()  # pool items holding each token, live
         self._order: dict[str, int] = {}  # token -> place in the current rarest-first order
         self._next_unseen = -1  # tokens unseen at the last re-ordering come first, in order of arrival
-        # element -> postings of the pool items holding it in their short prefix, and in the rest of their prefix
-        self._postings: dict[int, tuple[_Posting, _Posting]] = {}
+        # element -> pool items holding it in their short prefix, and in the rest of their prefix:
+        # flat (position, length, length - place in the prefix) triples, appended at C speed and
+        # read as numpy views
+        self._postings: dict[int, tuple[array, array]] = {}
+        self._pending: tuple[str, list[int], frozenset[int], np.ndarray] | None = None
         self._sketches = np.zeros((0, _SKETCH_BINS), dtype=np.uint8)
         self._lens_np = np.zeros(0, dtype=np.int64)
         self._reorder_at = _FIRST_REORDER
@@ -255,7 +237,7 @@ class DuplicateIndex:
             return Match(KIND_NORMALIZED, self._norm[n], 1.0)
         tt = n.split()
         found: Match | None = None
-        for pos in self._survivors(tt, Counter(tt)) if self.pairwise else self._indexed_survivors(tt, Counter(tt)):
+        for pos in self._survivors(tt, Counter(tt)) if self.pairwise else self._indexed_survivors(tt, self._profile(n, Counter(tt))):
             self.work.lcs += 1
             score = rouge_l(tt, self._toks[pos])
             if score > self.threshold and (found is None or score > found.score):
@@ -280,18 +262,18 @@ class DuplicateIndex:
         self._bags.append(bag)
         if self.pairwise:
             return
-        elements = self._stable_elements(bag)
+        _, ordered, elements, sketch = self._profile(n, bag)
         self._elements.append(elements)
         if pos >= len(self._lens_np):
             self._sketches = np.resize(self._sketches, (2 * pos + 16, _SKETCH_BINS))
             self._lens_np = np.resize(self._lens_np, 2 * pos + 16)
-        self._sketches[pos] = np.minimum(_sketch(elements), _SKETCH_CAP)
+        self._sketches[pos] = np.minimum(sketch, _SKETCH_CAP)
         self._lens_np[pos] = len(tt)
         self._df.update(bag.keys())
         if len(self._texts) >= self._reorder_at:
             self._reorder()
         else:
-            self._post(pos)
+            self._post(pos, ordered)
 
     def add_if_new(self, text: str) -> tuple[str, str, float] | None:
         n = normalize(text)
@@ -313,7 +295,15 @@ class DuplicateIndex:
                 out.append(pos)
         return out
 
-    def _indexed_survivors(self, tt: list[str], bag: Counter) -> list[int]:
+    def _profile(self, n: str, bag: Counter) -> tuple[str, list[int], frozenset[int], np.ndarray]:
+        """A text's elements in the current order, as stable ids, and their sketch; computed once
+        for the search and reused when the same text is added next."""
+        if self._pending is None or self._pending[0] is not n:
+            elements = self._stable_elements(bag)
+            self._pending = (n, self._ordered(bag), elements, _sketch(elements))
+        return self._pending
+
+    def _indexed_survivors(self, tt: list[str], profile: tuple[str, list[int], frozenset[int], np.ndarray]) -> list[int]:
         """The same positions as ``_survivors``, found through the posting lists of the candidate's prefix.
 
         Two multisets sharing ``m >= k`` elements share their ``r``-th common element (in the
@@ -330,26 +320,27 @@ class DuplicateIndex:
             return []
         need = _needed(lq, t, self._max_len)
         short, whole = _prefixes(lq, t)
+        _, ordered, mine, sketch = profile
         postings = self._postings
-        chunks, ats = [], []
-        for i, e in enumerate(self._ordered(bag)[:whole]):
+        chunks, room, sizes = [], [], []
+        for i, e in enumerate(ordered[:whole]):
             parts = postings.get(e)
             if parts is not None:
                 for posting in parts if i < short else parts[:1]:
-                    if posting.size:
-                        chunks.append(posting.view())
-                        ats.append(i)
+                    if posting:
+                        chunks.append(np.frombuffer(posting, dtype=np.int64))
+                        room.append(lq - i)
+                        sizes.append(len(posting) // 3)
         if not chunks:
             return []
-        block = np.concatenate(chunks, axis=1)
-        self.work.postings += block.shape[1]
-        at = np.repeat(np.array(ats, dtype=np.int64), [c.shape[1] for c in chunks])
-        pos, j, lx = block
-        k = need[lx] - _EXTRA_HITS
-        cand, hits = np.unique(pos[(at <= lq - k) & (j <= lx - k)], return_counts=True)
+        pos, lx, after = np.concatenate(chunks).reshape(-1, 3).T
+        del chunks  # a view pins its array, which cannot grow while the view lives
+        self.work.postings += len(pos)
+        # the entry can be the first of the shared elements the pair needs only if there is
+        # room for the others after it in both texts
+        fits = np.minimum(np.repeat(np.array(room, dtype=np.int64), sizes), after) >= need[lx] - _EXTRA_HITS
+        cand, hits = np.unique(pos[fits], return_counts=True)
         cand = cand[hits >= np.minimum(need[self._lens_np[cand]], _EXTRA_HITS + 1)]
-        mine = self._stable_elements(bag)
-        sketch = _sketch(mine)
         if sketch.max() <= _SKETCH_CAP:
             bound = np.minimum(self._sketches[cand], sketch.astype(np.uint8)).sum(axis=1, dtype=np.int64)
             cand = cand[bound >= need[self._lens_np[cand]]]
@@ -380,20 +371,21 @@ class DuplicateIndex:
         out.sort()
         return out
 
-    def _post(self, pos: int) -> None:
+    def _post(self, pos: int, ordered: list[int]) -> None:
         length, postings = self._lens[pos], self._postings
         short, whole = _prefixes(length, self.threshold)
-        for at, element in enumerate(self._ordered(self._bags[pos])[:whole]):
+        for at, element in enumerate(ordered[:whole]):
             parts = postings.get(element)
             if parts is None:
-                parts = postings[element] = (_Posting(), _Posting())
-            parts[0 if at < short else 1].append(pos, at, length)
+                parts = postings[element] = (array("q"), array("q"))
+            parts[0 if at < short else 1].extend((pos, length, length - at))
 
     def _reorder(self) -> None:
         """Fix a new rarest-first order from today's frequencies and re-post the pool under it."""
         self._order = {tok: place for place, (_, tok) in enumerate(sorted((c, tok) for tok, c in self._df.items()))}
         self._next_unseen = -1
         self._postings = {}
-        for pos in range(len(self._texts)):
-            self._post(pos)
+        self._pending = None
+        for pos, bag in enumerate(self._bags):
+            self._post(pos, self._ordered(bag))
         self._reorder_at = 2 * len(self._texts)
