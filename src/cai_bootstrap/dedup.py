@@ -15,6 +15,12 @@ multisets' intersection, so a pair can pass only if that overlap is at least
 ``|a| - k + 1`` and ``|b| - k + 1`` elements under any fixed order (prefix filtering), so each
 pool item is posted only under its rarest few tokens, and a candidate looks up only its
 own rarest few: common words ("write", "the") stay out of the posting lists that are read.
+The shorter text of a pair needs only its short prefix (the one for a partner as long as
+itself), which cuts the reads again; widening both prefixes by a place or two means a pair
+that can pass is seen more than once, so pool items sharing a single rare token drop out
+in bulk. A per-item sketch of element counts in fixed bins bounds the overlap of the rest
+from above, and only what it lets through reaches an exact set intersection: intersections
+and LCS runs grow with the near duplicates, not with the pairs.
 ``DuplicateIndex(pairwise=True)`` is the plain loop over the pool, kept as the reference.
 """
 
