@@ -270,7 +270,7 @@ def _print_training(r: dict) -> None:
 # -- dedup ----------------------------------------------------------------------------------
 
 DEDUP_BENCH_N = 50_000
-# The pairwise reference is quadratic (4,000 instructions took ~14 s on 2 cores); it is
+# The pairwise reference is quadratic (4,000 instructions took 14 to 52 s on 2 shared cores); it is
 # timed on this many, beside the index on the same instructions.
 DEDUP_BENCH_PAIRWISE_N = 4_000
 DEDUP_TARGET_SECONDS = 60.0

@@ -15,6 +15,12 @@ multisets' intersection, so a pair can pass only if that overlap is at least
 ``|a| - k + 1`` and ``|b| - k + 1`` elements under any fixed order (prefix filtering), so each
 pool item is posted only under its rarest few tokens, and a candidate looks up only its
 own rarest few: common words ("write", "the") stay out of the posting lists that are read.
+The shorter text of a pair needs only its short prefix (the one for a partner as long as
+itself), which cuts the reads again; widening both prefixes by a place or two means a pair
+that can pass is seen more than once, so pool items sharing a single rare token drop out
+in bulk. A per-item sketch of element counts in fixed bins bounds the overlap of the rest
+from above, and only what it lets through reaches an exact set intersection: intersections
+and LCS runs grow with the near duplicates, not with the pairs.
 ``DuplicateIndex(pairwise=True)`` is the plain loop over the pool, kept as the reference.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +46,18 @@ _BOUND_SLACK = 1e-9
 # The token order (rarest first) is fixed between re-orderings, which happen each time the
 # pool doubles past this size, so re-posting costs O(n) in all.
 _FIRST_REORDER = 64
+# An element is a token's place (or id) shifted by this many bits plus its copy number, so
+# elements are plain ints that sort by token, then copy.
+_COPY_BITS = 32
+# Elements are counted into this many bins by a fixed hash: the shared elements in a bin are at
+# most the smaller of the two counts, so the sum of the smaller counts bounds the overlap.
+_SKETCH_BINS = 64
+# Pool counts are kept in a byte, capped here: the smaller count is still exact while the
+# candidate's own count is at most the cap, and a candidate above it skips this bound.
+_SKETCH_CAP = 255
+# Prefixes are widened by this many places, so that a pair that can pass shows at least this
+# many more shared elements within them: pairs sharing a single rare token are dropped unread.
+_EXTRA_HITS = 1
 
 KIND_EXACT = "exact_duplicate"
 KIND_NORMALIZED = "normalized_duplicate"
@@ -107,14 +126,23 @@ def prefix_length(length: int, threshold: float) -> int:
     return 0
 
 
-def _element(token: str, k: int) -> str:
-    return token if k == 1 else f"{token}\x00{k}"
+@lru_cache(maxsize=None)
+def short_prefix_length(length: int, threshold: float) -> int:
+    """How many rarest tokens must include one shared with any text at least as long that it can match.
+
+    Against a partner as long or longer the overlap needed is at least ``min_overlap(length, length)``,
+    so this prefix is shorter than ``prefix_length``: of two texts, the shorter one's match lies in it.
+    """
+    return length - min_overlap(length, length, threshold) + 1 if length else 0
 
 
-def _elements(bag: Counter) -> frozenset[str]:
-    """A token multiset as a set (the k-th copy of a token is its own element), so the
-    multisets' intersection size is a C-level set intersection."""
-    return frozenset(_element(tok, k) for tok, c in bag.items() for k in range(1, c + 1))
+@lru_cache(maxsize=None)
+def _prefixes(length: int, threshold: float) -> tuple[int, int]:
+    """The short and whole prefix, each widened by ``_EXTRA_HITS`` places (capped at the length)."""
+    if not prefix_length(length, threshold):
+        return 0, 0
+    return (min(length, short_prefix_length(length, threshold) + _EXTRA_HITS),
+            min(length, prefix_length(length, threshold) + _EXTRA_HITS))
 
 
 @lru_cache(maxsize=4096)
@@ -128,20 +156,9 @@ def _needed(length: int, threshold: float, max_len: int) -> np.ndarray:
     return out
 
 
-class _Posting:
-    """Pool positions holding one element in their prefix, in insertion order; grows by doubling."""
-
-    __slots__ = ("pos", "size")
-
-    def __init__(self) -> None:
-        self.pos = np.empty(4, dtype=np.int64)
-        self.size = 0
-
-    def append(self, pos: int) -> None:
-        if self.size == len(self.pos):
-            self.pos = np.resize(self.pos, 2 * self.size)
-        self.pos[self.size] = pos
-        self.size += 1
+def _sketch(elements: frozenset[int]) -> np.ndarray:
+    """Element counts per bin (see ``_SKETCH_BINS``); the bin of an element never changes."""
+    return np.bincount([(e * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) % 1_000_003 % _SKETCH_BINS for e in elements], minlength=_SKETCH_BINS)
 
 
 @dataclass
@@ -178,15 +195,21 @@ class DuplicateIndex:
         self._lens: list[int] = []
         self._max_len = 0
         self._bags: list[Counter] = []
-        self._elements: list[frozenset[str]] = []
+        self._elements: list[frozenset[int]] = []
+        self._ids: dict[str, int] = {}  # token -> stable id, for the exact overlap of two multisets
         self._exact: dict[str, int] = {}
         self._norm: dict[str, int] = {}
         self._df: Counter = Counter()  # pool items holding each token, live
-        self._rank_df: dict[str, int] = {}  # the frequencies that fix the current token order
-        self._postings: dict[str, _Posting] = {}
-        self._reorder_at = _FIRST_REORDER
+        self._order: dict[str, int] = {}  # token -> place in the current rarest-first order
+        self._next_unseen = -1  # tokens unseen at the last re-ordering come first, in order of arrival
+        # element -> pool items holding it in their short prefix, and in the rest of their prefix:
+        # flat (position, length, length - place in the prefix) triples, appended at C speed and
+        # read as numpy views
+        self._postings: dict[int, tuple[array, array]] = {}
+        self._pending: tuple[str, list[int], frozenset[int], np.ndarray] | None = None
+        self._sketches = np.zeros((0, _SKETCH_BINS), dtype=np.uint8)
         self._lens_np = np.zeros(0, dtype=np.int64)
-        self._plen_np = np.zeros(0, dtype=np.int64)
+        self._reorder_at = _FIRST_REORDER
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -220,7 +243,7 @@ class DuplicateIndex:
             return Match(KIND_NORMALIZED, self._norm[n], 1.0)
         tt = n.split()
         found: Match | None = None
-        for pos in self._survivors(tt, Counter(tt)) if self.pairwise else self._indexed_survivors(tt, Counter(tt)):
+        for pos in self._survivors(tt, Counter(tt)) if self.pairwise else self._indexed_survivors(tt, self._profile(n, Counter(tt))):
             self.work.lcs += 1
             score = rouge_l(tt, self._toks[pos])
             if score > self.threshold and (found is None or score > found.score):
@@ -245,17 +268,18 @@ class DuplicateIndex:
         self._bags.append(bag)
         if self.pairwise:
             return
-        self._elements.append(_elements(bag))
+        _, ordered, elements, sketch = self._profile(n, bag)
+        self._elements.append(elements)
         if pos >= len(self._lens_np):
+            self._sketches = np.resize(self._sketches, (2 * pos + 16, _SKETCH_BINS))
             self._lens_np = np.resize(self._lens_np, 2 * pos + 16)
-            self._plen_np = np.resize(self._plen_np, 2 * pos + 16)
+        self._sketches[pos] = np.minimum(sketch, _SKETCH_CAP)
         self._lens_np[pos] = len(tt)
-        self._plen_np[pos] = prefix_length(len(tt), self.threshold)
         self._df.update(bag.keys())
         if len(self._texts) >= self._reorder_at:
             self._reorder()
         else:
-            self._post(pos)
+            self._post(pos, ordered)
 
     def add_if_new(self, text: str) -> tuple[str, str, float] | None:
         n = normalize(text)
@@ -277,32 +301,56 @@ class DuplicateIndex:
                 out.append(pos)
         return out
 
-    def _indexed_survivors(self, tt: list[str], bag: Counter) -> list[int]:
-        """The same positions as ``_survivors``, found through the posting lists of the candidate's elements.
+    def _profile(self, n: str, bag: Counter) -> tuple[str, list[int], frozenset[int], np.ndarray]:
+        """A text's elements in the current order, as stable ids, and their sketch; computed once
+        for the search and reused when the same text is added next."""
+        if self._pending is None or self._pending[0] is not n:
+            elements = self._stable_elements(bag)
+            self._pending = (n, self._ordered(bag), elements, _sketch(elements))
+        return self._pending
 
-        Probing every element of the candidate counts exactly what it shares with each pool
-        item's prefix; the rest of the overlap is at most what follows that prefix, and at most
-        what follows the candidate's last shared element in its own order (every shared element
-        before it lies in the pool item's prefix and was counted). Pool items whose bound is
-        below the overlap their length needs are dropped without a set intersection; the
-        bookkeeping over posting lists is vectorized.
+    def _indexed_survivors(self, tt: list[str], profile: tuple[str, list[int], frozenset[int], np.ndarray]) -> list[int]:
+        """The same positions as ``_survivors``, found through the posting lists of the candidate's prefix.
+
+        Two multisets sharing ``m >= k`` elements share their ``r``-th common element (in the
+        common order) at place ``i`` of one and ``j`` of the other with ``i <= |a| - k + r - 1``
+        and ``j <= |b| - k + r - 1``; for the shorter text the first lies in its short prefix.
+        So with prefixes widened by ``_EXTRA_HITS`` places, the candidate reads its short prefix
+        against pool items' whole prefix and its whole prefix against their short prefix, keeps
+        the entries at places the needed overlap allows, and a pool item that can pass shows
+        ``min(k, _EXTRA_HITS + 1)`` of them. The bin sketch bounds the overlap of those left
+        (see ``_SKETCH_BINS``); only the rest reach a set intersection.
         """
         lq, t = len(tt), self.threshold
-        found = [(i, self._postings[e]) for i, e in enumerate(self._ordered(bag)) if e in self._postings]
-        if not found:
+        if not lq or not self._max_len:
             return []
-        pos = np.concatenate([p.pos[: p.size] for _, p in found])
-        at = np.repeat(np.array([i for i, _ in found], dtype=np.int64), [p.size for _, p in found])
+        need = _needed(lq, t, self._max_len)
+        short, whole = _prefixes(lq, t)
+        _, ordered, mine, sketch = profile
+        postings = self._postings
+        chunks, room, sizes = [], [], []
+        for i, e in enumerate(ordered[:whole]):
+            parts = postings.get(e)
+            if parts is not None:
+                for posting in parts if i < short else parts[:1]:
+                    if posting:
+                        chunks.append(np.frombuffer(posting, dtype=np.int64))
+                        room.append(lq - i)
+                        sizes.append(len(posting) // 3)
+        if not chunks:
+            return []
+        pos, lx, after = np.concatenate(chunks).reshape(-1, 3).T
+        del chunks  # a view pins its array, which cannot grow while the view lives
         self.work.postings += len(pos)
-        order = np.argsort(pos, kind="stable")  # within a pool item, query elements stay in order
-        pos = pos[order]
-        starts = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))
-        ends = np.append(starts[1:], len(pos))
-        cand = pos[starts]
-        lx = self._lens_np[cand]
-        rest = np.minimum(lx - self._plen_np[cand], lq - at[order[ends - 1]] - 1)
-        cand = cand[(ends - starts) + rest >= _needed(lq, t, self._max_len)[lx]]
-        mine, elements, lens = _elements(bag), self._elements, self._lens
+        # the entry can be the first of the shared elements the pair needs only if there is
+        # room for the others after it in both texts
+        fits = np.minimum(np.repeat(np.array(room, dtype=np.int64), sizes), after) >= need[lx] - _EXTRA_HITS
+        cand, hits = np.unique(pos[fits], return_counts=True)
+        cand = cand[hits >= np.minimum(need[self._lens_np[cand]], _EXTRA_HITS + 1)]
+        if sketch.max() <= _SKETCH_CAP:
+            bound = np.minimum(self._sketches[cand], sketch.astype(np.uint8)).sum(axis=1, dtype=np.int64)
+            cand = cand[bound >= need[self._lens_np[cand]]]
+        elements, lens = self._elements, self._lens
         out = []
         for p in cand.tolist():
             self.work.pairs += 1
@@ -310,26 +358,40 @@ class DuplicateIndex:
                 out.append(p)
         return out
 
-    def _ordered(self, bag: Counter) -> list[str]:
-        """The elements of a token multiset (see ``_elements``), rarest first in the current order."""
-        rank = self._rank_df
-        return [_element(tok, k) for _, tok, k in sorted((rank.get(tok, 0), tok, k) for tok, c in bag.items() for k in range(1, c + 1))]
+    def _stable_elements(self, bag: Counter) -> frozenset[int]:
+        """A token multiset as a set (the k-th copy of a token is its own element), so the
+        multisets' intersection size is a C-level set intersection; ids never change."""
+        ids = self._ids
+        return frozenset((ids.setdefault(tok, len(ids)) << _COPY_BITS) + k for tok, c in bag.items() for k in range(1, c + 1))
 
-    def _prefix(self, bag: Counter, length: int) -> list[str]:
-        """The rarest ``prefix_length`` elements: a pool item matching anything shares one of them."""
-        return self._ordered(bag)[: prefix_length(length, self.threshold)]
+    def _ordered(self, bag: Counter) -> list[int]:
+        """The elements of a token multiset, rarest first in the current order (fixed between re-orderings)."""
+        order, out = self._order, []
+        for tok, c in bag.items():
+            place = order.get(tok)
+            if place is None:
+                place = order[tok] = self._next_unseen
+                self._next_unseen -= 1
+            base = place << _COPY_BITS
+            out.extend(range(base + 1, base + c + 1))
+        out.sort()
+        return out
 
-    def _post(self, pos: int) -> None:
-        for element in self._prefix(self._bags[pos], self._lens[pos]):
-            posting = self._postings.get(element)
-            if posting is None:
-                posting = self._postings[element] = _Posting()
-            posting.append(pos)
+    def _post(self, pos: int, ordered: list[int]) -> None:
+        length, postings = self._lens[pos], self._postings
+        short, whole = _prefixes(length, self.threshold)
+        for at, element in enumerate(ordered[:whole]):
+            parts = postings.get(element)
+            if parts is None:
+                parts = postings[element] = (array("q"), array("q"))
+            parts[0 if at < short else 1].extend((pos, length, length - at))
 
     def _reorder(self) -> None:
         """Fix a new rarest-first order from today's frequencies and re-post the pool under it."""
-        self._rank_df = dict(self._df)
+        self._order = {tok: place for place, (_, tok) in enumerate(sorted((c, tok) for tok, c in self._df.items()))}
+        self._next_unseen = -1
         self._postings = {}
-        for pos in range(len(self._texts)):
-            self._post(pos)
+        self._pending = None
+        for pos, bag in enumerate(self._bags):
+            self._post(pos, self._ordered(bag))
         self._reorder_at = 2 * len(self._texts)
