@@ -33,7 +33,7 @@ def fast_path_applies(stop_strings: Sequence[str]) -> bool:
 
 # Texts whose decoding must equal the concatenation of their tokens' texts for the fast path to
 # hold; a decoder that strips or merges around spaces (some SentencePiece set-ups) fails them.
-CONSISTENCY_PROBES = ("a\n\nb", "x \n y", " Hello\n\n1. World", "Instruction: A\nResponse: B\n\nInstruction:",
+CONSISTENCY_PROBES = ("a\n\nb", "x \n y", " Hello\n\n1. World", "Q: A\nR: B\n\nQ:",
                       "word \n\n next", "\n \n", "end.\n\n\n")
 
 
