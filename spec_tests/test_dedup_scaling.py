@@ -58,6 +58,17 @@ def test_leak_check_matches_pairwise_reference(train, evals, threshold):
     assert find_leaks(train, eval_items, threshold=threshold) == find_leaks(train, eval_items, threshold=threshold, pairwise=True)
 
 
+def _check_both(pool, candidate):
+    """The candidate's verdict from the index and from the pairwise reference, over the same pool."""
+    got = []
+    for pairwise in (False, True):
+        index = DuplicateIndex(pairwise=pairwise)
+        for text in pool:
+            index.add(text)
+        got.append(index.check(candidate))
+    return got
+
+
 @pytest.mark.spec("DG-09")
 @pytest.mark.parametrize(
     "pool, candidate, expected",
@@ -73,12 +84,7 @@ def test_leak_check_matches_pairwise_reference(train, evals, threshold):
     ],
 )
 def test_boundary_cases_agree(pool, candidate, expected):
-    got = []
-    for pairwise in (False, True):
-        index = DuplicateIndex(pairwise=pairwise)
-        for text in pool:
-            index.add(text)
-        got.append(index.check(candidate))
+    got = _check_both(pool, candidate)
     assert got[0] == got[1]
     assert (got[0] if got[0] is None else (got[0][0], got[0][1], pytest.approx(got[0][2]))) == expected
 
@@ -148,12 +154,7 @@ _WARM = [f"common words only, {i} {i} {i} {i}" for i in range(70)]  # past the f
     ],
 )
 def test_length_window_edges_and_repeated_tokens_agree(pool, candidate, kind, score):
-    got = []
-    for pairwise in (False, True):
-        index = DuplicateIndex(pairwise=pairwise)
-        for text in pool:
-            index.add(text)
-        got.append(index.check(candidate))
+    got = _check_both(pool, candidate)
     assert got[0] == got[1]
     assert (None if got[0] is None else (got[0][0], pytest.approx(got[0][2]))) == (None if kind is None else (kind, pytest.approx(score)))
 

@@ -38,7 +38,7 @@ from cai_bootstrap.model_sources import GEMMA_NAME
 from cai_bootstrap.prompts import RESPONSE_FRAMES
 from cai_bootstrap.run_lock import RunDirectoryInUse
 from cai_bootstrap.stages.chain import Chain as _Chain
-from cai_bootstrap.stages.chain import ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name
+from cai_bootstrap.stages.chain import ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name, config_files, gate_result
 from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR, get_stage
 
 STATE_DIR = "stage1"
@@ -157,7 +157,7 @@ def _gap(ch: Chain) -> PhaseResult:
     decision, manifest = run_gap_gate(out, GapGateThresholds(max_base_rate=ch.cfg.gap_max_base_rate),
                                       out=ch.p("gates", "gap_check.json"))
     ch.say(decision.headline())
-    return _gate_result(manifest, 0 if decision.passed else 1)
+    return gate_result(manifest)
 
 
 def _common_model_args(ch: Chain) -> list:
@@ -169,14 +169,6 @@ def _common_model_args(ch: Chain) -> list:
     if ch.cfg.quiet:
         argv += ["--quiet"]
     return argv
-
-
-def _gate_result(manifest: Path, rc: int) -> PhaseResult:
-    if not manifest.is_file():
-        raise Stage1Error(f"gate did not write its manifest {manifest} (exit {rc})")
-    m = json.loads(manifest.read_text())
-    return PhaseResult([manifest], m["decision"] == "pass", "; ".join(m.get("reasons", [])) or m["decision"],
-                       {"gate": m["gate"], "decision": m["decision"], "values": m.get("values")})
 
 
 def _check(rc: int, what: str) -> None:
@@ -206,7 +198,7 @@ def _data_gate(ch: Chain, run: Path, name: str) -> PhaseResult:
 
     thresholds = DataGateThresholds(min_items=ch.cfg.pilot_min_items, max_items=ch.cfg.pilot_max_items)
     decision, manifest = run_data_gate(run, gate=name, thresholds=thresholds, out=ch.p("gates", f"{name}.json"))
-    return _gate_result(manifest, 0 if decision.passed else 1)
+    return gate_result(manifest)
 
 
 def _shard_devices(ch: Chain) -> list[str]:
@@ -290,7 +282,7 @@ def _final(ch: Chain) -> PhaseResult:
     decision, manifest = run_final_gate(ch.p("eval"), FinalGateThresholds(alpha=ch.cfg.final_alpha),
                                         out=ch.p(GATES_DIR, FINAL_GATE_MANIFEST))
     ch.say(decision.headline())
-    return _gate_result(manifest, 0 if decision.passed else 1)
+    return gate_result(manifest)
 
 
 def _report(ch: Chain) -> PhaseResult:
@@ -298,11 +290,6 @@ def _report(ch: Chain) -> PhaseResult:
 
     paths = write_report(ch.run_dir)
     return PhaseResult(paths)
-
-
-def _files(ch: Chain, *names: str) -> list[Path]:
-    """Run files the config names (e.g. ``generate_config``): their contents decide results too."""
-    return [Path(v) for v in (getattr(ch.cfg, n) for n in names) if v is not None]
 
 
 # The config fields each phase reads (Phase.settings): a change redoes that phase and what depends on it.
@@ -320,12 +307,12 @@ def phases() -> list[Phase]:
               settings=MODEL),
         Phase("gap_check", "base model evaluated framed and raw; training only if it is weak (GT-03)",
               P("load", "provenance.json"), _gap, gate=True, settings=(*EVAL, "gap_limit", "gap_max_base_rate")),
-        Phase("pilot", "pilot data generation", lambda ch: [ch.p("gates", "gap_check.json"), *_files(ch, "generate_config")],
+        Phase("pilot", "pilot data generation", lambda ch: [ch.p("gates", "gap_check.json"), *config_files(ch, "generate_config")],
               _pilot, settings=(*GENERATE, "pilot_target")),
         Phase("pilot_gate", "validation suites + QC thresholds on the pilot (GT-01)",
               lambda ch: [ch.p("pilot", "dataset.jsonl"), ch.p("pilot", "qc_summary.json")],
               lambda ch: _data_gate(ch, ch.p("pilot"), "pilot_gate"), gate=True, settings=("pilot_min_items", "pilot_max_items")),
-        Phase("scale", "scale generation, sharded", lambda ch: [ch.p("gates", "pilot_gate.json"), *_files(ch, "generate_config")],
+        Phase("scale", "scale generation, sharded", lambda ch: [ch.p("gates", "pilot_gate.json"), *config_files(ch, "generate_config")],
               _scale, settings=(*GENERATE, "scale_target", "scale_shards")),
         Phase("merge", "merge shards, re-deduplicate, recompute QC",
               lambda ch: [launch.shard_dir(ch.p("scale"), i) / "session_manifest.json" for i in range(ch.cfg.scale_shards)], _merge,
@@ -334,7 +321,7 @@ def phases() -> list[Phase]:
               lambda ch: [ch.p("merged", "dataset.jsonl"), ch.p("merged", "qc_summary.json")],
               lambda ch: _data_gate(ch, ch.p("merged"), "scale_gate"), gate=True, settings=("pilot_min_items", "pilot_max_items")),
         Phase("sft", "QLoRA SFT (plain LoRA on CPU) behind the data gate",
-              lambda ch: [ch.p("gates", "scale_gate.json"), *_files(ch, "sft_config")], _sft,
+              lambda ch: [ch.p("gates", "scale_gate.json"), *config_files(ch, "sft_config")], _sft,
               settings=("model", "sft_config", "sft_overrides")),
         Phase("evaluate", "paired evaluation, base vs trained", P("sft", "TRAINING_SUCCESS"), _evaluate, settings=EVAL),
         Phase("final_gate", "McNemar p < alpha, positive lift, no safety/format regression (GT-02)",

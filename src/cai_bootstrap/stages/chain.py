@@ -169,6 +169,22 @@ class Chain:
         })
 
 
+def gate_result(manifest: Path) -> PhaseResult:
+    """A gate phase's result read back from the manifest its gate wrote (GT-05), so the chain
+    records exactly what the manifest says."""
+    if not manifest.is_file():
+        raise ChainError(f"gate did not write its manifest {manifest}")
+    m = json.loads(read_text_file(manifest))
+    return PhaseResult([manifest], m["decision"] == "pass", "; ".join(m.get("reasons", [])) or m["decision"],
+                       {"gate": m["gate"], "decision": m["decision"], "values": m.get("values")})
+
+
+def config_files(ch: "Chain", *names: str) -> list[Path]:
+    """Run files a config names (e.g. ``generate_config``): a phase lists them as inputs, as their
+    contents decide its results as much as its settings do."""
+    return [Path(v) for v in (getattr(ch.cfg, n) for n in names) if v is not None]
+
+
 def check_phase_name(flag: str, name: str | None, known: list[str]) -> None:
     """A misspelt phase name must stop the command: ignored, it would run the whole chain."""
     if name is not None and name not in known:

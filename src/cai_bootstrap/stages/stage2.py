@@ -37,7 +37,7 @@ from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from cai_bootstrap.stages.chain import Chain, ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name
+from cai_bootstrap.stages.chain import Chain, ChainError, Phase, PhaseResult, PhaseStateError, check_phase_name, config_files, gate_result
 from cai_bootstrap.stages.registry import FINAL_GATE_MANIFEST, GATES_DIR, InputModel, StageInputError, get_stage, resolve_input_model
 from cai_bootstrap.sft.train import SUCCESS_MARKER
 from cai_bootstrap.stages.stage2_gate import GUARDED_CATEGORIES
@@ -243,18 +243,12 @@ def _pairs(ch: Chain) -> PhaseResult:
     return PhaseResult(_pairs_files(ch), values={"counts": summary["counts"], "thresholds_passed": summary["thresholds_passed"]})
 
 
-def _gate_result(manifest: Path) -> PhaseResult:
-    m = json.loads(manifest.read_text(encoding="utf-8"))
-    return PhaseResult([manifest], m["decision"] == "pass", "; ".join(m.get("reasons", [])) or m["decision"],
-                       {"gate": m["gate"], "decision": m["decision"], "values": m.get("values")})
-
-
 def _pairs_gate(ch: Chain) -> PhaseResult:
     from cai_bootstrap.preference.gate import run_pairs_gate
 
     decision, manifest = run_pairs_gate(ch.p("pairs"), out=ch.p(GATES_DIR, PAIRS_GATE_MANIFEST))
     ch.say(decision.headline())
-    return _gate_result(manifest)
+    return gate_result(manifest)
 
 
 def _dpo_device(device: str | None) -> str:
@@ -313,18 +307,13 @@ def _final(ch: Chain) -> PhaseResult:
                                       target_types=tuple(ch.cfg.target_types) if ch.cfg.target_types is not None else None)
     decision, manifest = run_stage2_final_gate(ch.p("eval"), thresholds, out=ch.p(GATES_DIR, FINAL_GATE_MANIFEST))
     ch.say(decision.headline())
-    return _gate_result(manifest)
+    return gate_result(manifest)
 
 
 def _report(ch: Chain) -> PhaseResult:
     from cai_bootstrap.stages.stage2_report import write_report
 
     return PhaseResult(write_report(ch.run_dir))
-
-
-def _files(ch: Chain, *names: str) -> list[Path]:
-    """Run files the config names (e.g. ``dpo_config``): their contents decide results too."""
-    return [Path(v) for v in (getattr(ch.cfg, n) for n in names) if v is not None]
 
 
 # The config fields each phase reads (Phase.settings): a change redoes that phase and what depends on it.
@@ -339,11 +328,11 @@ def phases() -> list[Phase]:
         Phase("instructions", "candidate instructions from the base model, new prompt seeds (DG-01)", P(INPUT_RECORD), _instructions,
               settings=(*MODEL, "seed", "instructions_target", "instruction_decoding")),
         Phase("pairs", "Best-of-N pairs from the Stage-1 model, hard negatives (PO-01, PO-02)",
-              lambda ch: [ch.p("instructions", INSTRUCTIONS_FILE), *_files(ch, "pairs_config")], _pairs,
+              lambda ch: [ch.p("instructions", INSTRUCTIONS_FILE), *config_files(ch, "pairs_config")], _pairs,
               settings=(*MODEL, "pairs_config", "pairs_overrides", "eval_set")),
         Phase("pairs_gate", "pair suites (PV-06) + pair QC thresholds", _pairs_files, _pairs_gate, gate=True, settings=()),
         Phase("dpo", "DPO on top of the Stage-1 model behind the pairs gate (PO-03)",
-              lambda ch: [ch.p(GATES_DIR, PAIRS_GATE_MANIFEST), *_files(ch, "dpo_config")], _dpo,
+              lambda ch: [ch.p(GATES_DIR, PAIRS_GATE_MANIFEST), *config_files(ch, "dpo_config")], _dpo,
               settings=(*MODEL, "dpo_config", "dpo_overrides", "eval_set")),
         Phase("evaluate", "paired evaluation: base, stage 1, stage 2 on the same items", P("dpo", SUCCESS_MARKER), _evaluate,
               settings=(*MODEL, "seed", "eval_set", "eval_limit", "eval_max_new_tokens", "eval_batch_size")),
