@@ -22,9 +22,17 @@ nox.options.reuse_existing_virtualenvs = True
 CPU_TORCH = os.environ.get("CAI_TORCH_SPEC", "torch==2.13.0")
 LOCK = "requirements/lock.txt"
 LOCK_INPUT = "requirements/lock.in"
-# The extras the lock covers: everything the sessions install (unsloth is optional and unlocked).
+# The extras the lock covers: everything the sessions install (unsloth has its own lock, below).
 LOCK_EXTRAS = ("testmodel", "demo", "train", "validate", "stats", "test", "gpu")
 LOCK_PYTHON = "3.11"
+# The optional unsloth backend pins older trl/transformers/datasets than LOCK, and conflicts with
+# `demo` (transformers >= 5.23), so it gets its own lock for the GPU machine it runs on; the
+# default lock and every session above are unaffected.
+UNSLOTH_LOCK = "requirements/lock-unsloth.txt"
+UNSLOTH_LOCK_INPUT = "requirements/lock-unsloth.in"
+UNSLOTH_LOCK_EXTRAS = ("train", "gpu", "unsloth")
+UNSLOTH_LOCK_PYTHON = "3.12"
+UNSLOTH_LOCK_PLATFORM = "x86_64-manylinux_2_28"
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -109,6 +117,18 @@ def lock(session: nox.Session) -> None:
     session.run(
         "uv", "pip", "compile", "pyproject.toml", LOCK_INPUT, *extras,
         "--python-version", LOCK_PYTHON, "--no-header", "-o", LOCK, *session.posargs,
+        external=True,
+    )
+
+
+@nox.session(default=False, venv_backend="none")
+def lock_unsloth(session: nox.Session) -> None:
+    """Rewrite requirements/lock-unsloth.txt (unsloth backend, Python 3.12 linux x86-64; needs `uv` on PATH)."""
+    extras = [a for e in UNSLOTH_LOCK_EXTRAS for a in ("--extra", e)]
+    session.run(
+        "uv", "pip", "compile", "pyproject.toml", UNSLOTH_LOCK_INPUT, *extras,
+        "--python-version", UNSLOTH_LOCK_PYTHON, "--python-platform", UNSLOTH_LOCK_PLATFORM,
+        "--no-header", "-o", UNSLOTH_LOCK, *session.posargs,
         external=True,
     )
 
