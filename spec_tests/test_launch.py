@@ -41,6 +41,12 @@ CANARY = "Write a limerick about a forgetful lighthouse keeper."
     ({"gpus": 0}, None, "at least 1"),
     ({}, None, "exactly one"),
     ({"gpus": 2, "procs": 2}, None, "--gpus and --procs"),
+    # Several shard processes on one GPU only when asked for, and only for GPUs.
+    ({"gpus": 1, "per_gpu": 2}, None, ["0", "0"]),
+    ({"devices": "1,3", "per_gpu": 2}, None, ["1", "1", "3", "3"]),
+    ({"gpus": 2, "per_gpu": 2}, "4", "lists 1"),
+    ({"procs": 2, "per_gpu": 2}, None, "applies to GPUs"),
+    ({"gpus": 1, "per_gpu": 0}, None, "at least 1"),
 ])
 def test_devices_one_process_each(kwargs, visible, expected):
     if isinstance(expected, list):

@@ -58,12 +58,20 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
 
 
 def parse_devices(*, gpus: int | None = None, devices: str | None = None, procs: int | None = None,
-                  visible: str | None = None) -> list[str | None]:
+                  visible: str | None = None, per_gpu: int = 1) -> list[str | None]:
     """One entry per process: a CUDA device id, or None for a CPU process. Exactly one option is given.
 
     ``--gpus N`` takes the first N GPUs of ``visible`` (the launcher's own
     ``CUDA_VISIBLE_DEVICES``, when set), so ``CUDA_VISIBLE_DEVICES=2,3 ... --gpus 2`` uses 2 and 3.
+    ``per_gpu`` (``--shards-per-gpu``) starts that many shard processes on each GPU: a small
+    model leaves a large GPU mostly idle in one process, which a second process can fill.
     """
+    if per_gpu < 1:
+        raise LaunchError(f"--shards-per-gpu must be at least 1, got {per_gpu}")
+    if per_gpu > 1:
+        if procs is not None:
+            raise LaunchError("--shards-per-gpu applies to GPUs; with --procs give the number of CPU processes itself")
+        return [d for d in parse_devices(gpus=gpus, devices=devices, visible=visible) for _ in range(per_gpu)]
     given = [name for name, v in (("--gpus", gpus), ("--devices", devices), ("--procs", procs)) if v is not None]
     if len(given) != 1:
         raise LaunchError("give exactly one of --gpus N, --devices 0,1,... or --procs N (CPU processes)"

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND
+from cai_bootstrap.decode_backends import describe as describe_decode_backend
 from cai_bootstrap.profiles import ModelProfile, detect_profile, get_profile
 from cai_bootstrap.sampling import SAMPLER_NAME
 from cai_bootstrap.sentinels import SENTINELS, evaluate_sentinels, raise_on_failure
@@ -252,6 +254,11 @@ class LoadedModel:
     pad_token_id: int
     forbidden_ids: dict[int, str]
     _token_texts: list[str] | None = field(default=None, repr=False, compare=False)
+    # How the decoding loop runs (decode_backends.py); set through use_decode_backend, which records it.
+    decode_backend: str = DEFAULT_DECODE_BACKEND
+    # The padding mask of the batch generate() is prefilling: with a static cache transformers hands the
+    # forward a prepared (dict or 4-D) mask, and the forward guard reads padding from this one instead.
+    _padding_mask: Any = field(default=None, repr=False, compare=False)
 
     # -- the one encode path (CG-02) -------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -311,6 +318,14 @@ class LoadedModel:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    def use_decode_backend(self, name: str) -> "LoadedModel":
+        """Decode with ``name`` from now on (decode_backends.py), recorded in the load provenance."""
+        from cai_bootstrap.decode_backends import check_backend, describe
+
+        self.decode_backend = check_backend(name, str(self.device))
+        self.provenance.setdefault("generation", {})["decode_backend"] = describe(name)
+        return self
 
     # -- generation -------------------------------------------------------------------
     def generate(
@@ -377,6 +392,10 @@ class LoadedModel:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        from cai_bootstrap.decode_backends import generate_kwargs
+
+        kwargs.update(generate_kwargs(self.decode_backend, longest_prompt=max(len(e) for e in encoded),
+                                      max_new_tokens=max_new_tokens))
         show = progress if progress is not None else len(prompts) > batch_size
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show, dynamic_ncols=True)
         with torch.inference_mode():
@@ -390,7 +409,11 @@ class LoadedModel:
 
                     stop = TokenTextStop.for_prompts(stop_strings, self.token_texts(), [encoded[i] for i in idx])
                     kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
-                seq = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+                self._padding_mask = mask
+                try:
+                    seq = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+                finally:
+                    self._padding_mask = None
                 new = seq[:, input_ids.shape[1] :].tolist()
                 for row, i in zip(new, idx):
                     out[i] = self._finish(row, max_new_tokens, stop_strings)
@@ -511,13 +534,25 @@ def _install_forward_guard(lm: LoadedModel) -> None:
     through the mask; training batches (labels present) may end each row with one EOS.
     """
 
+    import torch
+
     def hook(module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None or is_continuation_step(input_ids, kwargs):
+        if input_ids is None:
+            return None
+        if torch.compiler.is_compiling() and int(input_ids.shape[-1]) == 1:
+            # A compiled pass of one token per row is a decoding step: generate compiles only those
+            # (decode_backends.py) and runs the prefill eagerly, where this guard checks it. Any other
+            # compiled pass goes on to the checks below, whose host reads break the graph and run eagerly.
+            return None
+        if is_continuation_step(input_ids, kwargs):
             return None
         mask = kwargs.get("attention_mask")
         if not _is_2d_tensor(mask):
-            mask = None  # a prepared 4-D (or dict) mask says nothing simple about padding; check every token
+            # A prepared (4-D or dict) mask says nothing simple about padding: use the padding mask of
+            # the batch generate() is prefilling when it fits, else check every token.
+            known = lm._padding_mask
+            mask = known if known is not None and tuple(known.shape) == tuple(input_ids.shape) else None
         training = kwargs.get("labels") is not None
         for r in range(input_ids.shape[0]):
             row = input_ids[r]
@@ -690,7 +725,8 @@ def load_base_model(
         },
         "delta_check": delta,
         # How generate() samples and stops, so a record says which code drew it (sampling.py, stopping.py).
-        "generation": {"sampler": SAMPLER_NAME, "stop_strings": STOP_MATCHER_NAME},
+        "generation": {"sampler": SAMPLER_NAME, "stop_strings": STOP_MATCHER_NAME,
+                       "decode_backend": describe_decode_backend(DEFAULT_DECODE_BACKEND)},
         "sentinels": None,
     }
     if run_sentinels:

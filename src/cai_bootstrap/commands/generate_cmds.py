@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from cai_bootstrap.decode_backends import DECODE_BACKENDS
 from cai_bootstrap.prompts import RESPONSE_FRAMES
 
 
@@ -25,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--shard", help="'i/N': this process makes shard i of N (scale mode)")
     p.add_argument("--pilot-gate", help="passed pilot gate manifest (required in scale mode, GT-01)")
     p.add_argument("--device")
+    p.add_argument("--decode-backend", choices=DECODE_BACKENDS,
+                   help="how decoding runs: eager (default), static cache, or compiled CUDA graphs (docs/ARCHITECTURE.md)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
     p.add_argument("--response-frame", choices=RESPONSE_FRAMES,
                    help="what the base model sees when answering (PR-07): answered examples first, or the bare prompt")
@@ -49,6 +52,8 @@ def register(sub) -> None:
     devices.add_argument("--gpus", type=int, help="N shards on GPUs 0..N-1")
     devices.add_argument("--devices", help="one shard per listed GPU, e.g. 0,1,3")
     devices.add_argument("--procs", type=int, help="N shards as CPU processes (no GPU; for tests and CPU machines)")
+    p.add_argument("--shards-per-gpu", type=int, default=1,
+                   help="shard processes started on each GPU (default 1; more can fill a large GPU with a small model)")
     p.add_argument("--out", required=True, help="output root: shard i writes OUT/shard-i, the merge OUT/merged")
     p.add_argument("--merge-out", help="merged run directory (default: OUT/merged)")
     p.add_argument("--no-merge", action="store_true", help="do not merge; print the merge command instead")
@@ -93,7 +98,7 @@ def config_from_args(args):
 
     return load_config(args.config, model=args.model, profile=args.profile, out_dir=args.out_dir, mode=args.mode,
                        target=args.target, seed=args.seed, shard=args.shard, pilot_gate=args.pilot_gate, device=args.device,
-                       quiet=args.quiet, **{"responses.response_frame": args.response_frame})
+                       decode_backend=args.decode_backend, quiet=args.quiet, **{"responses.response_frame": args.response_frame})
 
 
 def _generate(args) -> int:
@@ -122,7 +127,7 @@ def _launch_generate(args) -> int:
     if generate_args[:1] == ["--"]:
         generate_args = generate_args[1:]
     devices = L.parse_devices(gpus=args.gpus, devices=args.devices, procs=args.procs,
-                              visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                              visible=os.environ.get("CUDA_VISIBLE_DEVICES"), per_gpu=args.shards_per_gpu)
     if args.dry_run:
         jobs = L.plan_shards(generate_args, devices, args.out)
         for job in jobs:

@@ -233,7 +233,7 @@ def _load_model(cfg: GenerateConfig):
     resolved = resolve_model(cfg.model, profile=cfg.profile)
     lm = load_base_model(resolved.source, profile=resolved.profile, device=cfg.device, dtype=cfg.dtype)
     lm.provenance["model_source"] = resolved.to_dict()
-    return lm
+    return lm.use_decode_backend(cfg.decode_backend)
 
 
 def generate_instructions(lm, cfg: GenerateConfig, store: PhaseStore) -> tuple[list[dict], list[dict]]:

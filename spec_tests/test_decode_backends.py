@@ -1,0 +1,125 @@
+"""Decode backends (decode_backends.py): the static cache decodes as eager does, the guard still
+checks every prefill, the choice is recorded, and a backend a device cannot run fails before loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cai_bootstrap import decode_backends as DB
+from cai_bootstrap.loader import ContaminationError
+
+IM_START = 151644  # <|im_start|> of the tiny model's Qwen tokenizer
+PROMPTS = ["a b c d e f g", "hi", "one two three\n\nfour", "x y"]
+
+
+@pytest.fixture
+def backend(tiny_lm):
+    """Leave the shared model as eager whatever a test sets."""
+    yield tiny_lm
+    tiny_lm.use_decode_backend(DB.DEFAULT_DECODE_BACKEND)
+
+
+@pytest.mark.spec("PR-02")
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+@pytest.mark.parametrize("sampling", [
+    dict(do_sample=False),
+    dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, seed=5),
+    dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, seed=2),  # transformers' own sampling path
+])
+def test_static_cache_decodes_exactly_as_eager(backend, batch_size, sampling):
+    kw = dict(max_new_tokens=12, batch_size=batch_size, stop_strings=("\n\n",), **sampling)
+    eager = backend.use_decode_backend("eager").generate(PROMPTS, **kw)
+    static = backend.use_decode_backend("static").generate(PROMPTS, **kw)
+    assert [g.token_ids for g in static] == [g.token_ids for g in eager]
+    assert [(g.hit_limit, g.stopped_on_eos) for g in static] == [(g.hit_limit, g.stopped_on_eos) for g in eager]
+
+
+@pytest.mark.spec("CG-03")
+def test_static_cache_prefill_is_checked_with_its_padding_excluded(backend):
+    """transformers hands a static-cache forward a prepared mask; padding is still known, tokens still checked."""
+    backend.use_decode_backend("static")
+    # Rows of different lengths: the short one is left-padded with the pad token, itself a special token.
+    assert backend.pad_token_id in backend.forbidden_ids
+    gens = backend.generate(["a b c d e f g h", "hi"], max_new_tokens=4, do_sample=False, batch_size=2)
+    assert len(gens) == 2
+    ids = torch.tensor([[16664, 20, 25], [16664, IM_START, 25]])  # past encode(): only the forward guard sees it
+    mask = torch.ones_like(ids)
+    with pytest.raises(ContaminationError, match="im_start"):
+        backend.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
+                               cache_implementation="static", disable_compile=True)
+
+
+@pytest.mark.spec("CG-03")
+def test_a_compiled_prefill_is_still_checked(tiny_lm):
+    """Compiling the model does not compile the guard away: a several-token pass is checked eagerly."""
+    compiled = torch.compile(tiny_lm.model, backend="eager")
+    bad = torch.tensor([[16664, IM_START, 25]])
+    with pytest.raises(ContaminationError, match="position 1"):
+        compiled(input_ids=bad, attention_mask=torch.ones_like(bad))
+    clean = torch.tensor([[16664, 20, 25]])
+    compiled(input_ids=clean, attention_mask=torch.ones_like(clean))
+
+
+@pytest.mark.spec("CG-06")
+def test_the_backend_is_recorded_in_the_load_provenance(backend):
+    assert backend.provenance["generation"]["decode_backend"] == DB.describe("eager")
+    backend.use_decode_backend("static")
+    assert backend.provenance["generation"]["decode_backend"] == DB.describe("static")
+    assert backend.decode_backend == "static"
+
+
+@pytest.mark.spec("PR-02")
+@pytest.mark.parametrize("name, device, error", [
+    ("eager", "cpu", None), ("static", "cpu", None), ("cudagraphs", "cuda:0", None), ("inductor", "cuda", None),
+    ("cudagraphs", "cpu", "needs a CUDA device"), ("inductor", "mps", "needs a CUDA device"),
+    ("fast", "cuda", "must be one of"),
+])
+def test_backend_checks(name, device, error):
+    if error is None:
+        assert DB.check_backend(name, device) == name
+    else:
+        with pytest.raises(DB.DecodeBackendError, match=error):
+            DB.check_backend(name, device)
+
+
+@pytest.mark.spec("PR-02")
+@pytest.mark.parametrize("prompt, new, length", [(1, 1, 64), (100, 96, 256), (160, 96, 256), (161, 96, 320)])
+def test_static_cache_length_is_rounded_up_so_similar_calls_share_a_shape(prompt, new, length):
+    assert DB.static_cache_length(prompt, new) == length
+    assert DB.static_cache_length(prompt, new) >= prompt + new
+
+
+@pytest.mark.spec("PR-02")
+def test_generate_kwargs_per_backend():
+    assert DB.generate_kwargs("eager", longest_prompt=10, max_new_tokens=5) == {}
+    static = DB.generate_kwargs("static", longest_prompt=10, max_new_tokens=5)
+    assert static == {"cache_implementation": "static", "max_cache_len": 64, "disable_compile": True}
+    graphs = DB.generate_kwargs("cudagraphs", longest_prompt=10, max_new_tokens=5)
+    assert graphs["compile_config"].backend == "cudagraphs" and "disable_compile" not in graphs
+    fused = DB.generate_kwargs("inductor", longest_prompt=10, max_new_tokens=5)
+    assert (fused["compile_config"].backend, fused["compile_config"].mode) == ("inductor", "reduce-overhead")
+
+
+@pytest.mark.spec("OPS-01")
+def test_a_compiled_backend_on_a_cpu_fails_in_the_config_before_any_load():
+    from cai_bootstrap.datagen.config import ConfigError, load_config
+
+    assert load_config(None, device="cpu", decode_backend="static").decode_backend == "static"
+    assert load_config(None, device="cuda", decode_backend="inductor").decode_backend == "inductor"
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        load_config(None, device="cpu", decode_backend="cudagraphs")
+    with pytest.raises(ConfigError, match="decode_backend"):
+        load_config(None, decode_backend="turbo")
+
+
+@pytest.mark.spec("OPS-01")
+def test_generate_command_line_sets_the_backend():
+    import argparse
+
+    from cai_bootstrap.commands import generate_cmds
+
+    ap = argparse.ArgumentParser()
+    generate_cmds.register(ap.add_subparsers())
+    args = ap.parse_args(["generate", "--device", "cpu", "--decode-backend", "static"])
+    assert generate_cmds.config_from_args(args).decode_backend == "static"
