@@ -100,7 +100,7 @@ def compare_overrides(backend: str, steps: int, out: Path, *, dry_run: bool, sta
     o.update(model=CPU_MODEL if dry_run else GPU_MODEL, dataset=str(out / "unused-dataset"),
              output_dir=str(out / f"run-{backend}"), backend=backend, smoke=True, max_steps=steps,
              logging_steps=1 if dry_run else LOGGING_STEPS, save_steps=10 * steps, save_total_limit=1,
-             quantization="none" if dry_run else "nf4", device="cpu" if dry_run else "cuda",
+             quantization="none" if dry_run else os.environ.get("COMPARE_QUANTIZATION", "nf4"), device="cpu" if dry_run else "cuda",
              run_sentinels=not dry_run)
     if dry_run:
         o.update(per_device_batch_size=2, gradient_accumulation_steps=1, gradient_checkpointing=False)

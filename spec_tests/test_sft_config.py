@@ -187,3 +187,33 @@ def test_set_overrides_are_not_undone_by_unset_flags():
     assert _overrides(args) == {"quantization": "none", "epochs": 2}
     args = build_parser().parse_args(["train", "--set", "quantization=none", "--quantization", "nf4"])
     assert _overrides(args)["quantization"] == "nf4"  # an explicit flag still wins
+
+
+@pytest.mark.spec("SFT-04")
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"]])
+def test_unsloth_gets_the_lora_settings_as_configured(monkeypatch, targets):
+    """Unsloth takes 'all-linear' itself; a None in its place fails inside it on the GPU machine."""
+    import sys
+    import types
+
+    from cai_bootstrap.sft.train import RunPlan, _unsloth_lora
+
+    seen = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def get_peft_model(model, **kw):
+            seen.update(kw)
+            if kw["target_modules"] is None:
+                raise TypeError("'NoneType' object is not iterable")  # what unsloth 2026.10 does with None
+            return model
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    cfg = config_from_dict({**BASE, "backend": "unsloth", "lora": {"target_modules": targets}})
+    plan = RunPlan(cuda=True, device="cuda", backend="unsloth", load_quantization=None, quantization="none",
+                   dtype="bfloat16", bf16=True, gradient_checkpointing=False)
+    model = object()
+    assert _unsloth_lora(model, cfg, plan) is model
+    assert seen["target_modules"] == targets
+    assert (seen["r"], seen["lora_alpha"], seen["lora_dropout"]) == (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+    assert seen["use_gradient_checkpointing"] is False and seen["random_state"] == cfg.seed

@@ -132,6 +132,7 @@ def raise_on_failure(summary: dict) -> None:
     if summary["broken"]:
         raise SentinelFailure(
             f"broken load: completion sentinel(s) {summary['broken']} failed for profile "
-            f"{summary['profile']!r} (a missing BOS or wrong tokenizer produces this). "
-            "Check the model profile (--profile) and the tokenizer files."
+            f"{summary['profile']!r} (a missing BOS, a wrong tokenizer, or 4-bit weights of a small model "
+            "produce this). Check the model profile (--profile) and the tokenizer files; a small model "
+            "quantized to 4 bits (Gemma-3-270m in nf4 fails 'freezing_point') loads with quantization: none."
         )

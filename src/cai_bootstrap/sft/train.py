@@ -149,7 +149,8 @@ def _unsloth_lora(model, cfg: SFTRunConfig, plan: RunPlan):
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules if isinstance(cfg.lora.target_modules, list) else None,
+            # As configured: unsloth takes 'all-linear' itself, and None fails inside it ("'NoneType' object is not iterable").
+            target_modules=cfg.lora.target_modules,
             bias="none",
             use_gradient_checkpointing="unsloth" if plan.gradient_checkpointing else False,
             random_state=cfg.seed,
