@@ -60,7 +60,7 @@ def first_divergence(a, b) -> list[int]:
     return out
 
 
-def main(out_dir: str, model: str = "gemma-3-270m", backends: str = "static,cudagraphs,inductor") -> None:
+def main(out_dir: str, model: str = "gemma-3-270m", backends: str = "static,inductor") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     r = resolve_model(model)

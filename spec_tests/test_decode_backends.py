@@ -71,9 +71,10 @@ def test_the_backend_is_recorded_in_the_load_provenance(backend):
 
 @pytest.mark.spec("PR-02")
 @pytest.mark.parametrize("name, device, error", [
-    ("eager", "cpu", None), ("static", "cpu", None), ("cudagraphs", "cuda:0", None), ("inductor", "cuda", None),
-    ("cudagraphs", "cpu", "needs a CUDA device"), ("inductor", "mps", "needs a CUDA device"),
+    ("eager", "cpu", None), ("static", "cpu", None), ("inductor", "cuda:0", None), ("inductor", "cuda", None),
+    ("inductor", "cpu", "needs a CUDA device"), ("inductor", "mps", "needs a CUDA device"),
     ("fast", "cuda", "must be one of"),
+    ("cudagraphs", "cuda", "must be one of"),  # measured failing on a call's smaller last batch
 ])
 def test_backend_checks(name, device, error):
     if error is None:
@@ -95,10 +96,9 @@ def test_generate_kwargs_per_backend():
     assert DB.generate_kwargs("eager", longest_prompt=10, max_new_tokens=5) == {}
     static = DB.generate_kwargs("static", longest_prompt=10, max_new_tokens=5)
     assert static == {"cache_implementation": "static", "max_cache_len": 64, "disable_compile": True}
-    graphs = DB.generate_kwargs("cudagraphs", longest_prompt=10, max_new_tokens=5)
-    assert graphs["compile_config"].backend == "cudagraphs" and "disable_compile" not in graphs
     fused = DB.generate_kwargs("inductor", longest_prompt=10, max_new_tokens=5)
     assert (fused["compile_config"].backend, fused["compile_config"].mode) == ("inductor", "reduce-overhead")
+    assert "disable_compile" not in fused and fused["max_cache_len"] == 64
 
 
 @pytest.mark.spec("OPS-01")
@@ -108,7 +108,7 @@ def test_a_compiled_backend_on_a_cpu_fails_in_the_config_before_any_load():
     assert load_config(None, device="cpu", decode_backend="static").decode_backend == "static"
     assert load_config(None, device="cuda", decode_backend="inductor").decode_backend == "inductor"
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        load_config(None, device="cpu", decode_backend="cudagraphs")
+        load_config(None, device="cpu", decode_backend="inductor")
     with pytest.raises(ConfigError, match="decode_backend"):
         load_config(None, decode_backend="turbo")
 

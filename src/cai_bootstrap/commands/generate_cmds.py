@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--pilot-gate", help="passed pilot gate manifest (required in scale mode, GT-01)")
     p.add_argument("--device")
     p.add_argument("--decode-backend", choices=DECODE_BACKENDS,
-                   help="how decoding runs: eager (default), static cache, or compiled CUDA graphs (docs/ARCHITECTURE.md)")
+                   help="how decoding runs: eager (default), static (static KV cache, same outputs), inductor (compiled; docs/ARCHITECTURE.md)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
     p.add_argument("--response-frame", choices=RESPONSE_FRAMES,
                    help="what the base model sees when answering (PR-07): answered examples first, or the bare prompt")
