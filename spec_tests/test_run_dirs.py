@@ -79,6 +79,11 @@ WRITERS = [
                             "--instructions", str(t / "instructions.jsonl"), "--out", str(d)]),
     ("train-dpo", lambda d, t: ["train-dpo", "--pairs", str(t / "pairs"), "--sft-run", str(t / "sft"),
                                 "--model", "tiny-random", "--out", str(d)]),
+    # Gates read a folder another command may still be writing, and write their manifest into it.
+    ("gate pilot", lambda d, t: ["gate", "pilot", str(d)]),
+    ("gate scale", lambda d, t: ["gate", "scale", str(d), "--out", str(t / "scale_gate.json")]),
+    ("gate final", lambda d, t: ["gate", "final", "--eval", str(d)]),
+    ("gate gap", lambda d, t: ["gate", "gap", "--eval", str(d)]),
 ]
 
 

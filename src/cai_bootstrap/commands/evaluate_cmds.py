@@ -181,6 +181,14 @@ def _gate_missing(args) -> int:
     raise CLIError("name a gate: `gate pilot` or `gate scale` (GT-01), `gate final` (GT-02) or `gate gap` (GT-03)")
 
 
+def _judging(folder):
+    """A gate reads a folder and by default writes its manifest there: it holds the folder's run lock
+    (OPS-06), so it never judges files a running `generate` or `evaluate` is still writing."""
+    from cai_bootstrap.run_lock import run_lock
+
+    return run_lock(folder, "gate")
+
+
 def _print_gate(decision, manifest_path: Path) -> int:
     print(decision.headline())
     print(f"gate manifest: {manifest_path}")
@@ -193,7 +201,8 @@ def _gate_final(args) -> int:
 
     check_open_unit_interval("--alpha", args.alpha)
     check_non_negative("--min-lift", args.min_lift)
-    decision, manifest = run_final_gate(args.eval_dir, FinalGateThresholds(alpha=args.alpha, min_lift=args.min_lift), out=args.out)
+    with _judging(args.eval_dir):
+        decision, manifest = run_final_gate(args.eval_dir, FinalGateThresholds(alpha=args.alpha, min_lift=args.min_lift), out=args.out)
     return _print_gate(decision, manifest)
 
 
@@ -205,7 +214,8 @@ def _gate_gap(args) -> int:
         raise CLIError(f"--max-base-rate is a rate and must lie in [0, 1], got {args.max_base_rate}")
     targets = tuple(t.strip() for t in args.target_types.split(",") if t.strip()) if args.target_types else None
     thresholds = GapGateThresholds(max_base_rate=args.max_base_rate, target_types=targets, per_type=args.per_type)
-    decision, manifest = run_gap_gate(args.eval_dir, thresholds, out=args.out)
+    with _judging(args.eval_dir):
+        decision, manifest = run_gap_gate(args.eval_dir, thresholds, out=args.out)
     return _print_gate(decision, manifest)
 
 
@@ -225,7 +235,8 @@ def _gate_data(args) -> int:
     gate = PILOT_GATE if args.gate_kind == "pilot" else SCALE_GATE
     run = Path(args.run_dir)
     out = check_output_file(args.out or run / f"{gate}.json", [run / name for name in DATA_GATE_INPUTS.values()])
-    decision, manifest = run_data_gate(run, gate=gate, thresholds=thresholds, out=out)
+    with _judging(run):
+        decision, manifest = run_data_gate(run, gate=gate, thresholds=thresholds, out=out)
     print(decision.headline())
     print(f"gate manifest: {manifest}")
     return 0 if decision.passed else 1
