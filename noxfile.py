@@ -166,6 +166,6 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def gpu(session: nox.Session) -> None:
-    """Run gpu_tests/ (skipped cleanly without CUDA)."""
+    """Run gpu_tests/: the CUDA tests skip cleanly without CUDA; CPU checks of their helpers run everywhere."""
     _install(session, "testmodel", "train", "gpu", "validate", "stats", "test")
     session.run("pytest", "gpu_tests", "-q", *session.posargs, env=_locked_env())

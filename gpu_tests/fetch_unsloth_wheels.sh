@@ -2,7 +2,7 @@
 # bash gpu_tests/fetch_unsloth_wheels.sh     # run here (a machine with PyPI), from the repository root
 # Downloads into .whl/u1..u3 (git-ignored) what the GPU image (Python 3.12, torch 2.11 cu130,
 # transformers 5.17) lacks for the unsloth backend and its comparison (gpu_tests/unsloth_compare.py).
-# One folder per device call, each under 60 MB: u1 bitsandbytes (42 MB, the hf 4-bit path needs it
+# One folder per transfer to the offline GPU machine, each under 60 MB: u1 bitsandbytes (42 MB, the hf 4-bit path needs it
 # too), u2 unsloth + unsloth_zoo + trl 1.15 (32 MB), u3 what they need in their pinned ranges (22 MB):
 # transformers 5.17.0 and datasets 4.8.5 (unsloth 2026.10.9 takes transformers <= 5.17 and
 # datasets < 5; the image's /tmp/site holds 5.23 and 5.2 for the main path, so these go into a

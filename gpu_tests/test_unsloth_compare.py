@@ -48,6 +48,24 @@ def test_the_two_arms_differ_only_in_backend_and_output(tmp_path):
     a = compare_overrides("hf", 80, tmp_path, dry_run=False, stage1_overrides=stage1)
     b = compare_overrides("unsloth", 80, tmp_path, dry_run=False, stage1_overrides=stage1)
     assert {k for k in a if a[k] != b[k]} == {"backend", "output_dir"}
-    assert a["quantization"] == "nf4" and a["per_device_batch_size"] == 16
+    assert a["quantization"] == "none" and a["per_device_batch_size"] == 16  # bf16 LoRA unless asked otherwise
+    q = compare_overrides("unsloth", 80, tmp_path, dry_run=False, stage1_overrides=stage1, quantization="nf4")
+    assert q["quantization"] == "nf4" and {k for k in q if q[k] != b[k]} == {"quantization"}
     with pytest.raises(ValueError, match="backend"):
         compare_overrides("vllm", 80, tmp_path, dry_run=False, stage1_overrides=stage1)
+
+
+def test_a_failure_re_raised_by_the_project_names_the_package_it_came_from():
+    """sft.train re-raises unsloth's errors as TrainingSetupError; the package is found through the cause."""
+    import yaml
+
+    def wrapped():
+        try:
+            yaml.safe_load("a: [")
+        except yaml.YAMLError as e:
+            raise RuntimeError("backend cannot wrap this model") from e
+
+    with pytest.raises(RuntimeError) as info:
+        wrapped()
+    rec = failure_record(info.value)
+    assert rec["package"] == "yaml" and rec["error"].startswith("RuntimeError: backend cannot wrap")

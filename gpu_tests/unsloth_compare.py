@@ -1,5 +1,5 @@
-"""Train the same data with the same SFT settings on backend hf (peft + bitsandbytes QLoRA) and on
-backend unsloth, and compare speed, peak memory and loss.
+"""Train the same data with the same SFT settings on backend hf (peft LoRA, or bitsandbytes QLoRA
+with ``COMPARE_QUANTIZATION=nf4``) and on backend unsloth, and compare speed, peak memory and loss.
 
     python gpu_tests/unsloth_compare.py OUT_DIR [--steps 80] [--rows 320]   # on the GPU machine
     python gpu_tests/unsloth_compare.py OUT_DIR --dry-run                   # CPU: tiny model, hf only, 2 steps
@@ -20,7 +20,7 @@ verified exactly as in a real run.
 
 Settings: ``sft_default.yaml`` with the Stage-1 GPU overrides (``stage1_gemma_gpu.yaml``: batch
 16 x 1, no gradient checkpointing, quantization none) and ``smoke: true`` with ``max_steps`` so
-the run fits one device call. ``COMPARE_QUANTIZATION=nf4`` compares 4-bit QLoRA instead, for models
+the run fits a few minutes. ``COMPARE_QUANTIZATION=nf4`` compares 4-bit QLoRA instead, for models
 that pass the load sentinels in 4 bits (Gemma-3-270m does not: docs/KNOWN_BUGS_AND_FIXES.md).
 """
 
@@ -90,7 +90,8 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
 # -- settings ---------------------------------------------------------------------------------------
 
 
-def compare_overrides(backend: str, steps: int, out: Path, *, dry_run: bool, stage1_overrides: dict) -> dict:
+def compare_overrides(backend: str, steps: int, out: Path, *, dry_run: bool, stage1_overrides: dict,
+                      quantization: str = "none") -> dict:
     """The SFT config overrides of one arm; the two arms differ in ``backend`` and ``output_dir`` only."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -100,7 +101,7 @@ def compare_overrides(backend: str, steps: int, out: Path, *, dry_run: bool, sta
     o.update(model=CPU_MODEL if dry_run else GPU_MODEL, dataset=str(out / "unused-dataset"),
              output_dir=str(out / f"run-{backend}"), backend=backend, smoke=True, max_steps=steps,
              logging_steps=1 if dry_run else LOGGING_STEPS, save_steps=10 * steps, save_total_limit=1,
-             quantization="none" if dry_run else os.environ.get("COMPARE_QUANTIZATION", "none"), device="cpu" if dry_run else "cuda",
+             quantization="none" if dry_run else quantization, device="cpu" if dry_run else "cuda",
              run_sentinels=not dry_run)
     if dry_run:
         o.update(per_device_batch_size=2, gradient_accumulation_steps=1, gradient_checkpointing=False)
@@ -167,8 +168,14 @@ def failure_record(exc: BaseException) -> dict:
     import importlib.metadata as md
 
     pkg = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    chain = []  # the exception and its causes, innermost last: the project re-raises unsloth's errors as its own
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    frames = [f for e in chain for f in traceback.extract_tb(e.__traceback__)]
     if not pkg:  # the innermost frame inside an installed package names it
-        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        for frame in reversed(frames):
             parts = Path(frame.filename).parts
             if "site-packages" in parts or any(p.startswith("site") for p in parts[:-1]):
                 idx = max(i for i, p in enumerate(parts[:-1]) if "site" in p)
@@ -202,7 +209,8 @@ def train_arm(backend: str, steps: int, rows: int, out: Path, dry_run: bool) -> 
     from transformers import set_seed
 
     cfg = load_config(default_config_path(), compare_overrides(backend, steps, out, dry_run=dry_run,
-                                                               stage1_overrides=_stage1_overrides()))
+                                                               stage1_overrides=_stage1_overrides(),
+                                                               quantization=os.environ.get("COMPARE_QUANTIZATION", "none")))
     plan = plan_run(cfg, probe_device())
     resolved = resolve_model(cfg.model, profile=cfg.profile)
     lm = load_base_model(resolved.source, profile=cfg.profile or resolved.profile, dtype=plan.dtype,

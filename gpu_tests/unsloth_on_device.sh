@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, one call per wheel folder and then one to run:
-#   INSTALL_ONLY=1 bash gpu_tests/unsloth_on_device.sh     # carry .whl/u1, then .whl/u2, then .whl/u3
+#   INSTALL_ONLY=1 bash gpu_tests/unsloth_on_device.sh     # with .whl/u1 copied over, then .whl/u2, then .whl/u3
 #   bash gpu_tests/unsloth_on_device.sh                     # hf vs unsloth, results in $OUT
 # Expects the main path already installed into /tmp/site (the Gemma parts p1..p4 and .whl/e, by
 # stage1_on_device.sh). bitsandbytes goes into /tmp/site too (the hf 4-bit path needs it); every

@@ -51,6 +51,28 @@ def test_static_cache_prefill_is_checked_with_its_padding_excluded(backend):
 
 
 @pytest.mark.spec("CG-03")
+def test_the_guard_checks_a_padded_static_cache_prefill_against_its_own_padding(backend, monkeypatch):
+    """A forbidden token past the padding of a static-cache batch is caught by the forward guard itself."""
+    backend.use_decode_backend("static")
+    clean = backend.encode_many(["a b c d e f g h", "hi there"])
+    smuggled = [clean[0], clean[1][:-1] + [IM_START]]  # as if an encode path had missed it
+    monkeypatch.setattr(backend, "encode_many", lambda texts: [list(r) for r in smuggled])
+    with pytest.raises(ContaminationError, match="im_start"):
+        backend.generate(["x", "y"], max_new_tokens=2, do_sample=False, batch_size=2)
+    assert getattr(backend._prefill, "mask", None) is None  # nothing left for the next call
+
+
+@pytest.mark.spec("CG-03")
+@pytest.mark.parametrize("ids", [[[16664, IM_START, 25]], [[IM_START]]], ids=["three-tokens", "one-token"])
+def test_a_compiled_pass_without_a_cache_is_still_checked(tiny_lm, ids):
+    """Compiling the model does not compile the guard away, for a one-token pass either."""
+    compiled = torch.compile(tiny_lm.model, backend="eager")
+    bad = torch.tensor(ids)
+    with pytest.raises(ContaminationError, match="im_start"):
+        compiled(input_ids=bad, attention_mask=torch.ones_like(bad))
+
+
+@pytest.mark.spec("CG-03")
 def test_a_compiled_prefill_is_still_checked(tiny_lm):
     """Compiling the model does not compile the guard away: a several-token pass is checked eagerly."""
     compiled = torch.compile(tiny_lm.model, backend="eager")
@@ -93,7 +115,9 @@ def test_static_cache_length_is_rounded_up_so_similar_calls_share_a_shape(prompt
 
 @pytest.mark.spec("PR-02")
 def test_generate_kwargs_per_backend():
-    assert DB.generate_kwargs("eager", longest_prompt=10, max_new_tokens=5) == {}
+    # Explicit even for eager: a model's own generation config cannot switch the cache or compile silently.
+    assert DB.generate_kwargs("eager", longest_prompt=10, max_new_tokens=5) == {
+        "cache_implementation": "dynamic", "disable_compile": True}
     static = DB.generate_kwargs("static", longest_prompt=10, max_new_tokens=5)
     assert static == {"cache_implementation": "static", "max_cache_len": 64, "disable_compile": True}
     fused = DB.generate_kwargs("inductor", longest_prompt=10, max_new_tokens=5)
@@ -101,16 +125,15 @@ def test_generate_kwargs_per_backend():
     assert "disable_compile" not in fused and fused["max_cache_len"] == 64
 
 
-@pytest.mark.spec("OPS-01")
-def test_a_compiled_backend_on_a_cpu_fails_in_the_config_before_any_load():
+@pytest.mark.spec("OPS-01", "PR-02")
+def test_data_generation_offers_only_backends_whose_rows_a_rerun_reproduces():
     from cai_bootstrap.datagen.config import ConfigError, load_config
 
+    assert set(DB.GENERATION_DECODE_BACKENDS) == {"eager", "static"}
     assert load_config(None, device="cpu", decode_backend="static").decode_backend == "static"
-    assert load_config(None, device="cuda", decode_backend="inductor").decode_backend == "inductor"
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        load_config(None, device="cpu", decode_backend="inductor")
-    with pytest.raises(ConfigError, match="decode_backend"):
-        load_config(None, decode_backend="turbo")
+    for name in ("inductor", "turbo"):  # compiled steps changed rows between two identical calls on a GPU
+        with pytest.raises(ConfigError, match="decode_backend"):
+            load_config(None, device="cuda", decode_backend=name)
 
 
 @pytest.mark.spec("OPS-01")

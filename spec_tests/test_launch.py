@@ -36,7 +36,7 @@ CANARY = "Write a limerick about a forgetful lighthouse keeper."
     ({"devices": "0, 3"}, None, ["0", "3"]),
     ({"procs": 3}, None, [None, None, None]),
     ({"gpus": 3}, "1,2", "lists 2"),
-    ({"devices": "0,0"}, None, "twice"),
+    ({"devices": "0,0"}, None, "--shards-per-gpu"),  # sharing a GPU is asked for by name
     ({"devices": "a,1"}, None, "GPU indices"),
     ({"gpus": 0}, None, "at least 1"),
     ({}, None, "exactly one"),
@@ -135,6 +135,19 @@ def test_dry_run_prints_each_shard_command_and_the_merge(tmp_path, capsys, monke
     assert lines[1].startswith("CUDA_VISIBLE_DEVICES=1 ") and "--shard 1/2" in lines[1]
     assert lines[2] == f"cai-bootstrap merge {tmp_path / 'shard-0'} {tmp_path / 'shard-1'} --out {tmp_path / 'merged'}"
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.spec("OPS-05")
+def test_shards_per_gpu_puts_several_shard_processes_on_one_gpu(tmp_path, capsys, monkeypatch):
+    from cai_bootstrap.cli import main
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert main(["launch", "generate", "--gpus", "1", "--shards-per-gpu", "2", "--out", str(tmp_path), "--dry-run",
+                 "--", "--mode", "scale", "--target", "10", "--decode-backend", "static"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines[:2]] == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=0"]
+    assert "--shard 0/2" in lines[0] and "--shard 1/2" in lines[1] and "--decode-backend static" in lines[1]
+    assert lines[2].startswith("cai-bootstrap merge ")
 
 
 def _nested(dotted: dict) -> dict:

@@ -359,6 +359,17 @@ def test_profile_expectations_for_completion_sentinel():
     assert get_profile("gemma").completion_sentinel == REQUIRED
 
 
+@pytest.mark.spec("CG-05")
+@pytest.mark.parametrize("quantization, hint", [(None, False), ("none", False), ("nf4", True)])
+def test_a_broken_load_names_4_bit_weights_only_when_they_were_used(quantization, hint):
+    from cai_bootstrap.sentinels import raise_on_failure
+
+    broken = evaluate_sentinels(dict(BASE_LIKE, freezing_point=" at at at at"), get_profile("gemma"))
+    with pytest.raises(SentinelFailure, match="broken load") as info:
+        raise_on_failure(broken, quantization=quantization)
+    assert ("quantization: none" in str(info.value)) is hint
+
+
 @pytest.mark.spec("CG-05", "CG-06")
 def test_sentinels_run_in_raw_mode_at_load_and_are_recorded(tiny_lm):
     s = tiny_lm.provenance["sentinels"]

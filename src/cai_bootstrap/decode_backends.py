@@ -1,30 +1,27 @@
 """How ``LoadedModel.generate`` runs the decoding loop: the KV cache and whether steps are compiled.
 
-A 270M model's decoding step on a large GPU reads its weights in well under a
-millisecond, yet eager transformers spends tens of milliseconds per step launching
-several hundred small kernels from Python (RMSNorm alone is seven ops per call, four
-calls per layer). The remedy is the one transformers builds in: a static KV cache,
-whose fixed shapes let ``generate`` compile the decoding step and replay it as a CUDA
-graph. Which of these a run uses changes speed and, through kernel choice, the last
-bits of the logits, so greedy rows may differ from eager decoding at near-ties; the
-backend is therefore a recorded setting (``generation.decode_backend`` in the load
-provenance), never an automatic switch.
+On a large GPU a small model's decoding is not bound by reading its weights. With
+transformers' default dynamic KV cache, attention over a growing, left-padded cache
+dominated (cProfile of Gemma-3-270m at batch 400: the attention call held the host for
+6.6 of 11 s), and the rest is hundreds of small kernels launched from Python per step.
+A static KV cache fixes the cache's shape, which changes the attention kernel and lets
+transformers compile the decoding step and replay it as a CUDA graph. Which of these a
+run uses changes speed and, for compiled steps, the last bits of the logits, so it is a
+recorded setting (``generation.decode_backend`` in the load provenance), never an
+automatic switch:
 
-- ``eager``: transformers' default dynamic cache, no compilation (the reference);
-- ``static``: a static cache, no compilation (shows what the cache alone changes);
-- ``inductor``: static cache, the step compiled by inductor (fused kernels) and replayed
-  as a CUDA graph (``mode="reduce-overhead"``, transformers' default compile config).
+- ``eager``: a dynamic cache, never compiled (the reference);
+- ``static``: a static cache sized to the call, never compiled: the same rows as
+  ``eager`` at the same batch size (tested on CPU, measured on a GPU);
+- ``inductor`` (CUDA only, through the API): static cache, decoding steps compiled by
+  inductor and replayed as CUDA graphs. Fused kernels round differently, so greedy rows
+  differ from ``eager`` at near-ties, and two identical calls did not always give the
+  same rows. Data generation needs rows that a resumed run reproduces, so its config
+  offers ``eager`` and ``static`` only; ``inductor`` is for throughput measurements.
 
-Measured on an H200 (Gemma-3-270m, bf16, 400 greedy prompts, 96 new tokens; docs/ARCHITECTURE.md):
-the static cache alone decodes every row exactly as eager does and at batch 400 is 3.2x
-faster than eager at that batch; inductor is 3.7x faster again, but 111 of 400 greedy rows
-then differ from eager decoding at some token. torch's ``cudagraphs`` backend (graphs of the
-unfused kernels, which would keep eager numerics) failed on the smaller last batch of a call
-(a size mismatch inside the replayed graph), so it is not offered.
-
-Only the decoding steps are compiled: ``generate`` runs the prefill, the one pass
-whose tokens come from outside the model, eagerly, so the loader's forward guard still
-checks it (CG-03).
+Measured figures: docs/ARCHITECTURE.md. Only decoding steps are compiled: ``generate``
+runs the prefill, the one pass whose tokens come from outside the model, eagerly, so the
+loader's forward guard still checks it (CG-03).
 """
 
 from __future__ import annotations
@@ -32,11 +29,19 @@ from __future__ import annotations
 from typing import Any
 
 DECODE_BACKENDS = ("eager", "static", "inductor")
+# What data generation may use: the backends whose rows a rerun reproduces.
+GENERATION_DECODE_BACKENDS = ("eager", "static")
 DEFAULT_DECODE_BACKEND = "eager"
 COMPILED_BACKENDS = ("inductor",)
 # The static cache is sized in steps of this many positions, so calls whose prompts differ
 # by a few tokens share one cache shape (and one compiled graph).
 CACHE_LENGTH_STEP = 64
+
+_DESCRIPTIONS = {
+    "eager": "eager: dynamic KV cache, no compilation",
+    "static": "static KV cache, no compilation",
+    "inductor": "static KV cache, decoding steps compiled by inductor (mode 'reduce-overhead')",
+}
 
 
 class DecodeBackendError(ValueError):
@@ -63,18 +68,21 @@ def static_cache_length(longest_prompt: int, max_new_tokens: int, step: int = CA
 
 
 def generate_kwargs(name: str, *, longest_prompt: int, max_new_tokens: int) -> dict[str, Any]:
-    """Keyword arguments for transformers' ``generate`` that select this backend."""
+    """Keyword arguments for transformers' ``generate`` that select this backend.
+
+    Every backend is explicit, so a model whose own generation config names another cache
+    (or compiles by itself) still decodes as recorded.
+    """
     if name == "eager":
-        return {}
+        return {"cache_implementation": "dynamic", "disable_compile": True}
     kw: dict[str, Any] = {"cache_implementation": "static",
                           "max_cache_len": static_cache_length(longest_prompt, max_new_tokens)}
     if name == "static":
         # transformers compiles the decoding step by itself whenever the cache is static on a GPU.
         kw["disable_compile"] = True
-        return kw
-    from transformers import CompileConfig
+    elif name == "inductor":
+        from transformers import CompileConfig
 
-    if name == "inductor":
         kw["compile_config"] = CompileConfig(backend="inductor", mode="reduce-overhead")
     else:
         raise DecodeBackendError(f"unknown decode backend {name!r}")
@@ -83,8 +91,4 @@ def generate_kwargs(name: str, *, longest_prompt: int, max_new_tokens: int) -> d
 
 def describe(name: str) -> str:
     """The provenance text of a backend (what a record says about how it was decoded)."""
-    return {
-        "eager": "eager: dynamic KV cache, no compilation",
-        "static": "static KV cache, no compilation",
-        "inductor": "static KV cache, decoding steps compiled by inductor (mode 'reduce-overhead')",
-    }[name]
+    return _DESCRIPTIONS[name]

@@ -35,6 +35,7 @@ FINISHED_CODES = (0, 1)
 # Arguments the launcher sets per shard; given by the user they would make every shard the same one.
 PER_SHARD_OPTIONS = ("--shard", "--out")
 MERGED_DIR = "merged"
+DEFAULT_SHARDS_PER_GPU = 1
 
 
 class LaunchError(ValueError):
@@ -58,7 +59,7 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
 
 
 def parse_devices(*, gpus: int | None = None, devices: str | None = None, procs: int | None = None,
-                  visible: str | None = None, per_gpu: int = 1) -> list[str | None]:
+                  visible: str | None = None, per_gpu: int = DEFAULT_SHARDS_PER_GPU) -> list[str | None]:
     """One entry per process: a CUDA device id, or None for a CPU process. Exactly one option is given.
 
     ``--gpus N`` takes the first N GPUs of ``visible`` (the launcher's own
@@ -82,7 +83,8 @@ def parse_devices(*, gpus: int | None = None, devices: str | None = None, procs:
         if not ids or bad:
             raise LaunchError(f"--devices expects comma-separated GPU indices such as 0,1,3; got {devices!r}")
         if len(set(ids)) != len(ids):
-            raise LaunchError(f"--devices lists a GPU twice ({devices!r}); each shard needs its own")
+            raise LaunchError(f"--devices lists a GPU twice ({devices!r}); to run several shards on one GPU, "
+                              "list it once and add --shards-per-gpu K")
         return list(ids)
     n = gpus if gpus is not None else procs
     if n < 1:

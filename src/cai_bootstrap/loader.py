@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,9 +257,9 @@ class LoadedModel:
     _token_texts: list[str] | None = field(default=None, repr=False, compare=False)
     # How the decoding loop runs (decode_backends.py); set through use_decode_backend, which records it.
     decode_backend: str = DEFAULT_DECODE_BACKEND
-    # The padding mask of the batch generate() is prefilling: with a static cache transformers hands the
-    # forward a prepared (dict or 4-D) mask, and the forward guard reads padding from this one instead.
-    _padding_mask: Any = field(default=None, repr=False, compare=False)
+    # Per thread, the padding mask of the batch generate() is prefilling: with a static cache transformers
+    # hands the forward a prepared (dict or 4-D) mask, and the forward guard reads padding from this one.
+    _prefill: Any = field(default_factory=threading.local, repr=False, compare=False)
 
     # -- the one encode path (CG-02) -------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -321,10 +322,10 @@ class LoadedModel:
 
     def use_decode_backend(self, name: str) -> "LoadedModel":
         """Decode with ``name`` from now on (decode_backends.py), recorded in the load provenance."""
-        from cai_bootstrap.decode_backends import check_backend, describe
+        from cai_bootstrap.decode_backends import check_backend
 
         self.decode_backend = check_backend(name, str(self.device))
-        self.provenance.setdefault("generation", {})["decode_backend"] = describe(name)
+        self.provenance.setdefault("generation", {})["decode_backend"] = describe_decode_backend(name)
         return self
 
     # -- generation -------------------------------------------------------------------
@@ -409,11 +410,11 @@ class LoadedModel:
 
                     stop = TokenTextStop.for_prompts(stop_strings, self.token_texts(), [encoded[i] for i in idx])
                     kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
-                self._padding_mask = mask
+                self._prefill.mask = mask
                 try:
                     seq = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
                 finally:
-                    self._padding_mask = None
+                    self._prefill.mask = None
                 new = seq[:, input_ids.shape[1] :].tolist()
                 for row, i in zip(new, idx):
                     out[i] = self._finish(row, max_new_tokens, stop_strings)
@@ -525,6 +526,11 @@ def is_continuation_step(input_ids, kwargs: dict) -> bool:
     return False
 
 
+def _holds_cache(kwargs: dict) -> bool:
+    """Whether a KV cache object is among the forward's arguments (by what it can do, not its keyword)."""
+    return any(callable(getattr(v, "get_seq_length", None)) for v in kwargs.values())
+
+
 def _install_forward_guard(lm: LoadedModel) -> None:
     """CG-03 at the model itself: a pre-hook checks the first (prefill) pass of every forward.
 
@@ -540,10 +546,11 @@ def _install_forward_guard(lm: LoadedModel) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             return None
-        if torch.compiler.is_compiling() and int(input_ids.shape[-1]) == 1:
-            # A compiled pass of one token per row is a decoding step: generate compiles only those
-            # (decode_backends.py) and runs the prefill eagerly, where this guard checks it. Any other
-            # compiled pass goes on to the checks below, whose host reads break the graph and run eagerly.
+        if torch.compiler.is_compiling() and int(input_ids.shape[-1]) == 1 and _holds_cache(kwargs):
+            # One token per row continuing a cache, in a compiled graph: a decoding step. generate compiles
+            # only those (decode_backends.py) and runs the prefill eagerly, where this guard checks it; reading
+            # how much the cache holds would break the graph. Any other compiled pass goes on to the checks
+            # below, whose host reads break the graph, so they run eagerly.
             return None
         if is_continuation_step(input_ids, kwargs):
             return None
@@ -551,7 +558,7 @@ def _install_forward_guard(lm: LoadedModel) -> None:
         if not _is_2d_tensor(mask):
             # A prepared (4-D or dict) mask says nothing simple about padding: use the padding mask of
             # the batch generate() is prefilling when it fits, else check every token.
-            known = lm._padding_mask
+            known = getattr(lm._prefill, "mask", None)
             mask = known if known is not None and tuple(known.shape) == tuple(input_ids.shape) else None
         training = kwargs.get("labels") is not None
         for r in range(input_ids.shape[0]):
@@ -748,7 +755,7 @@ def run_sentinel_suite(lm: LoadedModel, *, max_new_tokens: int = 24) -> dict:
     )
     summary = evaluate_sentinels({s.name: g.text for s, g in zip(SENTINELS, gens)}, lm.profile)
     summary["decoding"] = {"do_sample": False, "max_new_tokens": max_new_tokens}
-    raise_on_failure(summary)
+    raise_on_failure(summary, quantization=lm.provenance.get("quantization"))
     return summary
 
 

@@ -122,7 +122,7 @@ def evaluate_sentinels(responses: dict[str, str], profile: ModelProfile) -> dict
     }
 
 
-def raise_on_failure(summary: dict) -> None:
+def raise_on_failure(summary: dict, *, quantization: str | None = None) -> None:
     if summary["contaminated"]:
         raise SentinelFailure(
             "contamination: a base model followed instruction sentinel(s) "
@@ -132,7 +132,9 @@ def raise_on_failure(summary: dict) -> None:
     if summary["broken"]:
         raise SentinelFailure(
             f"broken load: completion sentinel(s) {summary['broken']} failed for profile "
-            f"{summary['profile']!r} (a missing BOS, a wrong tokenizer, or 4-bit weights of a small model "
-            "produce this). Check the model profile (--profile) and the tokenizer files; a small model "
-            "quantized to 4 bits (Gemma-3-270m in nf4 fails 'freezing_point') loads with quantization: none."
+            f"{summary['profile']!r} (a missing BOS or wrong tokenizer produces this). "
+            "Check the model profile (--profile) and the tokenizer files."
+            + (f" The weights were loaded in {quantization}: 4 bits can break a small model "
+               "(Gemma-3-270m in nf4 fails 'freezing_point'); load it with quantization: none."
+               if quantization not in (None, "none") else "")
         )

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from cai_bootstrap.decode_backends import DECODE_BACKENDS
+from cai_bootstrap.decode_backends import GENERATION_DECODE_BACKENDS
+from cai_bootstrap.launch import DEFAULT_SHARDS_PER_GPU
 from cai_bootstrap.prompts import RESPONSE_FRAMES
 
 
@@ -26,8 +27,9 @@ def register(sub) -> None:
     p.add_argument("--shard", help="'i/N': this process makes shard i of N (scale mode)")
     p.add_argument("--pilot-gate", help="passed pilot gate manifest (required in scale mode, GT-01)")
     p.add_argument("--device")
-    p.add_argument("--decode-backend", choices=DECODE_BACKENDS,
-                   help="how decoding runs: eager (default), static (static KV cache, same outputs), inductor (compiled; docs/ARCHITECTURE.md)")
+    p.add_argument("--decode-backend", choices=GENERATION_DECODE_BACKENDS,
+                   help="how decoding runs (default: the config's, else eager): eager (dynamic KV cache) or static "
+                        "(static KV cache, the same rows, faster on a GPU; docs/ARCHITECTURE.md)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
     p.add_argument("--response-frame", choices=RESPONSE_FRAMES,
                    help="what the base model sees when answering (PR-07): answered examples first, or the bare prompt")
@@ -52,7 +54,7 @@ def register(sub) -> None:
     devices.add_argument("--gpus", type=int, help="N shards on GPUs 0..N-1")
     devices.add_argument("--devices", help="one shard per listed GPU, e.g. 0,1,3")
     devices.add_argument("--procs", type=int, help="N shards as CPU processes (no GPU; for tests and CPU machines)")
-    p.add_argument("--shards-per-gpu", type=int, default=1,
+    p.add_argument("--shards-per-gpu", type=int, default=DEFAULT_SHARDS_PER_GPU,
                    help="shard processes started on each GPU (default 1; more can fill a large GPU with a small model)")
     p.add_argument("--out", required=True, help="output root: shard i writes OUT/shard-i, the merge OUT/merged")
     p.add_argument("--merge-out", help="merged run directory (default: OUT/merged)")

@@ -13,7 +13,7 @@ from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING
 
 RELEVANCE_THRESHOLD_FROM_PROBES = "probes"
 from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
-from cai_bootstrap.decode_backends import DECODE_BACKENDS, DEFAULT_DECODE_BACKEND
+from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND, GENERATION_DECODE_BACKENDS
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
 from cai_bootstrap.model_sources import GEMMA_NAME
@@ -105,8 +105,8 @@ class GenerateConfig(_Strict):
     shard: str = "0/1"
     device: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    # How generate() runs its decoding loop (decode_backends.py); compiled backends need CUDA.
-    decode_backend: Literal[DECODE_BACKENDS] = DEFAULT_DECODE_BACKEND
+    # How generate() runs its decoding loop (decode_backends.py): the backends whose rows a rerun reproduces.
+    decode_backend: Literal[GENERATION_DECODE_BACKENDS] = DEFAULT_DECODE_BACKEND
     quiet: bool = False
     # Scale runs need a passed pilot gate manifest (GT-01); pilots ignore it.
     pilot_gate: Path | None = None
@@ -160,10 +160,6 @@ class GenerateConfig(_Strict):
     def _pilot_size(self):
         if self.mode == "pilot" and self.shard != "0/1":
             raise ValueError("a pilot is not sharded: use mode 'scale' with --shard")
-        if self.device is not None and not self.device.startswith("cuda"):
-            from cai_bootstrap.decode_backends import check_backend
-
-            check_backend(self.decode_backend, self.device)  # a compiled backend on a CPU fails here, before loading
         return self
 
     @property

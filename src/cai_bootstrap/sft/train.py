@@ -142,7 +142,7 @@ def _unsloth_lora(model, cfg: SFTRunConfig, plan: RunPlan):
     try:
         from unsloth import FastLanguageModel
     except ImportError as e:
-        raise TrainingSetupError(f"backend: unsloth failed to import ({e}); use backend: hf") from None
+        raise TrainingSetupError(f"backend: unsloth failed to import ({e}); use backend: hf") from e
     try:
         return FastLanguageModel.get_peft_model(
             model,
@@ -157,7 +157,7 @@ def _unsloth_lora(model, cfg: SFTRunConfig, plan: RunPlan):
             max_seq_length=cfg.max_length,
         )
     except Exception as e:  # unsloth supports a fixed list of architectures
-        raise TrainingSetupError(f"backend: unsloth cannot wrap this model ({type(e).__name__}: {e}); use backend: hf") from None
+        raise TrainingSetupError(f"backend: unsloth cannot wrap this model ({type(e).__name__}: {e}); use backend: hf") from e
 
 
 # -- trainer ----------------------------------------------------------------------------------------
