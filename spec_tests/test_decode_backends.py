@@ -27,10 +27,13 @@ def backend(tiny_lm):
     dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, seed=5),
     dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, seed=2),  # transformers' own sampling path
 ])
-def test_static_cache_decodes_exactly_as_eager(backend, batch_size, sampling):
+def test_static_cache_decodes_as_eager_on_the_tiny_model(backend, batch_size, sampling):
+    """A regression check of the cache, padding and stop plumbing: on this float32 model the rows are
+    equal; on a real model sampled rows may differ at near-ties (docs/ARCHITECTURE.md)."""
     kw = dict(max_new_tokens=12, batch_size=batch_size, stop_strings=("\n\n",), **sampling)
     eager = backend.use_decode_backend("eager").generate(PROMPTS, **kw)
     static = backend.use_decode_backend("static").generate(PROMPTS, **kw)
+    assert [g.token_ids for g in backend.generate(PROMPTS, **kw)] == [g.token_ids for g in static]  # repeatable
     assert [g.token_ids for g in static] == [g.token_ids for g in eager]
     assert [(g.hit_limit, g.stopped_on_eos) for g in static] == [(g.hit_limit, g.stopped_on_eos) for g in eager]
 

@@ -70,6 +70,7 @@ def test_changed_settings_copy_nothing_and_say_why(runs):
     ({}, ("w", "w"), []),
     ({"shard": "0/2"}, ("w", "w"), ["shard 0/2"]),
     ({"seed": 1}, ("w", "w"), ["settings differ from the pilot's: seed"]),
+    ({"decode_backend": "static"}, ("w", "w"), ["settings differ from the pilot's: decode_backend"]),  # rows may differ
     ({"responses": {"max_new_tokens": 9}, "target": 9, "mode": "scale"}, ("w", "w"), []),  # no instruction row changes
     ({}, ("w", "v"), ["model weights differ"]),
     ({}, (None, None), ["model weights differ"]),

@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--device")
     p.add_argument("--decode-backend", choices=GENERATION_DECODE_BACKENDS,
                    help="how decoding runs (default: the config's, else eager): eager (dynamic KV cache) or static "
-                        "(static KV cache, the same rows, faster on a GPU; docs/ARCHITECTURE.md)")
+                        "(static KV cache, faster on a GPU; docs/ARCHITECTURE.md)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (CI)")
     p.add_argument("--response-frame", choices=RESPONSE_FRAMES,
                    help="what the base model sees when answering (PR-07): answered examples first, or the bare prompt")
