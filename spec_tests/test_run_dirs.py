@@ -212,6 +212,53 @@ def test_tiny_model_is_published_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 @pytest.mark.spec("OPS-06")
+def test_replacing_a_folder_never_leaves_its_name_empty(tmp_path, monkeypatch):
+    """A crash right after the first step of the swap must still leave a whole folder under the real name."""
+    from cai_bootstrap import safe_paths
+
+    final, new = tmp_path / "adapter", tmp_path / ".adapter.partial"
+    for folder, text in ((final, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "weights").write_text(text)
+    if not _can_exchange(tmp_path):
+        pytest.skip("this filesystem cannot swap two paths atomically; the two-rename fallback applies")
+    real_replace = safe_paths.os.replace
+
+    def crash_after_first(*a, **k):  # a process killed between two renames
+        monkeypatch.setattr(safe_paths.os, "replace", _crashed)
+        return real_replace(*a, **k)
+
+    monkeypatch.setattr(safe_paths.os, "replace", crash_after_first)
+    try:
+        safe_paths.replace_dir(new, final)
+    except _Crash:
+        pass
+    assert (final / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+class _Crash(BaseException):
+    pass
+
+
+def _crashed(*a, **k):
+    raise _Crash()
+
+
+def _can_exchange(tmp: Path) -> bool:
+    from cai_bootstrap import safe_paths
+
+    a, b = tmp / ".probe-a", tmp / ".probe-b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        return safe_paths.exchange_paths(a, b)
+    finally:
+        a.rmdir()
+        b.rmdir()
+
+
+@pytest.mark.spec("OPS-06")
 def test_generate_refuses_a_folder_holding_outputs_it_did_not_write(tmp_path, capsys, no_model_load):
     from cai_bootstrap.cli import main
 

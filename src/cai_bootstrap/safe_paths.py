@@ -39,14 +39,48 @@ def _umask() -> int:
     return mask
 
 
+# renameat2(2) flags and the "current directory" descriptor, from <linux/fs.h> and <fcntl.h>.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False when this system or filesystem cannot (no ``renameat2``, or it refuses the flag);
+    any other failure is raised.
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def replace_dir(src: Path, final: Path) -> Path:
     """Put the finished folder ``src`` at ``final``; an existing ``final`` must be the caller's own.
 
-    Renames only, so the real name never points at a half-written folder.
+    An existing ``final`` is swapped with ``src`` in one atomic step where the system can, so
+    the real name always names a whole folder, old or new, even across a crash. Elsewhere it
+    takes two renames, and a crash between them leaves the old folder under a hidden
+    ``.NAME.old-*`` name beside it.
     """
     src, final = Path(src), Path(final)
     if not final.exists():
         os.replace(src, final)
+        return final
+    if exchange_paths(src, final):
+        shutil.rmtree(src, ignore_errors=True)  # now the old folder
         return final
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(final, old)
