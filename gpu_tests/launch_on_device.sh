@@ -9,10 +9,7 @@
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu-launch}
 mkdir -p "$OUT"
-SITE=${SITE:-/tmp/site}
-export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-  GX_ANALYTICS_ENABLED=false CAI_BOOTSTRAP_CACHE=${CAI_BOOTSTRAP_CACHE:-/tmp/cai-cache}
+source gpu_tests/device_env.sh
 CLI=(python3 -m cai_bootstrap.cli)
 ROOT=${LAUNCH_ROOT:-/tmp/runs/launch}
 S1=$ROOT/stage1

@@ -7,12 +7,9 @@
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
-SITE=${SITE:-/tmp/site}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 3
-fi
-export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source gpu_tests/device_env.sh
+install_wheels "$SITE" .whl/*.whl || exit 3
+export PYTHONPATH="$PYTHONPATH:$PWD"  # gpu_tests imports its own helpers
 export GPU_RESULTS="$OUT/gpu_results.json"
 {
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv

@@ -11,17 +11,10 @@
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu-stage1}
 mkdir -p "$OUT"
-SITE=${SITE:-/tmp/site}
-shopt -s nullglob
+source gpu_tests/device_env.sh
 for d in .whl .whl/*; do
-  wheels=("$d"/*.whl)
-  if [ ${#wheels[@]} -gt 0 ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" || exit 3
-  fi
+  install_wheels "$SITE" "$d"/*.whl || exit 3
 done
-export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-  GX_ANALYTICS_ENABLED=false CAI_BOOTSTRAP_CACHE=${CAI_BOOTSTRAP_CACHE:-/tmp/cai-cache}
 python3 -c 'import transformers, torch; print("transformers", transformers.__version__, "torch", torch.__version__, torch.cuda.get_device_name(0))'
 [ "${INSTALL_ONLY:-0}" = "1" ] && exit 0
 DEADLINE=$(( $(date +%s) + ${STAGE1_BUDGET_S:-540} ))

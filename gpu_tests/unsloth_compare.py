@@ -152,15 +152,9 @@ def summarise(results: dict[str, dict]) -> dict:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from cai_bootstrap.provenance import dist_version
 
-    found = {}
-    for p in VERSION_PACKAGES:
-        try:
-            found[p] = version(p)
-        except PackageNotFoundError:
-            found[p] = None
-    return found
+    return {p: dist_version(p) for p in VERSION_PACKAGES}
 
 
 def failure_record(exc: BaseException) -> dict:

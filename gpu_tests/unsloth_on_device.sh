@@ -13,26 +13,18 @@
 set -uo pipefail
 OUT=${OUT:-artifacts/unsloth-compare}
 mkdir -p "$OUT"
-SITE=${SITE:-/tmp/site}
+source gpu_tests/device_env.sh
 SITE_UNSLOTH=${SITE_UNSLOTH:-/tmp/site-unsloth}
-mkdir -p "$SITE" "$SITE_UNSLOTH"
-shopt -s nullglob
+mkdir -p "$SITE_UNSLOTH"
 for d in .whl/u*; do
   shared=("$d"/bitsandbytes-*.whl)
   own=()
   for w in "$d"/*.whl; do [[ "$(basename "$w")" == bitsandbytes-* ]] || own+=("$w"); done
-  if [ ${#shared[@]} -gt 0 ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${shared[@]}" || exit 3
-  fi
-  if [ ${#own[@]} -gt 0 ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_UNSLOTH" "${own[@]}" || exit 3
-  fi
+  install_wheels "$SITE" "${shared[@]}" || exit 3
+  install_wheels "$SITE_UNSLOTH" "${own[@]}" || exit 3
   echo "installed $d: ${#shared[@]} into $SITE, ${#own[@]} into $SITE_UNSLOTH"
 done
-export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export UNSLOTH_PYTHONPATH="$SITE_UNSLOTH"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-  GX_ANALYTICS_ENABLED=false CAI_BOOTSTRAP_CACHE=${CAI_BOOTSTRAP_CACHE:-/tmp/cai-cache} UNSLOTH_ENABLE_LOGGING=1
+export UNSLOTH_PYTHONPATH="$SITE_UNSLOTH" UNSLOTH_ENABLE_LOGGING=1
 ls "$SITE_UNSLOTH" | grep -i "dist-info$" | tr '\n' ' '; echo
 [ "${INSTALL_ONLY:-0}" = "1" ] && exit 0
 BUDGET=${COMPARE_BUDGET_S:-280}

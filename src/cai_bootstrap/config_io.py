@@ -7,7 +7,7 @@ the file, the dotted field name, what is wrong and the value given.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from pydantic import ValidationError
@@ -40,6 +40,14 @@ def format_validation_errors(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(root)"
         parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(parts)
+
+
+def apply_overrides(data: dict, overrides: Mapping[str, Any] | None, error: type[Exception], what: str) -> dict:
+    """Set each non-None override (dotted keys reach into nested sections) on ``data``, in place."""
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, key, value, error, what)
+    return data
 
 
 def set_dotted(data: dict, key: str, value: Any, error: type[Exception], what: str) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND
+from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND, check_backend, generate_kwargs
 from cai_bootstrap.decode_backends import describe as describe_decode_backend
 from cai_bootstrap.profiles import ModelProfile, detect_profile, get_profile
 from cai_bootstrap.sampling import SAMPLER_NAME
@@ -322,8 +322,6 @@ class LoadedModel:
 
     def use_decode_backend(self, name: str) -> "LoadedModel":
         """Decode with ``name`` from now on (decode_backends.py), recorded in the load provenance."""
-        from cai_bootstrap.decode_backends import check_backend
-
         self.decode_backend = check_backend(name, str(self.device))
         self.provenance.setdefault("generation", {})["decode_backend"] = describe_decode_backend(name)
         return self
@@ -368,9 +366,9 @@ class LoadedModel:
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
         )
-        from cai_bootstrap.stopping import TokenTextStop, fast_path_applies
+        from cai_bootstrap.stopping import TokenTextStop
 
-        fast_stop = fast_path_applies(stop_strings) and self.token_texts() is not None
+        fast_stop = self._token_text_stops(stop_strings)
         if stop_strings and not fast_stop:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
         if do_sample:
@@ -393,8 +391,6 @@ class LoadedModel:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        from cai_bootstrap.decode_backends import generate_kwargs
-
         kwargs.update(generate_kwargs(self.decode_backend, longest_prompt=max(len(e) for e in encoded),
                                       max_new_tokens=max_new_tokens))
         show = progress if progress is not None else len(prompts) > batch_size
@@ -429,9 +425,9 @@ class LoadedModel:
         if not stopped and stop_strings:
             # A row that met a stop string is padded to the batch's length afterwards: find the
             # shortest prefix whose text holds a stop string; what follows is padding.
-            from cai_bootstrap.stopping import fast_path_applies, first_stop
+            from cai_bootstrap.stopping import first_stop
 
-            if fast_path_applies(stop_strings) and self.token_texts() is not None:
+            if self._token_text_stops(stop_strings):
                 end = first_stop(ids, self.token_texts(), stop_strings)
             else:
                 end = next((e for e in range(1, len(ids) + 1)
@@ -452,6 +448,12 @@ class LoadedModel:
             token_ids=ids,
             special_tokens=emitted,
         )
+
+    def _token_text_stops(self, stop_strings: Sequence[str]) -> bool:
+        """Whether these stop strings are matched on token texts (stopping.py), else by transformers."""
+        from cai_bootstrap.stopping import fast_path_applies
+
+        return fast_path_applies(stop_strings) and self.token_texts() is not None
 
     def token_texts(self) -> list[str] | None:
         """Every token id's text alone, computed once per model; None when decoding is not their
@@ -515,20 +517,18 @@ def is_continuation_step(input_ids, kwargs: dict) -> bool:
     positions = kwargs.get("cache_position")
     if positions is not None and hasattr(positions, "numel") and positions.numel() > 0:
         return int(positions.reshape(-1)[0]) > 0
-    for value in kwargs.values():
-        get_len = getattr(value, "get_seq_length", None)
-        if callable(get_len):
-            try:
-                if int(get_len()) > 0:
-                    return True
-            except (TypeError, ValueError, AttributeError, RuntimeError):
-                continue
+    for cache in _caches(kwargs):
+        try:
+            if int(cache.get_seq_length()) > 0:
+                return True
+        except (TypeError, ValueError, AttributeError, RuntimeError):
+            continue
     return False
 
 
-def _holds_cache(kwargs: dict) -> bool:
-    """Whether a KV cache object is among the forward's arguments (by what it can do, not its keyword)."""
-    return any(callable(getattr(v, "get_seq_length", None)) for v in kwargs.values())
+def _caches(kwargs: dict) -> list:
+    """The KV cache objects among a forward's arguments, known by what they can do, not by keyword."""
+    return [v for v in kwargs.values() if callable(getattr(v, "get_seq_length", None))]
 
 
 def _install_forward_guard(lm: LoadedModel) -> None:
@@ -546,7 +546,7 @@ def _install_forward_guard(lm: LoadedModel) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             return None
-        if torch.compiler.is_compiling() and int(input_ids.shape[-1]) == 1 and _holds_cache(kwargs):
+        if torch.compiler.is_compiling() and int(input_ids.shape[-1]) == 1 and _caches(kwargs):
             # One token per row continuing a cache, in a compiled graph: a decoding step. generate compiles
             # only those (decode_backends.py) and runs the prefill eagerly, where this guard checks it; reading
             # how much the cache holds would break the graph. Any other compiled pass goes on to the checks

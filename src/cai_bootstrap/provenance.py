@@ -123,7 +123,7 @@ def code_version() -> str:
     return git_info()["commit"]
 
 
-def _dist_version(name: str) -> str | None:
+def dist_version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -136,7 +136,7 @@ def _environment_cached() -> tuple[tuple[str, Any], ...]:
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "torch": None,
-        "transformers": _dist_version("transformers"),
+        "transformers": dist_version("transformers"),
         "cuda": None,
         "gpu": None,
         "gpu_memory_gb": None,

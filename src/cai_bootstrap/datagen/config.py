@@ -12,7 +12,7 @@ from cai_bootstrap import critic
 from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING
 
 RELEVANCE_THRESHOLD_FROM_PROBES = "probes"
-from cai_bootstrap.config_io import format_validation_errors, read_yaml_section, set_dotted
+from cai_bootstrap.config_io import apply_overrides, format_validation_errors, read_yaml_section
 from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND, GENERATION_DECODE_BACKENDS
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
@@ -179,9 +179,7 @@ class GenerateConfig(_Strict):
 def load_config(path: str | Path | None = None, **overrides) -> GenerateConfig:
     """Read YAML (if given), apply non-None overrides (dotted keys allowed), validate."""
     data: dict = read_yaml_section(path, "generate", ConfigError) if path is not None else {}
-    for key, value in overrides.items():
-        if value is not None:
-            set_dotted(data, key, value, ConfigError, "generation config")
+    apply_overrides(data, overrides, ConfigError, "generation config")
     try:
         return GenerateConfig.model_validate(data)
     except ValidationError as e:

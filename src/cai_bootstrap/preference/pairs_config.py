@@ -62,15 +62,13 @@ def load_pairs_config(path, overrides=None) -> PairsConfig:
     """A YAML run file (its ``pairs`` section or the whole file) with dotted overrides, validated in one place."""
     from pydantic import ValidationError
 
-    from cai_bootstrap.sft.config import ConfigError, format_config_errors, set_dotted_override, read_run_file
+    from cai_bootstrap.config_io import apply_overrides
+    from cai_bootstrap.sft.config import ConfigError, format_config_errors, read_run_file
 
     if path:
         data = read_run_file(path, "pairs", overrides, "pairs_default.yaml")
     else:
-        data = {}
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                set_dotted_override(data, key, value)
+        data = apply_overrides({}, overrides, ConfigError, "override")
     try:
         return PairsConfig.model_validate(data)
     except ValidationError as e:

@@ -287,29 +287,14 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "SFT config") -> 
         raise ConfigError(format_config_errors(e, source)) from None
 
 
-def set_dotted_override(data: dict, dotted: str, value: Any) -> None:
-    cur = data
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        nxt = cur.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {dotted!r}: {p!r} is not a mapping")
-        cur = nxt
-    cur[parts[-1]] = value
-
-
 def read_run_file(path: str | os.PathLike, section: str, overrides: Mapping[str, Any] | None, template: str) -> dict:
     """A run file's ``section`` (or the whole file) with dotted ``overrides`` applied (None values skipped)."""
-    from cai_bootstrap.config_io import read_yaml_section
+    from cai_bootstrap.config_io import apply_overrides, read_yaml_section
 
     p = Path(path)
     if not p.exists():  # a folder is named as such by read_yaml_section
         raise ConfigError(f"config file {p} does not exist; start from src/cai_bootstrap/configs/{template}")
-    data = read_yaml_section(p, section, ConfigError)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            set_dotted_override(data, key, value)
-    return data
+    return apply_overrides(read_yaml_section(p, section, ConfigError), overrides, ConfigError, "override")
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SFTRunConfig:
