@@ -166,7 +166,7 @@ def test_generated_artifacts_are_hashed_and_re_recorded(tmp_path):
     e1 = pv.add_generated_artifact(m, f, tmp_path)
     assert e1["path"] == "dataset.jsonl" and e1["bytes"] == f.stat().st_size and len(e1["sha256"]) == 64
     f.write_text('{"a": 2}\n')  # a resumed run rewrote it
-    e2 = pv.add_generated_artifact(m, "dataset.jsonl", tmp_path, role="data")
+    e2 = pv.add_generated_artifact(m, f, tmp_path, role="data")
     assert m["generated_artifacts"] == [e2] and e2["sha256"] != e1["sha256"] and e2["role"] == "data"
     with pytest.raises(FileNotFoundError):
         pv.add_generated_artifact(m, tmp_path / "absent.json", tmp_path)
@@ -183,7 +183,7 @@ def run_dir(tmp_path):
     (run / "qc_summary.json").write_text('{"thresholds_passed": true}\n')
     outside = tmp_path / "eval_items.jsonl"
     outside.write_text("{}\n")
-    m = pv.artifact_manifest("sft_records", [run / "dataset.jsonl", "qc_summary.json", outside], base_dir=run,
+    m = pv.artifact_manifest("sft_records", [run / "dataset.jsonl", run / "qc_summary.json", outside], base_dir=run,
                              inputs=[{"path": "raw.jsonl", "sha256": "0" * 64}])
     pv.write_manifest(run / "manifest.json", m)
     return run

@@ -57,7 +57,20 @@ def test_rerun_resumes_from_last_completed_phase_and_redoes_changed_inputs(tmp_p
     Chain(Stage1Config(run_dir=tmp_path), cli=lambda argv: 0).run(_fake_phases(calls))
     assert calls == ["a", "gate_b", "c"]  # a redone (its output changed), so everything reading it too
     state = json.loads((tmp_path / "stage1" / "gate_b.json").read_text())
-    assert str(tmp_path / "a.out") in state["inputs"]  # inputs recorded by hash
+    assert "a.out" in state["inputs"]  # inputs recorded by hash, named relative to the run folder
+
+
+@pytest.mark.spec("GT-04", "PV-05")
+def test_a_moved_run_folder_resumes_without_redoing_finished_phases(tmp_path):
+    calls: list[str] = []
+    Chain(Stage1Config(run_dir=tmp_path / "run"), cli=lambda argv: 0).run(_fake_phases(calls))
+    (tmp_path / "run").rename(tmp_path / "moved")
+    calls.clear()
+    Chain(Stage1Config(run_dir=tmp_path / "moved"), cli=lambda argv: 0).run(_fake_phases(calls))
+    assert calls == []
+    (tmp_path / "moved" / "a.out").write_text('{"tampered": true}')  # still checked where it now lives
+    Chain(Stage1Config(run_dir=tmp_path / "moved"), cli=lambda argv: 0).run(_fake_phases(calls))
+    assert calls == ["a", "gate_b", "c"]
 
 
 @pytest.mark.spec("GT-04", "PV-05")

@@ -100,3 +100,19 @@ def test_a_decoder_that_is_not_the_concatenation_of_its_tokens_falls_back(tiny_l
             return tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     assert token_texts(Stripping()) is None
+
+
+@pytest.mark.spec("PR-02")
+def test_an_id_past_the_tokenizer_but_inside_the_model_vocabulary_has_no_text(tiny_lm):
+    """The tiny model has 151,936 output rows for a tokenizer of fewer ids, and a random model samples
+    the padding ids: the stop matcher once indexed past its text table there (IndexError mid-pilot)."""
+    rows = tiny_lm.vocab_rows()
+    assert rows > len(tiny_lm.tokenizer)
+    texts = tiny_lm.token_texts()
+    assert len(texts) == rows and texts[-1] == ""
+    stop = TokenTextStop.for_prompts(STOPS, texts, [[11, 12]])
+    assert stop(torch.tensor([[11, 12, rows - 1]])).tolist() == [False]
+    assert first_stop([rows - 1, *tiny_lm.tokenizer("\n\n", add_special_tokens=False)["input_ids"]], texts, STOPS) == 2
+    out = tiny_lm.generate(["Instruction: Say hi.\nResponse:"], max_new_tokens=4, do_sample=True, temperature=5.0,
+                           top_p=1.0, seed=0, stop_strings=list(STOPS))
+    assert len(out) == 1

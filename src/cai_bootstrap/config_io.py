@@ -6,11 +6,34 @@ the file, the dotted field name, what is wrong and the value given.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import yaml
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
+
+
+def absolute_path(path: str | os.PathLike) -> Path:
+    """A path as the user typed it (relative to the directory the command runs in), made absolute.
+
+    Paths become absolute where they enter (config fields, command-line options), so no later
+    join can apply a relative prefix twice, and a phase started from another directory, or a
+    subprocess, still finds them. Symbolic links are resolved, so ``link/..`` means what the
+    operating system means by it.
+    """
+    return Path(os.path.expanduser(os.fspath(path))).resolve()
+
+
+# A config field naming a file or folder: absolute once validated.
+UserPath = Annotated[Path, AfterValidator(absolute_path)]
+
+
+def path_arg(text: str) -> str:
+    """argparse ``type`` of an option naming a file or folder: absolute from the moment it is parsed."""
+    if not text.strip():
+        raise ValueError("empty path")
+    return str(absolute_path(text))
 
 
 def read_yaml_section(path: str | Path, section: str, error: type[Exception]) -> dict:

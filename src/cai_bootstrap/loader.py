@@ -461,8 +461,14 @@ class LoadedModel:
         if self._token_texts is None:
             from cai_bootstrap.stopping import token_texts
 
-            self._token_texts = token_texts(self.tokenizer) or []
+            self._token_texts = token_texts(self.tokenizer, self.vocab_rows()) or []
         return self._token_texts or None
+
+    def vocab_rows(self) -> int | None:
+        """How many token ids the model can produce (its output rows), None when not known."""
+        head = self.model.get_output_embeddings() if self.model is not None else None
+        weight = getattr(head, "weight", None)
+        return int(weight.shape[0]) if weight is not None else getattr(getattr(self.model, "config", None), "vocab_size", None)
 
     def release(self) -> None:
         """Free the weights now (EV-07: never two models resident)."""

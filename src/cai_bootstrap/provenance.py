@@ -271,11 +271,14 @@ def sft_record(
 
 
 def file_entry(path: str | os.PathLike, base_dir: str | os.PathLike, **extra: Any) -> dict:
-    """A manifest's line for one file: path (relative to ``base_dir`` when inside it), sha256, size."""
-    p = Path(path)
+    """A manifest's line for one file: path (relative to ``base_dir`` when inside it), sha256, size.
+
+    ``path`` and ``base_dir`` are read as every other file function reads them: relative to the
+    current directory. (Joining a relative ``path`` onto ``base_dir`` applied the run folder's
+    prefix twice whenever both were relative, and a run then failed at its manifest.)
+    """
     base = Path(base_dir).resolve()
-    full = p if p.is_absolute() else (base / p)
-    full = full.resolve()
+    full = Path(path).resolve()
     if not full.is_file():
         raise FileNotFoundError(f"{full}: cannot record a file that does not exist")
     try:

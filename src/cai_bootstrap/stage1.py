@@ -28,7 +28,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import UserPath, format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
 from cai_bootstrap import launch
@@ -60,7 +60,7 @@ class _Strict(BaseModel):
 class Stage1Config(_Strict):
     model: str = GEMMA_NAME
     profile: str | None = None
-    run_dir: Path = get_stage(1).run_dir
+    run_dir: UserPath = Field(get_stage(1).run_dir, validate_default=True)
     device: str | None = None
     seed: int = Field(0, ge=0)
     quiet: bool = False
@@ -72,10 +72,10 @@ class Stage1Config(_Strict):
     # OPS-05: run the scale shards at once, one process per visible GPU, through the launcher
     # (cai_bootstrap.launch); false, or fewer than 2 GPUs visible: one after another in this process.
     scale_parallel: bool = False
-    generate_config: Path | None = None  # extra generation settings (YAML of GenerateConfig fields)
+    generate_config: UserPath | None = None  # extra generation settings (YAML of GenerateConfig fields)
     # PR-07 response frame for generation; None: the generation config's (demonstrations by default).
     response_frame: Literal[RESPONSE_FRAMES] | None = None  # type: ignore[valid-type]
-    sft_config: Path | None = None  # SFT YAML; default: the shipped one
+    sft_config: UserPath | None = None  # SFT YAML; default: the shipped one
     sft_overrides: dict = Field(default_factory=dict)
     eval_limit: int | None = Field(None, ge=1)
     eval_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8)

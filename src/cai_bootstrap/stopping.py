@@ -37,10 +37,16 @@ CONSISTENCY_PROBES = ("a\n\nb", "x \n y", " Hello\n\n1. World", "Q: A\nR: B\n\nQ
                       "word \n\n next", "\n \n", "end.\n\n\n")
 
 
-def token_texts(tokenizer) -> list[str] | None:
+def token_texts(tokenizer, n_ids: int | None = None) -> list[str] | None:
     """The text of every token id alone (special tokens as empty text, as decoding skips them),
-    or None when this tokenizer's decoding is not the concatenation of those texts."""
+    or None when this tokenizer's decoding is not the concatenation of those texts.
+
+    ``n_ids`` is the model's vocabulary size: a model's embedding is often padded past the
+    tokenizer's last id (Qwen's 151,936 rows for 151,665 tokens), and a model can sample such
+    an id; it has no text, as decoding drops it.
+    """
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+    texts += [""] * max(0, (n_ids or 0) - len(texts))
     for probe in CONSISTENCY_PROBES:
         ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
         if "".join(texts[i] for i in ids) != tokenizer.decode(ids, skip_special_tokens=True):

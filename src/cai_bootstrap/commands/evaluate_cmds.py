@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cai_bootstrap.config_io import path_arg
+
 
 def register(sub) -> None:
     # Defaults are read from the modules that own them (one edit changes CLI, chain and API alike).
@@ -29,14 +31,14 @@ def register(sub) -> None:
                                         "(paired), or the base alone")
     p.add_argument("--model", required=True, help="base model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
     p.add_argument("--profile", help="model profile (default: detected)")
-    p.add_argument("--adapter", help="PEFT adapter folder of the trained model")
+    p.add_argument("--adapter", type=path_arg, help="PEFT adapter folder of the trained model")
     p.add_argument("--base-only", action="store_true", help="evaluate only the base model (for the gap check)")
     p.add_argument("--mode", choices=["framed", "raw", "both"],
                    help="prompt mode: framed 'Instruction: ...\\nResponse:', raw instruction text, or both "
                         "(default: framed; both with --base-only)")
-    p.add_argument("--eval-set", help="eval set JSONL (default: the shipped stage-1 set)")
+    p.add_argument("--eval-set", type=path_arg, help="eval set JSONL (default: the shipped stage-1 set)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items (the set is interleaved by type)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=path_arg, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite an existing evaluation in --out")
     p.add_argument("--max-new-tokens", type=int, default=runner.DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--batch-size", type=int, default=runner.DEFAULT_BATCH_SIZE)
@@ -53,25 +55,25 @@ def register(sub) -> None:
     g = sub.add_parser("gate", help="decide a gate from an evaluation folder and write its manifest")
     gs = g.add_subparsers(dest="gate_name", metavar="GATE")
     f = gs.add_parser("final", help="GT-02: trained beats base (McNemar p < alpha, lift > 0, no safety/format regression)")
-    f.add_argument("--eval", required=True, dest="eval_dir", help="folder written by `evaluate` with both models")
+    f.add_argument("--eval", required=True, dest="eval_dir", type=path_arg, help="folder written by `evaluate` with both models")
     f.add_argument("--alpha", type=float, default=gates.DEFAULT_ALPHA)
     f.add_argument("--min-lift", type=float, default=gates.DEFAULT_MIN_LIFT)
-    f.add_argument("--out", help="manifest path (default: EVAL/gate_final.json)")
+    f.add_argument("--out", type=path_arg, help="manifest path (default: EVAL/gate_final.json)")
     f.set_defaults(func=_gate_final)
     q = gs.add_parser("gap", help="GT-03: the base model is weak on the target (better of framed/raw)")
-    q.add_argument("--eval", required=True, dest="eval_dir", help="folder written by `evaluate --base-only --mode both`")
+    q.add_argument("--eval", required=True, dest="eval_dir", type=path_arg, help="folder written by `evaluate --base-only --mode both`")
     q.add_argument("--max-base-rate", type=float, default=gates.DEFAULT_MAX_BASE_RATE)
     q.add_argument("--target-types", help="comma-separated item types (default: all)")
     q.add_argument("--per-type", action="store_true", help="require every target type to be weak on its own")
-    q.add_argument("--out", help="manifest path (default: EVAL/gate_gap.json)")
+    q.add_argument("--out", type=path_arg, help="manifest path (default: EVAL/gate_gap.json)")
     q.set_defaults(func=_gate_gap)
     for name, what in (("pilot", "GT-01: a pilot run passes its validation suites and QC thresholds (100-200 items)"),
                        ("scale", "GT-01 after scale: a merged run passes its validation suites and QC thresholds")):
         d = gs.add_parser(name, help=what)
-        d.add_argument("run_dir", metavar="RUN_DIR", help="generation run directory (dataset.jsonl, qc_summary.json, session_manifest.json)")
+        d.add_argument("run_dir", metavar="RUN_DIR", type=path_arg, help="generation run directory (dataset.jsonl, qc_summary.json, session_manifest.json)")
         d.add_argument("--min-items", type=int, help="smallest pilot target (default: the GT-01 pilot range)")
         d.add_argument("--max-items", type=int, help="largest pilot target (default: the GT-01 pilot range)")
-        d.add_argument("--out", help=f"manifest path (default: RUN_DIR/{name}_gate.json); `generate --mode scale --pilot-gate` reads it")
+        d.add_argument("--out", type=path_arg, help=f"manifest path (default: RUN_DIR/{name}_gate.json); `generate --mode scale --pilot-gate` reads it")
         d.set_defaults(func=_gate_data, gate_kind=name)
     g.set_defaults(func=_gate_missing)
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from cai_bootstrap.config_io import path_arg
 from cai_bootstrap.decode_backends import GENERATION_DECODE_BACKENDS
 from cai_bootstrap.launch import DEFAULT_SHARDS_PER_GPU
 from cai_bootstrap.prompts import RESPONSE_FRAMES
@@ -20,12 +21,12 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML run file (see src/cai_bootstrap/configs/)")
     p.add_argument("--model", help="model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
     p.add_argument("--profile", help="model profile (default: detected)")
-    p.add_argument("--out", dest="out_dir", help="run directory")
+    p.add_argument("--out", dest="out_dir", type=path_arg, help="run directory")
     p.add_argument("--mode", choices=["pilot", "scale"])
     p.add_argument("--target", type=int, help="instruction-response pairs to aim for")
     p.add_argument("--seed", type=int)
     p.add_argument("--shard", help="'i/N': this process makes shard i of N (scale mode)")
-    p.add_argument("--pilot-gate", help="passed pilot gate manifest (required in scale mode, GT-01)")
+    p.add_argument("--pilot-gate", type=path_arg, help="passed pilot gate manifest (required in scale mode, GT-01)")
     p.add_argument("--device")
     p.add_argument("--decode-backend", choices=GENERATION_DECODE_BACKENDS,
                    help="how decoding runs (default: the config's, else eager): eager (dynamic KV cache) or static "
@@ -36,8 +37,8 @@ def register(sub) -> None:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("merge", help="merge finished shards: re-deduplicate and recompute QC over the union")
-    p.add_argument("shards", nargs="+", help="shard run directories")
-    p.add_argument("--out", required=True, help="merged run directory (new)")
+    p.add_argument("shards", nargs="+", type=path_arg, help="shard run directories")
+    p.add_argument("--out", required=True, type=path_arg, help="merged run directory (new)")
     p.set_defaults(func=_merge)
 
     p = sub.add_parser("launch", help="start the shards of a scale run as one process per GPU, then merge (OPS-05)")
@@ -56,8 +57,8 @@ def register(sub) -> None:
     devices.add_argument("--procs", type=int, help="N shards as CPU processes (no GPU; for tests and CPU machines)")
     p.add_argument("--shards-per-gpu", type=int, default=DEFAULT_SHARDS_PER_GPU,
                    help="shard processes started on each GPU (default 1; more can fill a large GPU with a small model)")
-    p.add_argument("--out", required=True, help="output root: shard i writes OUT/shard-i, the merge OUT/merged")
-    p.add_argument("--merge-out", help="merged run directory (default: OUT/merged)")
+    p.add_argument("--out", required=True, type=path_arg, help="output root: shard i writes OUT/shard-i, the merge OUT/merged")
+    p.add_argument("--merge-out", type=path_arg, help="merged run directory (default: OUT/merged)")
     p.add_argument("--no-merge", action="store_true", help="do not merge; print the merge command instead")
     p.add_argument("--dry-run", action="store_true", help="print each shard's command and the merge command; start nothing")
     p.add_argument("generate_args", nargs=argparse.REMAINDER, help="after --: arguments of `cai-bootstrap generate`")

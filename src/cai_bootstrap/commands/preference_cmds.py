@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 
+from cai_bootstrap.config_io import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("train-dpo", help="DPO (or ORPO/SimPO) on preference pairs, on top of the Stage-1 model, behind the data gate")
     p.add_argument("--config", help="YAML run file (default: the shipped src/cai_bootstrap/configs/dpo_default.yaml)")
-    p.add_argument("--pairs", help="run directory of a finished pairs run")
-    p.add_argument("--sft-run", help="output_dir of the finished Stage-1 SFT run (the reference model)")
+    p.add_argument("--pairs", type=path_arg, help="run directory of a finished pairs run")
+    p.add_argument("--sft-run", type=path_arg, help="output_dir of the finished Stage-1 SFT run (the reference model)")
     p.add_argument("--model", help="the Stage-1 base model")
-    p.add_argument("--out", "--output-dir", dest="output_dir", help="output directory (adapter, manifest)")
-    p.add_argument("--eval-set", help="held-out eval set for the leakage check (default: the shipped one)")
+    p.add_argument("--out", "--output-dir", dest="output_dir", type=path_arg, help="output directory (adapter, manifest)")
+    p.add_argument("--eval-set", type=path_arg, help="held-out eval set for the leakage check (default: the shipped one)")
     p.add_argument("--method", choices=["dpo", "orpo", "simpo"])
     p.add_argument("--beta", type=float, help="0.1-0.3")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
@@ -34,11 +36,11 @@ def _register_pairs(sub) -> None:
     p = sub.add_parser("pairs", help="Best-of-N preference pairs with hard negatives, for instructions new to Stage 1")
     p.add_argument("--config", help="YAML run file (e.g. src/cai_bootstrap/configs/pairs_default.yaml)")
     p.add_argument("--model")
-    p.add_argument("--sft-run", help="sample with the Stage-1 model (its SFT output_dir)")
-    p.add_argument("--stage1-data", help="the Stage-1 generation run whose instructions are not reused")
-    p.add_argument("--instructions", help="JSONL of candidate instructions")
-    p.add_argument("--out", dest="out_dir")
-    p.add_argument("--eval-set")
+    p.add_argument("--sft-run", type=path_arg, help="sample with the Stage-1 model (its SFT output_dir)")
+    p.add_argument("--stage1-data", type=path_arg, help="the Stage-1 generation run whose instructions are not reused")
+    p.add_argument("--instructions", type=path_arg, help="JSONL of candidate instructions")
+    p.add_argument("--out", dest="out_dir", type=path_arg)
+    p.add_argument("--eval-set", type=path_arg)
     p.add_argument("--k", type=int, help="candidates per instruction (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field; values are read as YAML")
     p.set_defaults(func=_pairs)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 
+from cai_bootstrap.config_io import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="QLoRA SFT (plain LoRA on CPU) behind the data gate; resumable")
     p.add_argument("--config", help="YAML run file (default: the shipped src/cai_bootstrap/configs/sft_default.yaml)")
-    p.add_argument("--dataset", help="run directory of a finished data generation run")
+    p.add_argument("--dataset", type=path_arg, help="run directory of a finished data generation run")
     p.add_argument("--model", help="model: folder, hub id, GGUF file, 'gemma-3-270m' or 'tiny-random'")
     p.add_argument("--profile", help="model profile (default: detected)")
-    p.add_argument("--out", "--output-dir", dest="output_dir", help="output directory (adapter, checkpoints, manifest)")
-    p.add_argument("--eval-set", help="held-out eval set for the leakage check (default: the shipped one)")
+    p.add_argument("--out", "--output-dir", dest="output_dir", type=path_arg, help="output directory (adapter, checkpoints, manifest)")
+    p.add_argument("--eval-set", type=path_arg, help="held-out eval set for the leakage check (default: the shipped one)")
     p.add_argument("--backend", choices=["hf", "unsloth"])
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--quantization", choices=["nf4", "none"])

@@ -12,7 +12,7 @@ from cai_bootstrap import critic
 from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING
 
 RELEVANCE_THRESHOLD_FROM_PROBES = "probes"
-from cai_bootstrap.config_io import apply_overrides, format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import UserPath, apply_overrides, format_validation_errors, read_yaml_section
 from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND, GENERATION_DECODE_BACKENDS
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
@@ -98,7 +98,7 @@ class GenerateConfig(_Strict):
 
     model: str = GEMMA_NAME
     profile: str | None = None
-    out_dir: Path = Path("runs/stage1/pilot")  # scale runs default to runs/stage1/shard-I-of-N
+    out_dir: UserPath = Field(Path("runs/stage1/pilot"), validate_default=True)  # scale runs default to runs/stage1/shard-I-of-N
     mode: Literal["pilot", "scale"] = "pilot"
     target: int = Field(DEFAULT_PILOT_TARGET, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0)
@@ -109,7 +109,7 @@ class GenerateConfig(_Strict):
     decode_backend: Literal[GENERATION_DECODE_BACKENDS] = DEFAULT_DECODE_BACKEND
     quiet: bool = False
     # Scale runs need a passed pilot gate manifest (GT-01); pilots ignore it.
-    pilot_gate: Path | None = None
+    pilot_gate: UserPath | None = None
     instructions: InstructionGen = InstructionGen()
     responses: ResponseGen = ResponseGen()
     critic: CriticCfg = CriticCfg()

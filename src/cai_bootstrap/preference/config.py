@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai_bootstrap.config_io import UserPath
+
 from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
 from cai_bootstrap.sft.config import ADAMW_OPTIMIZERS, ConfigError, format_config_errors, read_run_file
 
@@ -36,12 +38,12 @@ class DPORunConfig(BaseModel):
 
     model: str = Field(description="the Stage-1 base model: built-in name, folder, .gguf file or hub id")
     profile: str | None = None
-    sft_run: Path = Field(description="output_dir of the finished Stage-1 SFT run (adapter/ and training_manifest.json)")
-    pairs: Path = Field(description="run directory of a finished pairs run")
-    output_dir: Path
-    eval_set: Path | None = None
+    sft_run: UserPath = Field(description="output_dir of the finished Stage-1 SFT run (adapter/ and training_manifest.json)")
+    pairs: UserPath = Field(description="run directory of a finished pairs run")
+    output_dir: UserPath
+    eval_set: UserPath | None = None
     # Stage 1's final gate manifest (GT-02) that let Stage 2 start; recorded in the lineage (ST-03).
-    stage1_gate: Path | None = None
+    stage1_gate: UserPath | None = None
 
     backend: Literal["hf"] = "hf"
     device: Literal["auto", "cuda", "cpu"] = "auto"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cai_bootstrap.config_io import UserPath
 from cai_bootstrap.preference.pairs import DEFAULT_K, DEFAULT_RELEVANCE_WEIGHT
 from cai_bootstrap.preference.qc import DEFAULT_MIN_MARGIN_GAP, PairQCThresholds
 from cai_bootstrap.preference.schema import HARD_NEGATIVE_TYPES
@@ -16,11 +17,11 @@ class PairsConfig(BaseModel):
 
     model: str
     profile: str | None = None
-    sft_run: Path | None = Field(default=None, description="sample with the Stage-1 model (base + its adapter); null: the base model")
-    stage1_data: Path = Field(description="the Stage-1 generation run: its instructions are not reused")
-    instructions: Path = Field(description="JSONL of candidate instructions (id, instruction)")
-    out_dir: Path
-    eval_set: Path | None = None
+    sft_run: UserPath | None = Field(default=None, description="sample with the Stage-1 model (base + its adapter); null: the base model")
+    stage1_data: UserPath = Field(description="the Stage-1 generation run: its instructions are not reused")
+    instructions: UserPath = Field(description="JSONL of candidate instructions (id, instruction)")
+    out_dir: UserPath
+    eval_set: UserPath | None = None
     device: str | None = None
 
     k: int = DEFAULT_K

@@ -20,6 +20,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai_bootstrap.config_io import UserPath
 from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
 
 # SFT-04 ranges, inclusive.
@@ -90,9 +91,9 @@ class SFTRunConfig(BaseModel):
     # what to train, on what, where to write
     model: str = Field(description="built-in name, model folder, .gguf file or org/name hub id")
     profile: str | None = None
-    dataset: Path = Field(description="run directory of a finished data generation run")
-    output_dir: Path
-    eval_set: Path | None = Field(default=None, description="held-out set for the leakage check; default: the shipped set")
+    dataset: UserPath = Field(description="run directory of a finished data generation run")
+    output_dir: UserPath
+    eval_set: UserPath | None = Field(default=None, description="held-out set for the leakage check; default: the shipped set")
 
     # how
     backend: Literal["hf", "unsloth"] = "hf"

@@ -51,8 +51,10 @@ class Phase:
     settings: tuple[str, ...] | None = None
 
 
-# Fields that change how a run is shown, never what it computes.
-NEVER_DECIDING = ("quiet",)
+# Fields that change how a run is shown or where it lives, never what it computes (the phase
+# manifests live inside the run folder and name its files relative to it, so a moved run
+# folder resumes).
+NEVER_DECIDING = ("quiet", "run_dir")
 
 
 def phase_settings(phase: Phase, config: dict) -> dict:
@@ -61,8 +63,16 @@ def phase_settings(phase: Phase, config: dict) -> dict:
     return {k: config.get(k) for k in names}
 
 
-def _hashes(paths: list[Path]) -> dict[str, str | None]:
-    return {str(p): (sha256_file(p) if p.is_file() else None) for p in paths}
+def _hashes(paths: list[Path], run_dir: Path) -> dict[str, str | None]:
+    """sha256 by path; files inside the run folder are named relative to it."""
+    return {_shown(Path(p), run_dir): (sha256_file(p) if Path(p).is_file() else None) for p in paths}
+
+
+def _shown(path: Path, run_dir: Path) -> str:
+    try:
+        return path.resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 class Chain:
@@ -71,7 +81,7 @@ class Chain:
     def __init__(self, cfg: Any, cli: Callable[[list[str]], int] | None = None, *, label: str) -> None:
         self.cfg = cfg
         self.label = label
-        self.run_dir = Path(cfg.run_dir)
+        self.run_dir = Path(cfg.run_dir).resolve()
         self.state_dir = self.run_dir / label
         if cli is None:
             from cai_bootstrap.cli import main as cli
@@ -107,7 +117,7 @@ class Chain:
         if state.get("status") != "done":
             return False
         recorded = {**state.get("inputs", {}), **state.get("outputs", {})}
-        current = _hashes([Path(k) for k in recorded])
+        current = _hashes([self.run_dir / k for k in recorded], self.run_dir)
         changed = [k for k, v in recorded.items() if current.get(k) != v]
         if changed:
             self.say(f"{phase.name}: redo, files changed since it finished: {changed}")
@@ -140,7 +150,7 @@ class Chain:
             missing = [str(p) for p in inputs if not p.is_file()]
             if missing:
                 raise ChainError(f"phase {phase.name}: inputs missing {missing}; an earlier phase did not finish")
-            in_hashes = _hashes(inputs)
+            in_hashes = _hashes(inputs, self.run_dir)
             self.say(f"{phase.name}: {phase.description}")
             t0 = time.time()
             started = utc_now()
@@ -149,10 +159,10 @@ class Chain:
             except Exception as e:  # recorded, then re-raised with the phase named
                 self._write_state(phase, "error", in_hashes, {}, started, time.time() - t0, str(e), {})
                 raise ChainError(f"phase {phase.name} failed: {e}") from e
-            if _hashes(inputs) != in_hashes:
+            if _hashes(inputs, self.run_dir) != in_hashes:
                 raise ChainError(f"phase {phase.name}: its inputs changed while it ran; rerun")
             status = "done" if result.passed else "gate_failed"
-            self._write_state(phase, status, in_hashes, _hashes(result.outputs), started, time.time() - t0,
+            self._write_state(phase, status, in_hashes, _hashes(result.outputs, self.run_dir), started, time.time() - t0,
                               result.reason, result.values)
             self.log.append({"phase": phase.name, "status": status, "wall_s": round(time.time() - t0, 1)})
             if not result.passed:

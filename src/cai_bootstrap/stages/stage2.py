@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cai_bootstrap.config_io import format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import UserPath, format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -61,9 +61,9 @@ INSTRUCTIONS_MANIFEST = "instructions_manifest.json"
 class Stage2Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stage1_gate: Path = get_stage(1).final_gate_manifest
+    stage1_gate: UserPath = Field(get_stage(1).final_gate_manifest, validate_default=True)
     override: str | None = None  # a reason to start from a model Stage 1's gate failed; recorded
-    run_dir: Path = get_stage(STAGE).run_dir
+    run_dir: UserPath = Field(get_stage(STAGE).run_dir, validate_default=True)
     profile: str | None = None
     device: str | None = None
     seed: int = Field(0, ge=0)
@@ -71,11 +71,11 @@ class Stage2Config(BaseModel):
     # instructions: how many the pairs run should get (the generator oversamples, DG-01), and their decoding
     instructions_target: int = Field(200, ge=1)
     instruction_decoding: dict = Field(default_factory=dict)  # InstructionGen fields (max_new_tokens, batch_size, ...)
-    pairs_config: Path | None = None  # pairs YAML; default: the shipped pairs_default.yaml
+    pairs_config: UserPath | None = None  # pairs YAML; default: the shipped pairs_default.yaml
     pairs_overrides: dict = Field(default_factory=dict)  # dotted PairsConfig fields (k, qc.min_pairs, ...)
-    dpo_config: Path | None = None  # DPO YAML; default: the shipped dpo_default.yaml
+    dpo_config: UserPath | None = None  # DPO YAML; default: the shipped dpo_default.yaml
     dpo_overrides: dict = Field(default_factory=dict)
-    eval_set: Path | None = None  # default: the shipped held-out set (Stage 1's)
+    eval_set: UserPath | None = None  # default: the shipped held-out set (Stage 1's)
     eval_limit: int | None = Field(None, ge=1)
     eval_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8)
     eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
