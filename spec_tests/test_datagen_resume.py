@@ -240,3 +240,28 @@ def test_half_written_last_instruction_round_is_completed_not_cut_short(flow, re
     resumed = _run(flow, out)
     assert len(resumed["calls"]) == len(reference["calls"]) - (len(lines) - 1) // 2
     _assert_same_result(out, reference["out"])
+
+
+@pytest.mark.spec("DG-06", "OPS-02")
+def test_a_failure_at_the_manifest_step_keeps_every_row_and_the_rerun_generates_nothing(flow, reference, tmp_path,
+                                                                                         monkeypatch):
+    """The last step of a run records its files in the manifest. A failure there (as a relative run
+    folder once caused, after all the generation was done) must lose nothing: the rerun reuses every
+    finished row and makes the same dataset."""
+    monkeypatch.chdir(tmp_path)
+    original = P.add_generated_artifact
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("scripted failure while recording the manifest")
+
+    monkeypatch.setattr(P, "add_generated_artifact", broken)
+    lm, model_dir, mid = flow
+    cfg = small_config("runs/pilot", model_dir, **{"critic.threshold": mid})
+    first = ScriptedLM(lm)
+    with pytest.raises(FileNotFoundError, match="scripted failure"):
+        P.run_generation(cfg, lm=first)
+    assert first.calls, "the failure came after the generation"
+    monkeypatch.setattr(P, "add_generated_artifact", original)
+    again = _run(flow, "runs/pilot")
+    assert again["calls"] == [] and sum(again["critic"].values()) == 0
+    assert canonical(read_jsonl(tmp_path / "runs/pilot" / P.DATASET)) == canonical(read_jsonl(reference["out"] / P.DATASET))
