@@ -137,8 +137,9 @@ def test_gap_gate_needs_both_modes_and_known_targets():
 
 @pytest.mark.spec("GT-02", "GT-03")
 def test_gate_manifest_records_inputs_thresholds_values_decision(tmp_path):
-    src = tmp_path / "eval_summary.json"
-    src.write_text(json.dumps(summary()))
+    from spec_tests.integrity_support import make_eval_folder
+
+    src = make_eval_folder(tmp_path / "eval", {"arithmetic": [(False, True)] * 20, "refusal": [(True, True)] * 4}) / "eval_summary.json"
     decision = G.decide_final(json.loads(src.read_text()))
     path = G.write_gate_manifest(decision, tmp_path / "gate_final.json", inputs={"eval_summary": src})
     m = json.loads(path.read_text())
@@ -170,11 +171,14 @@ def test_failed_gate_blocks_the_protected_phase(tmp_path):
 def test_gate_cli_exit_codes(tmp_path, capsys):
     from cai_bootstrap.cli import main
 
-    from spec_tests.integrity_support import pin_eval_outputs
+    from spec_tests.integrity_support import make_eval_folder, pin_eval_outputs
 
-    pin_eval_outputs(tmp_path, summary=summary(), rates=rates({"a": 0.7}, {"a": 0.2}))
-    assert main(["gate", "final", "--eval", str(tmp_path)]) == 0
+    go = make_eval_folder(tmp_path / "paired", {"arithmetic": [(False, True)] * 20, "refusal": [(True, True)] * 4})
+    assert main(["gate", "final", "--eval", str(go)]) == 0
     assert "GO: final_eval" in capsys.readouterr().out
+    pin_eval_outputs(tmp_path, summary=summary(), rates=rates({"a": 0.7}, {"a": 0.2}))
+    assert main(["gate", "final", "--eval", str(tmp_path)]) == 2  # no per-item file to decide on
+    assert "items.jsonl" in capsys.readouterr().err
     assert main(["gate", "gap", "--eval", str(tmp_path)]) == 1
     assert "NO-GO: gap_check" in capsys.readouterr().out
     assert main(["gate", "gap", "--eval", str(tmp_path), "--max-base-rate", "0.8", "--out", str(tmp_path / "g.json")]) == 0

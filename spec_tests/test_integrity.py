@@ -14,7 +14,7 @@ import pytest
 
 from cai_bootstrap.cli import main
 from cai_bootstrap.evaluation import report as rp
-from spec_tests.integrity_support import make_adapter_run, pin_eval_outputs
+from spec_tests.integrity_support import make_adapter_run, make_eval_folder
 from spec_tests.test_gates_eval import summary
 
 
@@ -103,18 +103,33 @@ def test_evaluate_checks_the_adapter_loads_and_the_output_is_writable_before_the
 # -- the final gate checks the summary against its manifest and its own thresholds -----------------------
 
 
+# McNemar p = 1 on these outcomes: NO-GO as written by the evaluation.
+NO_GO = {"arithmetic": [(False, True), (True, False)] * 6, "answer_then_stop": [(True, True)] * 4, "refusal": [(True, True)] * 4}
+
+
 @pytest.fixture
 def eval_dir(tmp_path):
-    folder = tmp_path / "eval"
-    pin_eval_outputs(folder, summary=summary(p=0.5))  # NO-GO as written by the evaluation
-    return folder
+    return make_eval_folder(tmp_path / "eval", NO_GO)
+
+
+def _repin(folder, name):
+    """What a hostile user does after editing an output: record its new hash in the manifest."""
+    from cai_bootstrap.io_utils import sha256_file
+
+    manifest = json.loads((folder / rp.MANIFEST_FILE).read_text())
+    for entry in manifest["outputs"].values():
+        if entry["path"] == name:
+            entry["sha256"] = sha256_file(folder / name)
+    (folder / rp.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 @pytest.mark.spec("PV-07", "GT-02")
 def test_final_gate_refuses_a_summary_edited_after_the_evaluation(eval_dir, capsys):
     assert main(["gate", "final", "--eval", str(eval_dir)]) == 1
     (eval_dir / "gate_final.json").unlink()
-    (eval_dir / rp.SUMMARY_FILE).write_text(json.dumps(summary(p=0.0001)))  # would be GO
+    forged = json.loads((eval_dir / rp.SUMMARY_FILE).read_text())
+    forged["overall"].update(mcnemar_p=1e-9, lift=0.5)  # would be GO
+    (eval_dir / rp.SUMMARY_FILE).write_text(json.dumps(forged))
     assert main(["gate", "final", "--eval", str(eval_dir)]) == 2
     err = _err(capsys)
     assert "eval_summary.json: changed" in err
@@ -122,6 +137,44 @@ def test_final_gate_refuses_a_summary_edited_after_the_evaluation(eval_dir, caps
     (eval_dir / rp.MANIFEST_FILE).unlink()
     assert main(["gate", "final", "--eval", str(eval_dir)]) == 2
     assert "eval_manifest.json does not exist" in _err(capsys)
+
+
+@pytest.mark.spec("PV-07", "GT-02")
+def test_final_gate_recomputes_from_the_items_so_a_re_pinned_summary_cannot_pass(eval_dir, capsys):
+    forged = json.loads((eval_dir / rp.SUMMARY_FILE).read_text())
+    forged["overall"].update(mcnemar_p=1e-9, lift=0.5)
+    (eval_dir / rp.SUMMARY_FILE).write_text(json.dumps(forged))
+    _repin(eval_dir, rp.SUMMARY_FILE)
+    assert main(["gate", "final", "--eval", str(eval_dir)]) == 2
+    err = _err(capsys)
+    assert "disagrees with the per-item results" in err and "overall.mcnemar_p" in err
+    assert not (eval_dir / "gate_final.json").exists()
+
+
+@pytest.mark.spec("PV-07", "GT-02")
+def test_final_gate_re_verifies_each_item_so_edited_success_flags_cannot_pass(eval_dir, capsys):
+    rows = [json.loads(line) for line in (eval_dir / rp.ITEMS_FILE).read_text().splitlines()]
+    for r in rows:
+        if r["model"] == "sft":
+            r["success"] = True
+    (eval_dir / rp.ITEMS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _repin(eval_dir, rp.ITEMS_FILE)
+    assert main(["gate", "final", "--eval", str(eval_dir)]) == 2
+    assert "its verifier now says False" in _err(capsys)
+
+
+@pytest.mark.spec("PV-07", "GT-05")
+def test_a_hand_edited_final_gate_does_not_open_the_next_stage(tmp_path, capsys):
+    from cai_bootstrap.stages.registry import StageInputError, resolve_input_model
+
+    folder = make_eval_folder(tmp_path / "eval", NO_GO)
+    assert main(["gate", "final", "--eval", str(folder)]) == 1
+    gate = folder / "gate_final.json"
+    m = json.loads(gate.read_text())
+    m.update(decision="pass", passed=True)
+    gate.write_text(json.dumps(m))
+    with pytest.raises(StageInputError, match="its pinned inputs decide 'fail'"):
+        resolve_input_model(2, gate_manifest=gate)
 
 
 THRESHOLDS = [
@@ -261,3 +314,19 @@ def test_evaluate_refuses_an_output_inside_the_adapter_folder_and_leaves_it_unto
     err = capsys.readouterr().err
     assert rc == 2 and "inside the adapter folder" in err, err
     assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"]  # no lock file, no output folder
+
+
+@pytest.mark.spec("PV-07", "GT-01")
+def test_a_hand_edited_failing_pilot_gate_does_not_start_a_scale_run(tmp_path, capsys, no_model_loads):
+    from spec_tests.sft_support import make_generation_run
+
+    run = make_generation_run(tmp_path / "pilot", qc_passed=False)
+    assert main(["gate", "pilot", str(run), "--min-items", "1"]) == 1
+    gate = run / "pilot_gate.json"
+    m = json.loads(gate.read_text())
+    m.update(decision="pass", passed=True, reasons=[])
+    gate.write_text(json.dumps(m))
+    assert main(["generate", "--model", "tiny-random", "--mode", "scale", "--shard", "0/2", "--pilot-gate", str(gate),
+                 "--out", str(tmp_path / "s0")]) == 2
+    assert "its pinned inputs decide 'fail'" in _err(capsys)
+    assert not (tmp_path / "s0").exists()

@@ -91,10 +91,16 @@ def _stage1_run(root: Path, *, passed: bool = True) -> Path:
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     atomic_write_json(root / "sft" / "training_manifest.json", {"dataset": {"run_dir": str(root / "merged")}})
     files = {p.name: sha256_file(p) for p in sorted(adapter.iterdir())}
-    summary = atomic_write_json(root / "eval" / "eval_summary.json", {"metadata": {"models": {
+    from cai_bootstrap.gates import decide_final
+    from spec_tests.integrity_support import make_eval_folder
+
+    outcomes = [(False, True)] * 20 if passed else [(False, True), (True, False)] * 6
+    folder = make_eval_folder(root / "eval", {"arithmetic": outcomes, "refusal": [(True, True)] * 4}, models={
         "base": {"model_name": "/models/base"},
-        "sft": {"model_name": "/models/base", "adapter": {"path": str(adapter), "files": files}}}}})
-    decision = GateDecision(FINAL_GATE, "GT-02", {"alpha": 0.05}, {}, (Check("mcnemar", passed, "p = 0.01" if passed else "p = 0.4 >= 0.05"),))
+        "sft": {"model_name": "/models/base", "adapter": {"path": str(adapter), "files": files}}})
+    summary = folder / "eval_summary.json"
+    decision = decide_final(json.loads(summary.read_text()))
+    assert decision.passed is passed
     return write_gate_manifest(decision, root / "gates" / "final_eval.json", inputs={"eval_summary": summary})
 
 
@@ -113,7 +119,7 @@ def _damage(root: Path, gate: Path, what: str) -> Path:
 
 RESOLVE_CASES = [  # (gate passed, damage, override, error fragment or None)
     (True, None, None, None),
-    (False, None, None, "says FAIL: p = 0.4 >= 0.05"),
+    (False, None, None, "says FAIL: McNemar p = 1 >= 0.01"),
     (False, None, "probing the pairs code on a weak model", None),
     (False, None, "   ", "an override needs a reason"),
     (True, "missing", None, "does not exist"),

@@ -295,10 +295,16 @@ def _eval_gate(eval_dir, name: str, input_name: str, hint: str, out, default_out
 def run_final_gate(eval_dir: str | Path, thresholds: FinalGateThresholds = FinalGateThresholds(), *,
                    out: str | Path | None = None) -> tuple[GateDecision, Path]:
     """GT-02 on a paired evaluation folder; writes the manifest (default ``EVAL/gate_final.json``)."""
+    from cai_bootstrap.evaluation.recheck import recomputed_comparison
     from cai_bootstrap.evaluation.report import SUMMARY_FILE
 
+    def decide(summary: dict) -> GateDecision:
+        # PV-07: the numbers decided on are recomputed from the pinned per-item results, never
+        # taken from the summary alone (a summary edited with re-pinned hashes is self-consistent).
+        return decide_final({**summary, **recomputed_comparison(eval_dir, summary)}, thresholds)
+
     return _eval_gate(eval_dir, SUMMARY_FILE, "eval_summary", "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first",
-                      out, FINAL_GATE_FILE, lambda summary: decide_final(summary, thresholds))
+                      out, FINAL_GATE_FILE, decide)
 
 
 def run_gap_gate(eval_dir: str | Path, thresholds: GapGateThresholds = GapGateThresholds(), *,
@@ -325,7 +331,8 @@ def read_gate_manifest(path: str | Path) -> dict:
 
 
 def require_gate_passed(path: str | Path, *, gate: str | None = None) -> dict:
-    """For the phase a gate protects: the gate passed and its inputs are unchanged since."""
+    """For the phase a gate protects: the gate passed, its inputs are unchanged since, and
+    deciding again on those inputs gives the same answer (a consumer never trusts the boolean)."""
     manifest = read_gate_manifest(path)
     if gate is not None and manifest["gate"] != gate:
         raise GateError(f"{path}: is a {manifest['gate']!r} manifest, expected {gate!r}")
@@ -337,7 +344,58 @@ def require_gate_passed(path: str | Path, *, gate: str | None = None) -> dict:
             raise GateError(f"gate {manifest['gate']}: input {inp['name']} ({p}) is missing")
         if sha256_file(p) != inp["sha256"]:
             raise GateError(f"gate {manifest['gate']}: input {inp['name']} ({p}) changed after the decision; rerun the gate")
+    check_decision_matches_inputs(manifest, path)
     return manifest
+
+
+def _pinned(manifest: Mapping, name: str) -> Path:
+    for inp in manifest.get("inputs") or []:
+        if isinstance(inp, Mapping) and inp.get("name") == name:
+            return Path(str(inp.get("path")))
+    raise GateError(f"gate {manifest.get('gate')}: its manifest pins no {name!r} input, so its decision cannot be checked")
+
+
+def rederive_decision(manifest: Mapping) -> GateDecision | None:
+    """The decision a gate manifest's pinned inputs give under its recorded thresholds, decided again
+    by the gate's own code; None for a gate kind this module does not decide."""
+    kind = manifest.get("gate")
+    t = manifest.get("thresholds") if isinstance(manifest.get("thresholds"), Mapping) else {}
+    try:
+        if kind in (PILOT_GATE, SCALE_GATE):
+            from cai_bootstrap.validation import validate_paths
+
+            qc = _pinned(manifest, "qc_summary")
+            failures = [r.format() for r in validate_paths([qc.parent]) if not r.ok]
+            limits = DataGateThresholds(int(t.get("min_items", PILOT_MIN_ITEMS)), int(t.get("max_items", PILOT_MAX_ITEMS)))
+            return decide_data(qc, validation_failures=failures, gate=kind, thresholds=limits)
+        if kind == FINAL_GATE:
+            from cai_bootstrap.evaluation.recheck import recomputed_comparison
+
+            thresholds = FinalGateThresholds(float(t["alpha"]), float(t["min_lift"]),
+                                             tuple(t.get("guarded_categories") or FinalGateThresholds().guarded_categories))
+            if not 0.0 < thresholds.alpha < 1.0 or not thresholds.min_lift >= 0.0:
+                raise GateError(f"gate {kind}: recorded thresholds out of range ({thresholds.to_dict()})")
+            summary_path = _pinned(manifest, "eval_summary")
+            summary = _read_json(summary_path, "rerun the evaluation")
+            return decide_final({**summary, **recomputed_comparison(summary_path.parent, summary)}, thresholds)
+        if kind == "gap_check":
+            targets = t.get("target_types")
+            thresholds = GapGateThresholds(float(t["max_base_rate"]), tuple(targets) if targets is not None else None,
+                                           bool(t.get("per_type", False)), tuple(t.get("modes") or ("framed", "raw")))
+            return decide_gap(_read_json(_pinned(manifest, "rates"), "rerun the evaluation"), thresholds)
+    except (KeyError, TypeError, ValueError) as e:
+        raise GateError(f"gate {kind}: its manifest or inputs cannot be decided again ({type(e).__name__}: {e}); "
+                        "rerun the gate") from None
+    return None
+
+
+def check_decision_matches_inputs(manifest: Mapping, path: str | Path) -> None:
+    """Refuses a gate manifest whose recorded decision its own inputs do not give (an edited manifest)."""
+    derived = rederive_decision(manifest)
+    if derived is not None and derived.decision != manifest.get("decision"):
+        raise GateError(f"{path} says {manifest.get('decision')!r}, but its pinned inputs decide {derived.decision!r} "
+                        f"({'; '.join(derived.reasons) or 'all checks pass'}); the manifest was edited after the gate "
+                        "wrote it: rerun the gate")
 
 
 # --------------------------------------------------------------------------------------

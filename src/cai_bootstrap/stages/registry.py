@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cai_bootstrap.gates import FINAL_GATE
+from cai_bootstrap.gates import FINAL_GATE, GateError, check_decision_matches_inputs
 
 BASE = "base"  # the input model of stage 1
 TRAINING_METHODS = ("sft", "dpo")
@@ -247,6 +247,10 @@ def resolve_input_model(stage_id: int, *, gate_manifest: str | Path | None = Non
     if changed:
         raise StageInputError(f"{path}: its inputs are missing or changed since the decision: {', '.join(changed)}; "
                               "rerun the evaluation and the gate")
+    try:
+        check_decision_matches_inputs(m, path)  # the decision, not only the hashes, must follow from the inputs
+    except GateError as e:
+        raise StageInputError(str(e)) from None
     base, adapter, files = _trained_model(_read_json(Path(inputs["eval_summary"]["path"]), "evaluation summary"),
                                           inputs["eval_summary"]["path"])
     now = {name: (sha256_file(Path(adapter) / name) if (Path(adapter) / name).is_file() else None) for name in files}
