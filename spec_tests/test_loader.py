@@ -212,6 +212,30 @@ def test_real_cached_generate_checks_the_prefill_once_and_passes_decode_steps(ti
 
 
 @pytest.mark.spec("CG-03")
+def test_a_multi_token_pass_after_a_cached_prefix_is_checked(tiny_lm):
+    """Only a one-token decoding step may skip the check: role tokens appended after a cached
+    prefix, with a mask longer than the new tokens, must still abort."""
+    from transformers import DynamicCache
+
+    prefix = torch.tensor([[16664, 25, 11]])
+    cache = DynamicCache()
+    tiny_lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), past_key_values=cache, use_cache=True)
+    role = tiny_lm.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    assert role[0] == IM_START and len(role) > 1
+    ids = torch.tensor([role])
+    mask = torch.ones((1, prefix.shape[1] + ids.shape[1]), dtype=torch.long)
+    with pytest.raises(ContaminationError):
+        tiny_lm.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    # The same continuation of clean text passes, and so does a one-token decoding step.
+    clean = torch.tensor([[16664, 25]])
+    cache = DynamicCache()
+    tiny_lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), past_key_values=cache, use_cache=True)
+    tiny_lm.model(input_ids=clean, attention_mask=torch.ones((1, 5), dtype=torch.long), past_key_values=cache, use_cache=True)
+    tiny_lm.model(input_ids=torch.tensor([[IM_START]]), attention_mask=torch.ones((1, 6), dtype=torch.long),
+                  past_key_values=cache, use_cache=True)
+
+
+@pytest.mark.spec("CG-03")
 def test_batch_with_one_bad_row_is_rejected(tiny_lm):
     with pytest.raises(ContaminationError):
         tiny_lm.encode_batch(["fine", "not <|im_end|> fine"])

@@ -181,9 +181,7 @@ def run_dir(tmp_path):
     run.mkdir()
     (run / "dataset.jsonl").write_text('{"instruction": "x"}\n')
     (run / "qc_summary.json").write_text('{"thresholds_passed": true}\n')
-    outside = tmp_path / "eval_items.jsonl"
-    outside.write_text("{}\n")
-    m = pv.artifact_manifest("sft_records", [run / "dataset.jsonl", run / "qc_summary.json", outside], base_dir=run,
+    m = pv.artifact_manifest("sft_records", [run / "dataset.jsonl", run / "qc_summary.json"], base_dir=run,
                              inputs=[{"path": "raw.jsonl", "sha256": "0" * 64}])
     pv.write_manifest(run / "manifest.json", m)
     return run
@@ -193,8 +191,7 @@ def run_dir(tmp_path):
 def test_artifact_manifest_pins_every_file(run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     paths = [e["path"] for e in m["files"]]
-    assert paths[:2] == ["dataset.jsonl", "qc_summary.json"], "files inside the run are recorded relative to it"
-    assert Path(paths[2]).is_absolute(), "files outside it keep their absolute path"
+    assert paths == ["dataset.jsonl", "qc_summary.json"], "files inside the run are recorded relative to it"
     assert all(re.fullmatch(r"[0-9a-f]{64}", e["sha256"]) for e in m["files"])
     assert m["git_commit"] == pv.git_info()["commit"] and m["inputs"][0]["path"] == "raw.jsonl"
 
@@ -253,3 +250,19 @@ def test_session_manifest_generated_artifacts_are_verified(tmp_path):
     (tmp_path / "dataset.jsonl").write_text("{} \n")
     with pytest.raises(pv.InputIntegrityError, match="dataset.jsonl: changed"):
         pv.verify_inputs(tmp_path / "session_manifest.json")
+
+
+@pytest.mark.spec("PV-05", "PV-07")
+@pytest.mark.parametrize("listed", ["../../../../etc/hostname", "/etc/hostname", "sub/../../outside.txt", "link/secret.txt"])
+def test_a_manifest_path_outside_its_folder_is_refused_unread(tmp_path, listed):
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "outside.txt").write_text("private")
+    (run / "link").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "secret.txt").write_text("private")
+    (run / "session_manifest.json").write_text(json.dumps({"generated_artifacts": [{"path": listed, "sha256": "0" * 64}]}))
+    with pytest.raises(pv.InputIntegrityError, match="lies outside the manifest's folder") as e:
+        pv.verify_inputs(run / "session_manifest.json")
+    assert "file sha256" not in str(e.value)  # nothing outside was read
+    with pytest.raises(ValueError, match="lies outside"):
+        pv.artifact_manifest("sft_records", [tmp_path / "outside.txt"], base_dir=run)

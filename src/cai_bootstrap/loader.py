@@ -292,11 +292,12 @@ class LoadedModel:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [tok for _, tok in find_forbidden(ids, self.forbidden_ids)]
 
-    def check_ids(self, ids: Sequence[int], *, allow_trailing_eos: bool = False) -> None:
+    def check_ids(self, ids: Sequence[int], *, allow_trailing_eos: bool = False, continuation: bool = False) -> None:
+        """CG-03 on one row; ``continuation``: the row continues cached context, so not even a BOS may lead it."""
         check_token_ids(
             ids,
             self.forbidden_ids,
-            bos_id=self.bos_token_id if self.profile.needs_bos else None,
+            bos_id=self.bos_token_id if self.profile.needs_bos and not continuation else None,
             eos_id=self.eos_token_id,
             allow_trailing_eos=allow_trailing_eos,
         )
@@ -538,12 +539,14 @@ def _caches(kwargs: dict) -> list:
 
 
 def _install_forward_guard(lm: LoadedModel) -> None:
-    """CG-03 at the model itself: a pre-hook checks the first (prefill) pass of every forward.
+    """CG-03 at the model itself: a pre-hook checks every forward pass but one-token decoding steps.
 
-    Later decoding steps carry tokens the model generated itself (an EOS, say, or the
-    padding of a finished row), so a pass that continues cached context is not checked;
-    what it continues was checked when it was encoded or prefilled. Padding is excluded
-    through the mask; training batches (labels present) may end each row with one EOS.
+    A decoding step carries the one token the model generated itself (an EOS, say, or the
+    padding of a finished row), and what it continues was checked when it was prefilled, so
+    it alone is not checked. Every other pass is: a prefill, and a pass of several tokens
+    that continues a cache (a shared prefix's suffixes, or text appended after a cached
+    prefix), where no token, not even a BOS, may be special. Padding is excluded through the
+    mask; training batches (labels present) may end each row with one EOS.
     """
 
     import torch
@@ -558,10 +561,14 @@ def _install_forward_guard(lm: LoadedModel) -> None:
             # how much the cache holds would break the graph. Any other compiled pass goes on to the checks
             # below, whose host reads break the graph, so they run eagerly.
             return None
-        if is_continuation_step(input_ids, kwargs):
+        n = int(input_ids.shape[-1])
+        continuing = is_continuation_step(input_ids, kwargs)
+        if continuing and n == 1:
             return None
         mask = kwargs.get("attention_mask")
-        if not _is_2d_tensor(mask):
+        if continuing and _is_2d_tensor(mask):
+            mask = mask[:, -n:]  # the new tokens' part of a mask that also covers the cache
+        elif not _is_2d_tensor(mask):
             # A prepared (4-D or dict) mask says nothing simple about padding: use the padding mask of
             # the batch generate() is prefilling when it fits, else check every token.
             known = getattr(lm._prefill, "mask", None)
@@ -571,7 +578,7 @@ def _install_forward_guard(lm: LoadedModel) -> None:
             row = input_ids[r]
             if mask is not None:
                 row = row[mask[r].bool()]
-            lm.check_ids(row.tolist(), allow_trailing_eos=training)
+            lm.check_ids(row.tolist(), allow_trailing_eos=training, continuation=continuing)
         return None
 
     lm.model.register_forward_pre_hook(hook, with_kwargs=True)

@@ -323,9 +323,19 @@ def new_session_manifest(
     return manifest
 
 
+def _own_file_entry(path: str | os.PathLike, base_dir: str | os.PathLike, **extra: Any) -> dict:
+    """A file a manifest vouches for as its own: it must lie inside the manifest's folder, so the
+    folder can move and ``validate`` never has to read anything outside it."""
+    entry = file_entry(path, base_dir, **extra)
+    if Path(entry["path"]).is_absolute():
+        raise ValueError(f"{entry['path']} lies outside {Path(base_dir).resolve()}; a manifest's own files live in its folder "
+                         "(record other files as inputs)")
+    return entry
+
+
 def add_generated_artifact(manifest: dict, path: str | os.PathLike, base_dir: str | os.PathLike, **extra: Any) -> dict:
     """Record (or re-record, after a resume rewrote it) one produced file with its hash."""
-    entry = file_entry(path, base_dir, **extra)
+    entry = _own_file_entry(path, base_dir, **extra)
     files = manifest.setdefault("generated_artifacts", [])
     files[:] = [e for e in files if e.get("path") != entry["path"]] + [entry]
     return entry
@@ -345,7 +355,7 @@ def artifact_manifest(
         "created_at": utc_now(),
         "git_commit": git_info()["commit"],
         "loader_version": code_version(),
-        "files": [file_entry(f, base_dir) for f in files],
+        "files": [_own_file_entry(f, base_dir) for f in files],
         "inputs": [dict(i) for i in inputs],
     }
     if extra:
@@ -394,7 +404,13 @@ def verify_inputs(manifest_path: str | os.PathLike, *, required: Iterable[str] =
     problems = [f"{name}: not listed in the manifest, so its hash was never recorded" for name in required if name not in listed]
     verified: dict[str, Path] = {}
     for e in entries:
-        full = Path(e["path"]) if Path(e["path"]).is_absolute() else base / e["path"]
+        full = (base / str(e["path"])).resolve()
+        if Path(str(e["path"])).is_absolute() or not full.is_relative_to(base):
+            # A manifest's own files live in its folder; reading (and printing the hash of) a file
+            # outside it would let a crafted manifest probe the machine.
+            problems.append(f"{e['path']}: lies outside the manifest's folder {base}; a manifest lists only its own "
+                            "files, this one was not written by cai-bootstrap (refused, not read)")
+            continue
         if not full.is_file():
             problems.append(f"{e['path']}: missing ({full}); manifest sha256 {e['sha256']}")
             continue
