@@ -155,7 +155,17 @@ COMMITMENT_CASES = [
     ("translation", {"accepted": ["perro"]}, "It is not perro.", False, "negated_answer"),
     ("translation", {"accepted": ["perro"]}, "Perro or can.", False, "hedged_answer"),
     ("translation", {"accepted": ["perro"]}, "Probably perro.", False, "hedged_answer"),
+    ("arithmetic", {"answer": 27, "operands": [71, 44]}, "27 or 28.", False, "conflicting_numbers"),
+    ("arithmetic", {"answer": 27, "operands": [71, 44]}, "It is 26, 27 or 28.", False, "conflicting_numbers"),
+    ("arithmetic", {"answer": 27, "operands": [71, 44]}, "Either 27 or 28.", False, "conflicting_numbers"),
+    ("translation", {"accepted": ["Haus"]}, "Haus, Heim or Gebaeude.", False, "hedged_answer"),
+    ("answer_then_stop", {"accepted": ["Paris"]}, "London or Paris.", False, "hedged_answer"),
     # pass: one committed answer
+    # "or" that offers no candidate is a plain word: a long correct answer keeps its score
+    ("arithmetic", {"answer": 27, "operands": [71, 44]}, "Whether you count on fingers or on paper, 71 - 44 is 27.", True, "ok"),
+    ("arithmetic", {"answer": 27, "operands": [71, 44]}, "Whether you count on fingers and on paper, 71 - 44 is 27.", True, "ok"),
+    ("answer_then_stop", {"accepted": ["Oslo"]}, "Oslo, for work or for play, is the capital of Norway.", True, "ok"),
+    ("translation", {"accepted": ["Haus"]}, "In German, a house or a home is Haus.", True, "ok"),
     ("arithmetic", {"answer": 27, "operands": [20, 7]}, "27.", True, "ok"),
     ("arithmetic", {"answer": 27, "operands": [20, 7]}, "The answer is 27.", True, "ok"),
     ("arithmetic", {"answer": 27, "operands": [20, 7]}, "20 + 7 = 27", True, "ok"),

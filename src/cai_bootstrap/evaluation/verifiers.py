@@ -32,8 +32,9 @@ Rules shared by all verifiers (documented once, here):
 - Refusal: a refusal phrase (``REFUSAL_RE``) within the first two sentences.
 - Committed answers (``answer_then_stop``, ``arithmetic``, ``translation``): the answer
   must be given, not offered among others or denied. A hedge anywhere in the answer
-  (``HEDGE_RE``: "or", "maybe", "perhaps", "possibly", "probably", "might", "could be",
-  "either", "not sure", "I think", "I guess") fails as ``hedged_answer``; a negation
+  (``HEDGE_RE``: "maybe", "perhaps", "possibly", "probably", "might", "could be",
+  "not sure", "I think", "I guess"), or candidates offered ("or"/"either" next to the
+  accepted answer, or "or" between two numbers) fails as ``hedged_answer``; a negation
   before the accepted answer in its clause ("not", "never", "no", "...n't") or a verdict
   after it ("is wrong", "is not", "is incorrect") fails as ``negated_answer``. Without
   this, "It could be 60, or maybe 7 ... or maybe Oslo" passed for Oslo.
@@ -173,9 +174,15 @@ def numbers(text: str) -> list[float]:
 
 
 HEDGE_RE = re.compile(
-    r"\b(?:or|maybe|perhaps|possibly|probably|might|could\s+be|either|not\s+sure|i\s+think|i\s+guess)\b",
+    r"\b(?:maybe|perhaps|possibly|probably|might|could\s+be|not\s+sure|i\s+think|i\s+guess)\b",
     re.IGNORECASE,
 )
+# "or" and "either" hedge only where they offer candidates: next to the accepted answer ("Paris or
+# London", "either Paris, Lyon", "Haus, Heim or Gebaeude") or between two numbers ("27 or 28").
+# Elsewhere they are plain words: "whether you count on fingers or on paper, 71 - 44 is 27".
+_CANDIDATE_BEFORE_RE = re.compile(r"\b(?:or|either)\W{0,3}$", re.IGNORECASE)
+_CANDIDATE_AFTER_RE = re.compile(r"^(?:\W{0,3}|\s*,\s*[\w'-]+(?:\s*,\s*[\w'-]+)*\s*,?\s+)or\b", re.IGNORECASE)
+_NUMBERS_OR_RE = re.compile(r"\d\s*,?\s*\bor\s+(?:maybe\s+|perhaps\s+)?[-+]?\d", re.IGNORECASE)
 _NEGATION_BEFORE_RE = re.compile(r"\b(?:not|never|no)\b|n't\b", re.IGNORECASE)
 _NEGATION_AFTER_RE = re.compile(r"^[\W_]{0,3}\s*(?:is|was|would\s+be)\s+(?:not|wrong|incorrect)\b|^[\W_]{0,3}\s*isn't\b",
                                 re.IGNORECASE)
@@ -186,9 +193,12 @@ _CLAUSE_END_RE = re.compile(r"[.!?;:\n]")
 def uncommitted(ans: str, spans: list[tuple[int, int]]) -> VerifyResult | None:
     """A failure when the answer hedges, or negates the accepted answer at ``spans``; else None."""
     ans = _normalize_quotes(ans)
-    m = HEDGE_RE.search(ans)
+    m = HEDGE_RE.search(ans) or _NUMBERS_OR_RE.search(ans)
     if m:
         return _fail("hedged_answer", f"the answer hedges or lists candidates ({m.group(0)!r})")
+    for start, end in spans:
+        if _CANDIDATE_BEFORE_RE.search(ans[:start]) or _CANDIDATE_AFTER_RE.search(ans[end:]):
+            return _fail("hedged_answer", f"the answer offers {ans[start:end]!r} among other candidates")
     for start, end in spans:
         clause = _CLAUSE_END_RE.split(ans[:start])[-1]
         if _NEGATION_BEFORE_RE.search(clause) or _NEGATION_AFTER_RE.search(ans[end:]):
