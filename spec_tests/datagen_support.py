@@ -104,26 +104,26 @@ def small_settings(out_dir: Path, model_dir: Path, **overrides) -> dict:
 
 
 def passed_pilot_gate(folder: Path) -> Path:
-    """A real, passed pilot gate manifest (GT-01), decided over a passing QC summary."""
-    from cai_bootstrap.gates import decide_data, write_gate_manifest
-    from cai_bootstrap.io_utils import atomic_write_json
-    from cai_bootstrap.qc import QCThresholds, compute_qc_summary
+    """A real, passed pilot gate manifest (GT-01), decided by the gate over a pilot run whose QC passed."""
+    import json
+
+    from cai_bootstrap.gates import run_data_gate
+    from cai_bootstrap.provenance import add_generated_artifact
+    from spec_tests.sft_support import make_generation_run
 
     folder = Path(folder)
     manifest = folder / "pilot_gate.json"
     if manifest.exists():
         return manifest
-    good = {"is_good": True, "predicted_label": "A", "logp_a": -0.1, "logp_b": -3.0, "margin": 2.9, "confident": True}
-    summary = compute_qc_summary(
-        instruction_verdicts=[good] * 100, pair_verdicts=[{**good, "margin": 2.9 + 0.1 * (i % 5)} for i in range(100)],
-        responses=[{"reason": None, "delimiter_found": False, "heuristic_cutoff": False, "hit_token_limit": False}] * 100,
-        kept_response_tokens=[12] * 100, kept_responses=["Paris."] * 100, drop_reasons={}, sentinels_ok=True,
-        thresholds=QCThresholds(), critic_probes=probe_results(INFORMATIVE_PROBES_AUROC))
+    run = make_generation_run(folder / "pilot-for-gate")
+    summary = json.loads((run / "qc_summary.json").read_text())
     summary["run"] = {"mode": "pilot", "target": 100}
-    qc_path = atomic_write_json(folder / "pilot_qc_summary.json", summary)
-    decision = decide_data(qc_path, validation_failures=[])
+    (run / "qc_summary.json").write_text(json.dumps(summary))
+    session = json.loads((run / "session_manifest.json").read_text())
+    add_generated_artifact(session, run / "qc_summary.json", run)
+    (run / "session_manifest.json").write_text(json.dumps(session))
+    decision, _ = run_data_gate(run, out=manifest)
     assert decision.passed, decision.reasons
-    write_gate_manifest(decision, manifest, inputs={"qc_summary": qc_path})
     return manifest
 
 

@@ -17,7 +17,7 @@ from cai_bootstrap.critic_probes import (
     mismatched_pairs,
     parse_probe_set,
 )
-from cai_bootstrap.prompts import instruction_pool
+from cai_bootstrap.prompts import demonstration_pool, instruction_pool
 from cai_bootstrap.qc import QCThresholds
 from cai_bootstrap.sft.data_gate import find_leaks, load_eval_instructions
 
@@ -79,8 +79,11 @@ def test_probe_set_is_disjoint_from_the_eval_set_and_the_fewshot_pool():
     texts = sorted({it.instruction for it in p.instructions + p.pairs})
     eval_items = load_eval_instructions()
     pool = [(f"pool-{k}", it.text) for k, it in enumerate(instruction_pool())]
+    # Every pool the model is prompted with: the instruction examples and the answered demonstrations.
+    demonstrations = [(f"demo-{k}", d.instruction) for k, d in enumerate(demonstration_pool())]
     assert [h.describe() for h in find_leaks(texts, eval_items)] == []
     assert [h.describe() for h in find_leaks(texts, pool)] == []
+    assert [h.describe() for h in find_leaks(texts, demonstrations)] == []
     # The check itself sees a planted near-duplicate, so the empty result above means something.
     assert find_leaks([eval_items[0][1] + " Please."], eval_items)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cai_bootstrap.dedup import normalize, rouge_l
+from cai_bootstrap.dedup import jaccard, normalize, rouge_l
 from cai_bootstrap.sft.config import config_from_dict
 from cai_bootstrap.sft.data_gate import (
     DataGateError,
@@ -300,14 +300,15 @@ WORDS = ["write", "a", "list", "of", "three", "short", "poems", "about", "cats",
     st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=9), min_size=1, max_size=6),
 )
 def test_pruned_search_equals_brute_force(train_words, eval_words):
-    """The inverted-index pruning never hides a near duplicate that plain ROUGE-L would find."""
+    """The inverted-index pruning never hides a near duplicate that plain ROUGE-L (or the word-set
+    Jaccard beside it) would find."""
     train = [" ".join(w) for w in train_words]
     evals = [(f"e{j}", " ".join(w)) for j, w in enumerate(eval_words)]
     got = {h.train_index for h in find_leaks(train, evals)}
     want = {
         i
         for i, t in enumerate(train)
-        if any(t == e or normalize(t) == normalize(e) or rouge_l(t, e) > 0.7 for _, e in evals)
+        if any(t == e or normalize(t) == normalize(e) or rouge_l(t, e) > 0.7 or jaccard(t, e) >= 0.7 for _, e in evals)
     }
     assert got == want
 
@@ -337,3 +338,42 @@ def test_every_qc_threshold_has_a_direction():
     assert {f.name for f in fields(qc.QCThresholds)} == known
     # A higher probe bar is no stricter: it stops an informative judge from filtering.
     assert qc.loosened_thresholds(qc.QCThresholds(min_judge_auroc=0.9), qc.QCThresholds())
+
+
+@pytest.mark.spec("SFT-06")
+@pytest.mark.parametrize("text, leaks", [
+    ("Write a sentence about snowfall using exactly 8 words.", True),     # the eval item's words, reordered
+    ("Write, using exactly 8 words, a sentence about snowfall!", True),
+    ("Describe a volcano in exactly 12 words.", False),  # the same kind of item, another one
+    ("Describe the water cycle in three sentences.", False),
+])
+def test_leakage_check_is_word_order_free(text, leaks):
+    from cai_bootstrap.dedup import rouge_l
+    from cai_bootstrap.sft.data_gate import EvalLeakageError, check_no_leakage
+
+    eval_items = [("word_count-000", "Using exactly 8 words, write a sentence about snowfall.")]
+    if text.startswith("Write a sentence"):
+        assert rouge_l(text, eval_items[0][1]) < 0.7  # ROUGE-L alone lets it through
+    if leaks:
+        with pytest.raises(EvalLeakageError) as e:
+            check_no_leakage([{"instruction": text}], eval_items)
+        assert e.value.hits[0].kind in ("reordered", "near_duplicate")
+    else:
+        assert check_no_leakage([{"instruction": text}], eval_items)["hits"] == 0
+
+
+@pytest.mark.spec("SFT-06", "DG-09")
+def test_word_set_matches_equal_the_pairwise_jaccard():
+    import random
+
+    from cai_bootstrap.dedup import best_set_matches, jaccard
+
+    rng = random.Random(0)
+    words = "write a short poem about the sea using exactly five words list three colours of sky".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))) for _ in range(300)]
+    refs = texts[:40]
+    got = {(i, j) for i, j, _ in best_set_matches(texts, refs, 0.7, batch=64)}
+    for i, t in enumerate(texts):
+        scores = [jaccard(t, r) for r in refs]
+        best = max(range(len(refs)), key=lambda j: (scores[j], -j))
+        assert ((i, best) in got) == (scores[best] >= 0.7), (t, refs[best], scores[best])

@@ -33,6 +33,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
@@ -395,3 +396,53 @@ class DuplicateIndex:
         for pos, bag in enumerate(self._bags):
             self._post(pos, self._ordered(bag))
         self._reorder_at = 2 * len(self._texts)
+
+
+# -- the order-free near-duplicate test (SFT-06) ---------------------------------------------------------
+
+KIND_REORDERED = "reordered_duplicate"
+
+
+def jaccard(a: str | list[str], b: str | list[str]) -> float:
+    """Jaccard similarity of two texts' normalized word sets: word order plays no part."""
+    sa = set(tokens(a) if isinstance(a, str) else a)
+    sb = set(tokens(b) if isinstance(b, str) else b)
+    return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
+
+
+def best_set_matches(texts: Sequence[str], references: Sequence[str], threshold: float = NEAR_DUP_THRESHOLD,
+                     *, batch: int = 2048) -> list[tuple[int, int, float]]:
+    """(text index, reference index, Jaccard) for each text whose word set matches a reference's at
+    ``threshold`` or more (ROUGE-L follows word order, so "write X using 8 words" and "using 8 words,
+    write X" slip past it); the best reference each, the earliest among equals.
+
+    Word-count vectors over the references' vocabulary are multiplied in batches, so the cost grows
+    with texts x references x vocabulary in BLAS rather than in Python.
+    """
+    ref_sets = [set(tokens(r)) for r in references]
+    vocab = {w: k for k, w in enumerate(sorted(set().union(*ref_sets)))} if ref_sets else {}
+    if not vocab:
+        return []
+    refs = np.zeros((len(ref_sets), len(vocab)), dtype=np.float32)
+    for j, s in enumerate(ref_sets):
+        refs[j, [vocab[w] for w in s]] = 1.0
+    ref_sizes = refs.sum(axis=1)
+    out: list[tuple[int, int, float]] = []
+    for start in range(0, len(texts), batch):
+        chunk = [set(tokens(t)) for t in texts[start:start + batch]]
+        mat = np.zeros((len(chunk), len(vocab)), dtype=np.float32)
+        sizes = np.zeros(len(chunk), dtype=np.float32)
+        for i, s in enumerate(chunk):
+            sizes[i] = len(s)
+            known = [vocab[w] for w in s if w in vocab]
+            if known:
+                mat[i, known] = 1.0
+        inter = (mat @ refs.T).astype(np.float64)  # exact: sums of ones
+        union = sizes[:, None] + ref_sizes[None, :] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(union > 0, inter / union, 0.0)
+        best = score.argmax(axis=1)
+        for i, j in enumerate(best):
+            if score[i, j] >= threshold - _BOUND_SLACK:
+                out.append((start + i, int(j), float(score[i, j])))
+    return out

@@ -365,7 +365,9 @@ def rederive_decision(manifest: Mapping) -> GateDecision | None:
             from cai_bootstrap.validation import validate_paths
 
             qc = _pinned(manifest, "qc_summary")
-            failures = [r.format() for r in validate_paths([qc.parent]) if not r.ok]
+            run = _pinned(manifest, "dataset").parent  # a data gate pins the run's three files (DATA_GATE_INPUTS)
+            _pinned(manifest, "session_manifest")
+            failures = [r.format() for r in validate_paths([run]) if not r.ok]
             limits = DataGateThresholds(int(t.get("min_items", PILOT_MIN_ITEMS)), int(t.get("max_items", PILOT_MAX_ITEMS)))
             return decide_data(qc, validation_failures=failures, gate=kind, thresholds=limits)
         if kind == FINAL_GATE:

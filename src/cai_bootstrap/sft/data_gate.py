@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from cai_bootstrap.dedup import KIND_EXACT, KIND_NEAR, KIND_NORMALIZED, NEAR_DUP_THRESHOLD, DuplicateIndex
+from cai_bootstrap.dedup import KIND_EXACT, KIND_NEAR, KIND_NORMALIZED, KIND_REORDERED, NEAR_DUP_THRESHOLD, DuplicateIndex, best_set_matches
 
 DATASET_FILE = "dataset.jsonl"
 QC_FILE = "qc_summary.json"
@@ -264,7 +264,7 @@ SFT_GATE = DataGateSpec(
 
 @dataclass(frozen=True)
 class LeakHit:
-    kind: str  # exact | normalized | near_duplicate
+    kind: str  # exact | normalized | near_duplicate (ROUGE-L) | reordered (word-set Jaccard)
     train_index: int
     train_text: str
     eval_id: str
@@ -273,7 +273,7 @@ class LeakHit:
 
     def describe(self) -> str:
         return (
-            f"{self.kind} (ROUGE-L {self.score:.2f}): training record {self.train_index + 1} {self.train_text[:100]!r} "
+            f"{self.kind} ({'Jaccard of word sets' if self.kind == 'reordered' else 'ROUGE-L'} {self.score:.2f}): training record {self.train_index + 1} {self.train_text[:100]!r} "
             f"~ eval item {self.eval_id} {self.eval_text[:100]!r}"
         )
 
@@ -281,7 +281,7 @@ class LeakHit:
         return asdict(self)
 
 
-_LEAK_KINDS = {KIND_EXACT: "exact", KIND_NORMALIZED: "normalized", KIND_NEAR: "near_duplicate"}
+_LEAK_KINDS = {KIND_EXACT: "exact", KIND_NORMALIZED: "normalized", KIND_NEAR: "near_duplicate", KIND_REORDERED: "reordered"}
 
 
 def find_leaks(
@@ -295,7 +295,11 @@ def find_leaks(
     (the earliest eval item among equal scores).
 
     The eval items form a :class:`DuplicateIndex` (DG-09), so the search is the one
-    deduplication uses; ``pairwise=True`` compares every pair (the reference).
+    deduplication uses; ``pairwise=True`` compares every pair (the reference). ROUGE-L follows
+    word order, so a text that only reorders an eval item's words ("Using exactly 8 words, write
+    a sentence about snowfall." / "Write a sentence about snowfall using exactly 8 words.",
+    ROUGE-L 0.56) is caught beside it by the Jaccard similarity of the two word sets, at the same
+    threshold.
     """
     index = DuplicateIndex(threshold, pairwise=pairwise)
     for _, text in eval_items:
@@ -307,7 +311,11 @@ def find_leaks(
             j = m.position
             score = m.score if m.kind != KIND_NEAR else round(m.score, 4)
             hits.append(LeakHit(_LEAK_KINDS[m.kind], i, text, eval_items[j][0], eval_items[j][1], score))
-    return hits
+    found = {h.train_index for h in hits}
+    for i, j, score in best_set_matches(train_texts, [t for _, t in eval_items], threshold):
+        if i not in found:
+            hits.append(LeakHit(_LEAK_KINDS[KIND_REORDERED], i, train_texts[i], eval_items[j][0], eval_items[j][1], round(score, 4)))
+    return sorted(hits, key=lambda h: h.train_index)
 
 
 def load_eval_instructions(path: str | Path | None = None) -> list[tuple[str, str]]:
