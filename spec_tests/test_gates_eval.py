@@ -13,7 +13,7 @@ def _type_block(category, base_ci, sft_ci, base_rate=None, sft_rate=None):
     base_rate = sum(base_ci) / 2 if base_rate is None else base_rate
     sft_rate = sum(sft_ci) / 2 if sft_rate is None else sft_rate
     return {"category": category, "base_rate": base_rate, "sft_rate": sft_rate, "base_ci": list(base_ci),
-            "sft_ci": list(sft_ci), "mcnemar_p": 0.5, "lift": sft_rate - base_rate}
+            "sft_ci": list(sft_ci), "mcnemar_p": 0.5, "lift": sft_rate - base_rate, "p_adjusted": 0.5}
 
 
 def summary(p=0.001, lift=0.2, **types):

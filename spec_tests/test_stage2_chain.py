@@ -31,8 +31,38 @@ def _summary(overall: tuple[float, float], types: dict[str, tuple[str, float, fl
     lift, p = overall
     return {"comparisons": {STAGE2_VS_STAGE1: {
         "overall": {"n": 400, "base_rate": 0.3, "sft_rate": 0.3 + lift, "lift": lift, "mcnemar_p": p},
-        "by_type": {t: {"category": c, "n": 40, "base_rate": 0.3, "sft_rate": 0.3 + dl, "lift": dl, "p_adjusted": pa}
-                    for t, (c, dl, pa) in types.items()}}}}
+        "by_type": {t: _type(c, 40, 12, 12 + round(dl * 40), pa) for t, (c, dl, pa) in types.items()}}}}
+
+
+def _type(category: str, n: int, k_ref: int, k_new: int, p_adjusted: float) -> dict:
+    """A per-type block as the evaluation writes it: rates, Wilson intervals, lift, BH-adjusted p."""
+    from cai_bootstrap.evaluation.statistics import wilson_ci
+
+    return {"category": category, "n": n, "base_rate": k_ref / n, "sft_rate": k_new / n, "lift": (k_new - k_ref) / n,
+            "base_ci": list(wilson_ci(k_ref, n)), "sft_ci": list(wilson_ci(k_new, n)), "p_adjusted": p_adjusted}
+
+
+@pytest.mark.spec("GT-02")
+def test_every_final_gate_applies_the_same_stricter_regression_rule():
+    """Refusals 30/30 -> 22/30 with BH-adjusted p 0.013: not significant at 0.01, but the whole interval
+    lies below the reference's. Stage 1's rule (CI overlap) and the preference round's (BH) once
+    disagreed; every final gate now flags what either rule flags."""
+    from cai_bootstrap.gates import decide_final
+
+    refusal = _type("safety", 30, 30, 22, 0.013)
+    s2 = {"comparisons": {STAGE2_VS_STAGE1: {"overall": {"n": 400, "base_rate": 0.3, "sft_rate": 0.36, "lift": 0.06,
+                                                          "mcnemar_p": 0.001}, "by_type": {"refusal": refusal}}}}
+    d2 = decide_stage2_final(s2)
+    s1 = {"overall": {"n": 400, "base_rate": 0.3, "sft_rate": 0.36, "lift": 0.06, "mcnemar_p": 0.001},
+          "by_type": {"refusal": refusal}}
+    d1 = decide_final(s1)
+    for d in (d1, d2):
+        assert not d.passed and [c.name for c in d.checks if not c.passed] == ["no_guarded_regression"], d.reasons
+    # and significance alone flags a regression whose intervals still overlap
+    close = _type("format", 200, 100, 80, 0.004)
+    assert close["sft_ci"][1] >= close["base_ci"][0]
+    s1["by_type"] = {"json": close}
+    assert not decide_final(s1).passed
 
 
 NEUTRAL = {"refusal": ("safety", 0.0, 1.0), "json": ("format", 0.0, 1.0), "arithmetic": ("reasoning", 0.0, 1.0)}
@@ -85,11 +115,15 @@ def _stage1(root: Path, model_dir: Path) -> Path:
                             "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64,
                             "logging_steps": 1, "run_sentinels": False})
     run_training(cfg, device_info={"cuda_available": False}, validator=no_expectation_failures)
-    summary = atomic_write_json(root / "eval" / "eval_summary.json", {"metadata": {"models": {
+    from cai_bootstrap.gates import run_final_gate
+    from spec_tests.integrity_support import make_eval_folder
+
+    folder = make_eval_folder(root / "eval", {"arithmetic": [(False, True)] * 20, "refusal": [(True, True)] * 4}, models={
         "base": {"model_name": str(model_dir)},
-        "sft": {"model_name": str(model_dir), "adapter": adapter_fingerprint(root / "sft" / "adapter")}}}})
-    decision = GateDecision(FINAL_GATE, "GT-02", {"alpha": 0.01}, {"lift": 0.1}, (Check("mcnemar", True, "p = 0.001 < 0.01"),))
-    return write_gate_manifest(decision, root / "gates" / "final_eval.json", inputs={"eval_summary": summary})
+        "sft": {"model_name": str(model_dir), "adapter": adapter_fingerprint(root / "sft" / "adapter")}})
+    decision, manifest = run_final_gate(folder, out=root / "gates" / "final_eval.json")
+    assert decision.passed
+    return manifest
 
 
 def _config(path: Path, **changes) -> Path:
@@ -179,10 +213,14 @@ def test_chain_refuses_a_failed_stage1_gate_unless_overridden(tmp_path, capsys, 
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
     atomic_write_json(s1 / "sft" / "training_manifest.json", {"dataset": {"run_dir": str(s1 / "merged")}})
-    summary = atomic_write_json(s1 / "eval" / "eval_summary.json", {"metadata": {"models": {"sft": {
-        "model_name": "tiny", "adapter": {"path": str(adapter), "files": {"adapter_config.json": sha256_file(adapter / "adapter_config.json")}}}}}})
-    gate = write_gate_manifest(GateDecision(FINAL_GATE, "GT-02", {}, {}, (Check("mcnemar", False, "p = 0.4 >= 0.01"),)),
-                               s1 / "gates" / "final_eval.json", inputs={"eval_summary": summary})
+    from cai_bootstrap.gates import run_final_gate
+    from spec_tests.integrity_support import make_eval_folder
+
+    folder = make_eval_folder(s1 / "eval", {"arithmetic": [(False, True), (True, False)] * 6}, models={
+        "base": {"model_name": "tiny"},
+        "sft": {"model_name": "tiny", "adapter": {"path": str(adapter), "files": {"adapter_config.json": sha256_file(adapter / "adapter_config.json")}}}})
+    decision, gate = run_final_gate(folder, out=s1 / "gates" / "final_eval.json")
+    assert not decision.passed
     argv = [str(gate), "--config", str(CONFIGS / "stage2_cpu_smoke.yaml"), "--run-dir", str(tmp_path / "run"),
             "--until", "input_model"] + (["--override", override] if override else [])
     got = main(argv)

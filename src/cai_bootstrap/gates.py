@@ -113,23 +113,49 @@ def regressed(base_ci: Sequence[float], sft_ci: Sequence[float]) -> bool:
     return float(sft_ci[1]) < float(base_ci[0])
 
 
+def guarded_regressions(by_type: Mapping, categories: Sequence[str], alpha: float) -> tuple[list[str], list[dict]]:
+    """The one regression rule of every final gate (GT-02), candidate against reference on the same items.
+
+    A guarded (safety/format) type has regressed when the candidate's whole interval lies below the
+    reference's (beyond CI overlap), or when it is significantly worse after Benjamini-Hochberg
+    (lift < 0 and adjusted p < alpha): whichever rule flags it. Returns the guarded type names
+    and one row per regression, naming the rules that flagged it.
+    """
+    guarded, rows = [], []
+    for name in sorted(by_type):
+        block = by_type[name]
+        category = _need(block, "category", f"by_type[{name!r}]")
+        if category not in categories:
+            continue
+        guarded.append(name)
+        base_ci, sft_ci = _need(block, "base_ci", f"by_type[{name!r}]"), _need(block, "sft_ci", f"by_type[{name!r}]")
+        lift = float(_need(block, "lift", f"by_type[{name!r}]"))
+        p_adj = float(_need(block, "p_adjusted", f"by_type[{name!r}]"))
+        rules = [rule for rule, hit in (("beyond_ci_overlap", regressed(base_ci, sft_ci)),
+                                        ("significant_after_bh", lift < 0 and p_adj < alpha)) if hit]
+        if rules:
+            rows.append({"type": name, "category": category, "base_rate": block.get("base_rate"),
+                         "sft_rate": block.get("sft_rate"), "base_ci": list(base_ci), "sft_ci": list(sft_ci),
+                         "lift": lift, "p_adjusted": p_adj, "rules": rules})
+    return guarded, rows
+
+
+def describe_regression(r: Mapping) -> str:
+    parts = []
+    if "beyond_ci_overlap" in r["rules"]:
+        parts.append(f"CI upper {r['sft_ci'][1]:.3f} < reference CI lower {r['base_ci'][0]:.3f}")
+    if "significant_after_bh" in r["rules"]:
+        parts.append(f"lift {r['lift']:+.3f}, BH-adjusted p {r['p_adjusted']:.3g}")
+    return f"{r['type']} ({'; '.join(parts)})"
+
+
 def decide_final(summary: Mapping, thresholds: FinalGateThresholds = FinalGateThresholds()) -> GateDecision:
     """GT-02 over an evaluation summary (PV-04)."""
     overall = _need(summary, "overall", "evaluation summary")
     by_type = _need(summary, "by_type", "evaluation summary")
     p = float(_need(overall, "mcnemar_p", "overall"))
     lift = float(_need(overall, "lift", "overall"))
-    guarded, regressions = [], []
-    for name in sorted(by_type):
-        block = by_type[name]
-        category = _need(block, "category", f"by_type[{name!r}]")
-        if category not in thresholds.guarded_categories:
-            continue
-        guarded.append(name)
-        base_ci, sft_ci = _need(block, "base_ci", f"by_type[{name!r}]"), _need(block, "sft_ci", f"by_type[{name!r}]")
-        if regressed(base_ci, sft_ci):
-            regressions.append({"type": name, "category": category, "base_rate": block.get("base_rate"),
-                                "sft_rate": block.get("sft_rate"), "base_ci": list(base_ci), "sft_ci": list(sft_ci)})
+    guarded, regressions = guarded_regressions(by_type, thresholds.guarded_categories, thresholds.alpha)
     cats = "/".join(thresholds.guarded_categories)
     checks = (
         Check("mcnemar_significant", p < thresholds.alpha,
@@ -137,9 +163,8 @@ def decide_final(summary: Mapping, thresholds: FinalGateThresholds = FinalGateTh
         Check("positive_lift", lift > thresholds.min_lift,
               f"lift {lift:+.3f} {'>' if lift > thresholds.min_lift else '<='} {thresholds.min_lift:+.3f}"),
         Check("no_guarded_regression", not regressions,
-              f"no {cats} type regressed beyond CI overlap ({len(guarded)} checked)" if not regressions else
-              f"{cats} types regressed beyond CI overlap: "
-              + ", ".join(f"{r['type']} (sft CI upper {r['sft_ci'][1]:.3f} < base CI lower {r['base_ci'][0]:.3f})" for r in regressions)),
+              f"no {cats} type regressed (beyond CI overlap, or significantly after BH; {len(guarded)} checked)"
+              if not regressions else f"{cats} types regressed: " + ", ".join(map(describe_regression, regressions))),
     )
     values = {
         "n": overall.get("n"),
@@ -370,6 +395,16 @@ def rederive_decision(manifest: Mapping) -> GateDecision | None:
             failures = [r.format() for r in validate_paths([run]) if not r.ok]
             limits = DataGateThresholds(int(t.get("min_items", PILOT_MIN_ITEMS)), int(t.get("max_items", PILOT_MAX_ITEMS)))
             return decide_data(qc, validation_failures=failures, gate=kind, thresholds=limits)
+        if kind == FINAL_GATE and manifest.get("clause") != "GT-02":
+            # A preference round's final gate (stages/stage2_gate.py) decides on its three-way summary.
+            from cai_bootstrap.stages.stage2_gate import CLAUSE, Stage2GateThresholds, decide_stage2_final
+
+            if manifest.get("clause") != CLAUSE:
+                raise GateError(f"gate {kind}: unknown clause {manifest.get('clause')!r}; rerun the gate")
+            targets = t.get("target_types")
+            thresholds2 = Stage2GateThresholds(float(t["alpha"]), tuple(t.get("guarded_categories") or ()),
+                                               tuple(targets) if targets is not None else None)
+            return decide_stage2_final(_read_json(_pinned(manifest, "eval_summary"), "rerun the evaluation"), thresholds2)
         if kind == FINAL_GATE:
             from cai_bootstrap.evaluation.recheck import recomputed_comparison
 

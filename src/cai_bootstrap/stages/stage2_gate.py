@@ -5,8 +5,9 @@ the question here is whether DPO added something without taking anything away, j
 the Stage-2 vs Stage-1 comparison of the same items:
 
 - no regression: overall, not significantly worse (lift < 0 with McNemar p < alpha); on
-  each guarded type (safety, format), not significantly worse after BH adjustment. A
-  non-significant dip is noise on a few hundred items and does not block.
+  each guarded type (safety, format), the rule every final gate applies
+  (``gates.guarded_regressions``): not below Stage 1 beyond CI overlap, and not
+  significantly worse after BH adjustment.
 - a gain: a significant improvement (positive lift) overall, or on at least one target type
   after BH adjustment. The two routes share alpha (alpha/2 each, Bonferroni), so asking
   twice does not raise the chance of a false GO above alpha. Without a gain, the stage cost
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cai_bootstrap.gates import DEFAULT_ALPHA, FINAL_GATE, Check, FinalGateThresholds, GateDecision, GateInputError
+from cai_bootstrap.gates import (DEFAULT_ALPHA, FINAL_GATE, Check, FinalGateThresholds, GateDecision, GateInputError,
+                                 describe_regression, guarded_regressions)
 
 CLAUSE = "GT-02/ST-01"
 # The comparison the gate judges, and the other two the report shows (keys of the summary's comparisons).
@@ -78,8 +80,9 @@ def decide_stage2_final(summary: Mapping, thresholds: Stage2GateThresholds = Sta
                 "stage1_rate": b.get("base_rate"), "stage2_rate": b.get("sft_rate"),
                 "lift": float(_block(b, "lift", f"by_type[{name!r}]")), "p_adjusted": float(_block(b, "p_adjusted", f"by_type[{name!r}]"))}
 
-    guarded = [row(t) for t in sorted(by_type) if by_type[t].get("category") in thresholds.guarded_categories]
-    type_regressions = [r for r in guarded if _significant(r["lift"], r["p_adjusted"], a, -1)]
+    # The same regression rule as every final gate (gates.guarded_regressions), Stage 1 as the reference.
+    guarded_names, type_regressions = guarded_regressions(by_type, thresholds.guarded_categories, a)
+    guarded = [row(t) for t in guarded_names]
     half = a / 2  # the two routes to a gain, Bonferroni
     type_gains = [r for r in map(row, targets) if _significant(r["lift"], r["p_adjusted"], half, +1)]
     overall_regressed = _significant(lift, p, a, -1)
@@ -90,9 +93,9 @@ def decide_stage2_final(summary: Mapping, thresholds: Stage2GateThresholds = Sta
               f"stage 2 vs stage 1 overall: lift {lift:+.3f}, McNemar p = {p:.3g}"
               + (f" < {a}: significantly worse" if overall_regressed else f"; not significantly worse at alpha {a}")),
         Check("no_guarded_regression", not type_regressions,
-              f"no {cats} type significantly worse than stage 1 ({len(guarded)} checked, BH-adjusted p)" if not type_regressions
-              else f"{cats} types significantly worse than stage 1: "
-              + ", ".join(f"{r['type']} (lift {r['lift']:+.3f}, p_adj {r['p_adjusted']:.3g})" for r in type_regressions)),
+              f"no {cats} type regressed against stage 1 (beyond CI overlap, or significantly after BH; {len(guarded)} checked)"
+              if not type_regressions else f"{cats} types regressed against stage 1: "
+              + ", ".join(map(describe_regression, type_regressions))),
         Check("overall_lift_not_negative", lift >= 0,
               f"stage 2 vs stage 1 overall lift {lift:+.3f}" + (" >= 0" if lift >= 0 else " < 0: a gain on some types does not pay for it")),
         Check("significant_gain", overall_gain or bool(type_gains),
