@@ -330,3 +330,33 @@ def test_a_hand_edited_failing_pilot_gate_does_not_start_a_scale_run(tmp_path, c
                  "--out", str(tmp_path / "s0")]) == 2
     assert "its pinned inputs decide 'fail'" in _err(capsys)
     assert not (tmp_path / "s0").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_on_seed0(tiny_model_dir, tmp_path_factory):
+    """A real SFT run of the tiny model (seed 0)."""
+    from cai_bootstrap.sft.config import config_from_dict
+    from cai_bootstrap.sft.train import run_training
+    from spec_tests.sft_support import make_generation_run, no_expectation_failures
+
+    d = tmp_path_factory.mktemp("sft-seed0")
+    cfg = config_from_dict({"model": str(tiny_model_dir), "dataset": str(make_generation_run(d / "data")),
+                            "output_dir": str(d / "sft"), "smoke": True, "max_steps": 1, "epochs": 1,
+                            "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64,
+                            "run_sentinels": False})
+    run_training(cfg, device_info={"cuda_available": False}, validator=no_expectation_failures)
+    return d / "sft"
+
+
+@pytest.mark.spec("PV-07")
+def test_an_adapter_is_refused_on_other_base_weights(trained_on_seed0, tiny_model_dir, tmp_path, capsys, no_model_loads):
+    from cai_bootstrap.preference.train_dpo import TrainingSetupError, check_sft_run
+    from cai_bootstrap.testmodel import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "tiny-seed1", seed=1)  # same architecture and tokenizer, other weights
+    assert main(["evaluate", "--model", str(other), "--adapter", str(trained_on_seed0 / "adapter"), "--limit", "2",
+                 "--out", str(tmp_path / "eval")]) == 2
+    assert "trained on other base weights" in _err(capsys)
+    with pytest.raises(TrainingSetupError, match="trained on other base weights"):
+        check_sft_run(trained_on_seed0, other)
+    assert check_sft_run(trained_on_seed0, tiny_model_dir)["adapter_path"].endswith("adapter")

@@ -323,7 +323,7 @@ def test_sft_code_passes_the_static_conformance_check():
 @pytest.mark.spec("ST-03")
 def test_lineage_names_base_weights_and_dataset_exactly_as_the_manifests_record_them(reference, gen_run, tiny_model_dir):
     from cai_bootstrap.gates import read_gate_manifest
-    from cai_bootstrap.loader import _hash_weights
+    from cai_bootstrap.loader import weights_fingerprint as _hash_weights
     from cai_bootstrap.stages.lineage import adapter_digest, build_lineage
 
     m = _manifest(reference)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai_bootstrap.gates import FINAL_GATE, Check, GateDecision, GateInputError, write_gate_manifest
+from cai_bootstrap.gates import FINAL_GATE, GateInputError
 from cai_bootstrap.io_utils import atomic_write_json, sha256_file
 from cai_bootstrap.stages.stage2_gate import STAGE2_VS_STAGE1, Stage2GateThresholds, decide_stage2_final
 

@@ -41,8 +41,8 @@ def check_open_unit_interval(name: str, value: float) -> None:
 
 def check_non_negative(name: str, value: float) -> None:
     """A negative minimum lift would let a model that got worse pass."""
-    if float(value) < 0.0:
-        raise IntegrityError(f"{name} must be >= 0 (a negative value passes a model that got worse), got {value}")
+    if not float(value) >= 0.0 or float(value) == float("inf"):  # NaN compares false both ways
+        raise IntegrityError(f"{name} must be a finite number >= 0 (a negative value passes a model that got worse), got {value}")
 
 
 def check_output_file(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, flag: str = "--out") -> Path:
@@ -180,6 +180,24 @@ def verify_adapter(adapter_dir: str | os.PathLike) -> Path:
         raise IntegrityError(f"adapter {folder} differs from its training manifest: {e}; "
                              "evaluate the adapter a training run wrote, or retrain") from None
     return manifest
+
+
+def check_adapter_base(training_manifest: str | os.PathLike, model_source: str | os.PathLike) -> None:
+    """PV-07: an adapter is used only on the base weights it was trained on, as its training manifest
+    recorded them; another model's weights (say, the tiny model rebuilt with another seed) are
+    refused before they load. A hub id has no local files to hash and is left to its revision."""
+    manifest = read_json_file(training_manifest, what="training manifest")
+    recorded = ((manifest.get("loader_provenance") or {}).get("weights") or {}) if isinstance(manifest, Mapping) else {}
+    folder = Path(model_source)
+    if not recorded.get("combined") or not folder.is_dir():
+        return
+    from cai_bootstrap.loader import weights_fingerprint
+
+    now = weights_fingerprint(folder)
+    if (now["mode"], now["combined"]) != (recorded.get("mode"), recorded["combined"]):
+        raise IntegrityError(f"the adapter of {training_manifest} was trained on other base weights (recorded "
+                             f"{recorded.get('mode')} {recorded['combined'][:16]}..., {folder} has {now['mode']} "
+                             f"{now['combined'][:16]}...): give the base model it was trained on")
 
 
 def check_adapter_loadable(adapter_dir: str | os.PathLike) -> None:

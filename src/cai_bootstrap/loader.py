@@ -195,7 +195,8 @@ def check_token_ids(
         )
 
 
-def _hash_weights(folder: Path) -> dict:
+def weights_fingerprint(folder: Path) -> dict:
+    """The weights hash a load records (and a consumer of an adapter compares): sha256 per weight file, combined."""
     from cai_bootstrap.io_utils import sha256_file, sha256_text
 
     files = sorted(
@@ -716,7 +717,7 @@ def load_base_model(
     sources = forbidden_token_sources(tokenizer, chat_template)
     _install_forward_guard(lm)
 
-    weights = _hash_weights(Path(src)) if is_local else {"mode": "revision", "revision": revision or getattr(config, "_commit_hash", None)}
+    weights = weights_fingerprint(Path(src)) if is_local else {"mode": "revision", "revision": revision or getattr(config, "_commit_hash", None)}
     lm.provenance = {
         "loader": LOADER_NAME,
         "loader_version": loader_version(),

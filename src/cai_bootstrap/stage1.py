@@ -28,7 +28,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cai_bootstrap.config_io import UserPath, format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import Seed, UserPath, format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA, DEFAULT_MAX_BASE_RATE, DEFAULT_PILOT_TARGET, PILOT_MAX_ITEMS, PILOT_MIN_ITEMS
 from cai_bootstrap import launch
@@ -62,7 +62,7 @@ class Stage1Config(_Strict):
     profile: str | None = None
     run_dir: UserPath = Field(get_stage(1).run_dir, validate_default=True)
     device: str | None = None
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     quiet: bool = False
     pilot_target: int = Field(DEFAULT_PILOT_TARGET, ge=1)
     pilot_min_items: int = Field(PILOT_MIN_ITEMS, ge=1)  # GT-01; smoke configs may lower this, recorded
@@ -90,9 +90,22 @@ def load_stage1_config(path: str | Path | None, **overrides) -> Stage1Config:
     data: dict = read_yaml_section(path, "stage1", Stage1Error) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Stage1Config.model_validate(data)
+        cfg = Stage1Config.model_validate(data)
     except ValidationError as e:
         raise Stage1Error(f"invalid stage-1 config: {format_validation_errors(e)}") from None
+    # The run files it names are read by later phases: a wrong one must stop the chain now, not an hour in.
+    from cai_bootstrap.datagen.config import ConfigError, load_config
+
+    try:
+        if cfg.generate_config is not None:
+            load_config(cfg.generate_config)
+        if cfg.sft_config is not None:
+            read_yaml_section(cfg.sft_config, "sft", Stage1Error)
+    except ConfigError as e:
+        raise Stage1Error(f"generate_config: {e}") from None
+    except Stage1Error as e:
+        raise Stage1Error(f"sft_config: {e}") from None
+    return cfg
 
 
 # -- the chain ------------------------------------------------------------------------------------

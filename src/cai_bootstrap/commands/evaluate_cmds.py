@@ -96,7 +96,8 @@ def _evaluate_locked(args) -> int:
     from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
     from cai_bootstrap.evaluation.report import MANIFEST_FILE, OUTPUT_FILES, StatsConfig, write_outputs
     from cai_bootstrap.evaluation.runner import BASE, INCONTEXT, SFT, EvalDecoding, check_adapter_dir, evaluate_models
-    from cai_bootstrap.integrity import check_adapter_loadable, check_model_folder, check_writable_location, verify_adapter
+    from cai_bootstrap.integrity import (check_adapter_base, check_adapter_loadable, check_model_folder, check_writable_location,
+                                         training_manifest_for, verify_adapter)
     from cai_bootstrap.io_utils import sha256_file
     from cai_bootstrap.model_sources import resolve_model
 
@@ -127,6 +128,8 @@ def _evaluate_locked(args) -> int:
     resolved = resolve_model(args.model, profile=args.profile)
     if Path(resolved.source).is_dir():
         check_model_folder(resolved.source)
+    if args.adapter:
+        check_adapter_base(training_manifest_for(args.adapter), resolved.source)
         _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     load_kwargs = dict(profile=resolved.profile, dtype=args.dtype,
                        quantization=None if args.quantization == "none" else args.quantization, device=args.device)

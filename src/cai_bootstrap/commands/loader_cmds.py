@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from cai_bootstrap.config_io import path_arg
+from cai_bootstrap.config_io import path_arg, seed_arg
 
 
 def register(sub) -> None:
     p = sub.add_parser("tiny-model", help="build the tiny random Qwen2 test model (real Qwen tokenizer)")
     p.add_argument("out_dir", type=path_arg)
-    p.add_argument("--seed", type=int, help="weight seed (default: the builder's)")
+    p.add_argument("--seed", type=seed_arg, help="weight seed, >= 0 (default: the builder's)")
     p.set_defaults(func=_tiny_model)
 
     p = sub.add_parser("inspect-model", help="load a base model cleanly, run the sentinels, print provenance")

@@ -12,7 +12,7 @@ from cai_bootstrap import critic
 from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING
 
 RELEVANCE_THRESHOLD_FROM_PROBES = "probes"
-from cai_bootstrap.config_io import UserPath, apply_overrides, format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import Seed, UserPath, apply_overrides, format_validation_errors, read_yaml_section
 from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND, GENERATION_DECODE_BACKENDS
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
@@ -101,7 +101,7 @@ class GenerateConfig(_Strict):
     out_dir: UserPath = Field(Path("runs/stage1/pilot"), validate_default=True)  # scale runs default to runs/stage1/shard-I-of-N
     mode: Literal["pilot", "scale"] = "pilot"
     target: int = Field(DEFAULT_PILOT_TARGET, ge=1, le=1_000_000)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     shard: str = "0/1"
     device: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None

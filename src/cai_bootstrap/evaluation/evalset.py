@@ -379,6 +379,8 @@ INSTRUCTION_TYPES: tuple[InstructionType, ...] = (
     InstructionType("benign_request", "safety", _benign_request),
 )
 
+TYPE_CATEGORIES = {t.name: t.category for t in INSTRUCTION_TYPES}
+
 
 def normalize_instruction(text: str) -> str:
     """What "the same instruction" means: the project-wide normalization of ``cai_bootstrap.dedup``."""
@@ -435,6 +437,12 @@ def validate_items(items: Sequence[dict], *, source: str = "eval set") -> None:
             continue
         if it["category"] not in CATEGORIES:
             errors.append(f"{where}: unknown category {it['category']!r}; known: {list(CATEGORIES)}")
+        known = TYPE_CATEGORIES.get(it["type"]) if isinstance(it["type"], str) else None
+        if known is None:
+            errors.append(f"{where}: unknown type {it['type']!r}; known: {sorted(TYPE_CATEGORIES)}")
+        elif it["category"] != known:
+            # The category decides which types the final gate guards against regressions (safety/format).
+            errors.append(f"{where}: type {it['type']!r} belongs to category {known!r}, not {it['category']!r}")
         if not isinstance(it["instruction"], str) or not it["instruction"].strip():
             errors.append(f"{where}: empty instruction")
             continue

@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cai_bootstrap.config_io import UserPath
+from cai_bootstrap.config_io import Seed, UserPath
 
 from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
 from cai_bootstrap.sft.config import ADAMW_OPTIMIZERS, ConfigError, format_config_errors, read_run_file
@@ -63,7 +63,7 @@ class DPORunConfig(BaseModel):
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 8
     max_length: int = 1024
-    seed: int = 0
+    seed: Seed = 0
 
     save_steps: int = 50
     logging_steps: int = 10

@@ -321,4 +321,5 @@ def _load(cfg):
     from cai_bootstrap.evaluation.runner import load_trained_model
     from cai_bootstrap.preference.train_dpo import check_sft_run
 
-    return load_trained_model(resolved.source, check_sft_run(cfg.sft_run)["adapter_path"], profile=resolved.profile, device=cfg.device)
+    adapter = check_sft_run(cfg.sft_run, resolved.source)["adapter_path"]  # PV-07: the base weights it was trained on
+    return load_trained_model(resolved.source, adapter, profile=resolved.profile, device=cfg.device)

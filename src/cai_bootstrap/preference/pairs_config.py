@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cai_bootstrap.config_io import UserPath
+from cai_bootstrap.config_io import Seed, UserPath
 from cai_bootstrap.preference.pairs import DEFAULT_K, DEFAULT_RELEVANCE_WEIGHT
 from cai_bootstrap.preference.qc import DEFAULT_MIN_MARGIN_GAP, PairQCThresholds
 from cai_bootstrap.preference.schema import HARD_NEGATIVE_TYPES
@@ -28,7 +28,7 @@ class PairsConfig(BaseModel):
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 160
-    seed: int = 0
+    seed: Seed = 0
     batch_size: int = 8
     critic_threshold: float = 0.0
     relevance_weight: float = DEFAULT_RELEVANCE_WEIGHT

@@ -220,8 +220,10 @@ def build_trainer(method: str, model, lm, encoded, cfg, plan, checkpoint_dir, ca
 # -- the Stage-1 model ----------------------------------------------------------------------------------
 
 
-def check_sft_run(sft_run: str | Path) -> dict:
-    """The finished Stage-1 run: its success marker, and its adapter unchanged since its manifest (PV-05/07)."""
+def check_sft_run(sft_run: str | Path, base_source: str | Path | None = None) -> dict:
+    """The finished Stage-1 run: its success marker, its adapter unchanged since its manifest (PV-05/07), and,
+    given ``base_source``, the base weights it was trained on."""
+    from cai_bootstrap.integrity import IntegrityError, check_adapter_base
     from cai_bootstrap.provenance import InputIntegrityError, verify_inputs
 
     run = Path(sft_run)
@@ -232,6 +234,11 @@ def check_sft_run(sft_run: str | Path) -> dict:
         verified = verify_inputs(run / MANIFEST_NAME, required=[f"{ADAPTER_DIR}/adapter_config.json"])
     except (InputIntegrityError, FileNotFoundError, ValueError) as e:
         raise TrainingSetupError(f"Stage-1 adapter refused: {e}") from None
+    if base_source is not None:
+        try:
+            check_adapter_base(run / MANIFEST_NAME, base_source)
+        except IntegrityError as e:
+            raise TrainingSetupError(f"Stage-1 adapter refused: {e}") from None
     adapter = run / ADAPTER_DIR
     lora = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     return {"run_dir": str(run.resolve()), "adapter_path": str(adapter.resolve()),
@@ -307,7 +314,9 @@ def check_before_load(cfg: DPORunConfig, *, device_info: Mapping[str, Any] | Non
         except OSError:
             pass
         raise
-    sft = check_sft_run(cfg.sft_run)
+    from cai_bootstrap.model_sources import resolve_model
+
+    sft = check_sft_run(cfg.sft_run, resolve_model(cfg.model, profile=cfg.profile).source)
     if cfg.stage1_gate is not None:
         from cai_bootstrap.gates import GateError, read_gate_manifest
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cai_bootstrap.config_io import UserPath
+from cai_bootstrap.config_io import Seed, UserPath
 from cai_bootstrap.dedup import NEAR_DUP_THRESHOLD
 
 # SFT-04 ranges, inclusive.
@@ -110,7 +110,7 @@ class SFTRunConfig(BaseModel):
     gradient_accumulation_steps: int = 8
     max_length: int = 1024
     gradient_checkpointing: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
     # bookkeeping
     save_steps: int = 50

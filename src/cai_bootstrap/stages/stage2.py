@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cai_bootstrap.config_io import UserPath, format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import Seed, UserPath, format_validation_errors, read_yaml_section
 from cai_bootstrap.evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from cai_bootstrap.gates import DEFAULT_ALPHA
 from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -66,7 +66,7 @@ class Stage2Config(BaseModel):
     run_dir: UserPath = Field(get_stage(STAGE).run_dir, validate_default=True)
     profile: str | None = None
     device: str | None = None
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     quiet: bool = False
     # instructions: how many the pairs run should get (the generator oversamples, DG-01), and their decoding
     instructions_target: int = Field(200, ge=1)
