@@ -269,3 +269,38 @@ def test_generate_refuses_a_folder_holding_outputs_it_did_not_write(tmp_path, ca
     line = _one_line_error(capsys.readouterr().err)
     assert rc == 2 and str(out) in line and "dataset.jsonl" in line and "another --out" in line, line
     assert (out / "dataset.jsonl").read_text() == '{"mine": true}\n'
+
+
+@pytest.mark.spec("OPS-06", "PV-07")
+@pytest.mark.parametrize("case", ["train into its dataset", "train into a folder inside the dataset",
+                                  "train into a foreign folder", "generate into a foreign folder",
+                                  "evaluate --force into a foreign folder", "evaluate into the eval set's folder"])
+def test_an_output_folder_is_never_an_input_nor_someone_elses(case, tmp_path, capsys):
+    from cai_bootstrap.cli import main
+    from spec_tests.sft_support import make_generation_run
+
+    data = make_generation_run(tmp_path / "good")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in (*data.iterdir(), foreign / "notes.txt") if p.is_file()}
+    names = sorted(p.name for p in data.iterdir())
+    argv = {
+        "train into its dataset": ["train", "--dataset", str(data), "--model", "tiny-random", "--out", str(data), "--smoke",
+                                   "--max-steps", "1"],
+        "train into a folder inside the dataset": ["train", "--dataset", str(data), "--model", "tiny-random", "--out",
+                                                   str(data / "sft"), "--smoke", "--max-steps", "1"],
+        "train into a foreign folder": ["train", "--dataset", str(data), "--model", "tiny-random", "--out", str(foreign),
+                                        "--smoke", "--max-steps", "1"],
+        "generate into a foreign folder": ["generate", "--model", "tiny-random", "--target", "2", "--out", str(foreign)],
+        "evaluate --force into a foreign folder": ["evaluate", "--model", "tiny-random", "--base-only", "--limit", "2",
+                                                   "--out", str(foreign), "--force"],
+        "evaluate into the eval set's folder": ["evaluate", "--model", "tiny-random", "--base-only", "--limit", "2",
+                                                "--eval-set", str(data / "dataset.jsonl"), "--out", str(data)],
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "overlaps" in err or "did not write" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in data.iterdir()) == names  # not even a lock file

@@ -377,3 +377,61 @@ def test_word_set_matches_equal_the_pairwise_jaccard():
         scores = [jaccard(t, r) for r in refs]
         best = max(range(len(refs)), key=lambda j: (scores[j], -j))
         assert ((i, best) in got) == (scores[best] >= 0.7), (t, refs[best], scores[best])
+
+
+SCREEN_CASES = [  # (field, bad text, words in the refusal)
+    ("instruction", "Say hi.<|im_start|>assistant", "chat/role marker"),
+    ("response", "Hello <start_of_turn>model", "chat/role marker"),
+    ("response", "Sure. <think>plan</think> Hi.", "chat/role marker"),
+    ("response", "Hi.<|endoftext|>", "chat/role marker"),
+    ("instruction", "Name a colour.\x00", "control character"),
+    ("response", "Blue\x1b[31m.", "control character"),
+    ("response", "The answer is \u202eeulb.", "bidirectional-text control"),
+    ("instruction", "Name a\u200b colour.", "zero-width character"),
+    ("response", "Blue.\nResponse: Red.", "new prompt inside the answer"),
+    ("instruction", "Name a colour.\nResponse: blue\nInstruction: x", "prompt-frame line"),
+    ("instruction", "x" * 50_000, "over the 2,000"),
+]
+
+
+@pytest.mark.spec("CG-03", "SFT-01", "PV-06")
+@pytest.mark.parametrize("field, text, words", SCREEN_CASES, ids=[f"{c[0]}-{c[2]}" for c in SCREEN_CASES])
+def test_validate_and_train_check_screen_content_before_any_model_loads(field, text, words, tmp_path, capsys, monkeypatch):
+    from cai_bootstrap.cli import main
+    import cai_bootstrap.loader as L
+
+    monkeypatch.setattr(L, "load_base_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    records = make_records()
+    records[2] = {**records[2], field: text}
+    run = make_generation_run(tmp_path / "run", records)
+    assert main(["validate", str(run)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert main(["train", "--dataset", str(run), "--model", "tiny-random", "--out", str(tmp_path / "sft"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "record 3" in err or "expect_column" in err, err
+    from cai_bootstrap.screening import record_problems
+
+    assert any(words in p for p in record_problems(records, {"instruction": "instruction", "response": "response"}))
+
+
+@pytest.mark.spec("PV-06")
+def test_the_suites_screen_with_the_data_gates_own_rules():
+    """The suites' patterns are the screening module's, so the two cannot drift apart."""
+    import json
+    from pathlib import Path
+
+    import cai_bootstrap.screening as S
+
+    folder = Path(S.__file__).parent / "data" / "expectations"
+    for name, columns in (("sft_records.json", ["instruction", "response"]),
+                          ("preference_pairs.json", ["instruction", "chosen", "rejected"])):
+        rules = {}
+        for e in json.loads((folder / name).read_text())["expectations"]:
+            rule = (e.get("meta") or {}).get("rule")
+            if rule:
+                value = e["kwargs"].get("regex", e["kwargs"].get("max_value"))
+                rules.setdefault(rule, {})[e["kwargs"]["column"]] = value
+        for rule, by_column in rules.items():
+            want = getattr(S, rule.split(".", 1)[1])
+            assert set(by_column.values()) == {want}, (name, rule)
+        assert set(rules["screening.FORBIDDEN_PATTERN"]) == set(columns)

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from cai_bootstrap.run_lock import LOCK_NAME
 
@@ -31,6 +31,35 @@ def refuse_foreign(path: str | os.PathLike, why: str, *, option: str = "output d
 def is_empty_dir(path: Path) -> bool:
     """Empty but for a run lock (ours, or one left by a crashed run)."""
     return path.is_dir() and all(p.name == LOCK_NAME for p in path.iterdir())
+
+
+def refuse_unknown_entries(out: str | os.PathLike, own: Iterable[str], *, option: str = "output directory") -> None:
+    """An output folder may hold only what this command writes there (``own``, by name) and a run lock;
+    anything else is someone else's, and the folder is refused untouched (OPS-06)."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    own = tuple(own)
+    allowed = {LOCK_NAME, *own}
+    # .NAME.*: a temporary or set-aside sibling of one of ours (publish_dir, replace_dir)
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in allowed and not any(p.name.startswith(f".{o}.") for o in own))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        refuse_foreign(out, f"holds files this command did not write ({shown})", option=option)
+
+
+def refuse_overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *, option: str = "--out") -> None:
+    """The output folder is none of the inputs, inside none of them, and holds none of them: a command
+    never writes into what it reads (PV-07)."""
+    o = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        i = Path(path).resolve()
+        if o == i or i in o.parents or o in i.parents:
+            raise ForeignPathError(f"{option} {out} overlaps the {name} {path} this command reads; write to a folder "
+                                   "of its own")
 
 
 def _umask() -> int:

@@ -95,6 +95,8 @@ def _evaluate_locked(args) -> int:
     from cai_bootstrap.cli import CLIError
     from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
     from cai_bootstrap.evaluation.report import MANIFEST_FILE, OUTPUT_FILES, StatsConfig, write_outputs
+    from cai_bootstrap.gates import FINAL_GATE_FILE, GAP_GATE_FILE
+    from cai_bootstrap.safe_paths import refuse_overlap, refuse_unknown_entries
     from cai_bootstrap.evaluation.runner import BASE, INCONTEXT, SFT, EvalDecoding, check_adapter_dir, evaluate_models
     from cai_bootstrap.integrity import (check_adapter_base, check_adapter_loadable, check_model_folder, check_writable_location,
                                          training_manifest_for, verify_adapter)
@@ -115,6 +117,9 @@ def _evaluate_locked(args) -> int:
     out = Path(args.out)
     if (out / MANIFEST_FILE).exists() and not args.force:
         raise CLIError(f"{out} already holds an evaluation; use a new --out or --force")
+    # --force replaces an evaluation's own outputs, never anything else in the folder (OPS-06).
+    refuse_unknown_entries(out, (*OUTPUT_FILES, FINAL_GATE_FILE, GAP_GATE_FILE), option="--out")
+    refuse_overlap(out, {"adapter": args.adapter, "eval set": args.eval_set}, option="--out")
     check_writable_location(out)
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be >= 1")

@@ -91,7 +91,9 @@ def _run(args) -> int:
     cfg = load_config(args.config or default_config_path(), _overrides(args))
     if args.check:
         from cai_bootstrap.sft.data_gate import check_dataset_gate, check_no_leakage, load_eval_instructions
+        from cai_bootstrap.sft.train import check_output_dir
 
+        check_output_dir(cfg)
         gate = check_dataset_gate(cfg.dataset)
         leak = check_no_leakage(gate.records, load_eval_instructions(cfg.eval_set), threshold=cfg.near_duplicate_threshold)
         print(json.dumps({"config": "ok", "data_gate": gate.to_dict(), "leakage": leak}, indent=2))

@@ -41,7 +41,7 @@ from cai_bootstrap.provenance import (
 )
 from cai_bootstrap.qc import compute_qc_summary
 from cai_bootstrap.run_lock import run_lock
-from cai_bootstrap.safe_paths import refuse_foreign
+from cai_bootstrap.safe_paths import refuse_foreign, refuse_unknown_entries
 
 SCRIPT_NAME = "cai_bootstrap.datagen"
 WORK = "work"
@@ -394,6 +394,7 @@ def run_generation(cfg: GenerateConfig, *, lm=None) -> dict:
             state = _read_state(state_path, cfg_dump)
         if state is None:
             _refuse_foreign_outputs(out)
+            refuse_unknown_entries(out, (WORK,), option="--out")  # a new run starts in an empty folder
         _check_writable(out)
         if cfg.mode == "scale":
             _require_pilot_gate(cfg)

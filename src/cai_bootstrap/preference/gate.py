@@ -13,6 +13,10 @@ from pathlib import Path
 
 from cai_bootstrap.preference.qc import PairQCThresholds, loosened_pair_thresholds, read_pair_qc_decision, thresholds_from
 from cai_bootstrap.preference.schema import PAIR_QC_FILE, PAIRS_FILE, check_pair_records
+from cai_bootstrap.screening import record_problems
+
+# What the training data gate screens in a pair (screening.py): the prompt's instruction and both answers.
+SCREENED_FIELDS = {"instruction": "instruction", "chosen": "response", "rejected": "response"}
 from cai_bootstrap.provenance import PREFERENCE_PAIRS
 from cai_bootstrap.sft.data_gate import DataGateError, DataGateSpec
 
@@ -41,7 +45,7 @@ PAIRS_GATE = DataGateSpec(
     artifact_type=PREFERENCE_PAIRS,
     read_qc=read_pair_qc_decision,
     check_thresholds=check_pair_thresholds,
-    check_records=check_pair_records,
+    check_records=lambda records: check_pair_records(records) + record_problems(records, SCREENED_FIELDS),
     producer="pair generation (cai-bootstrap pairs)",
 )
 

@@ -161,13 +161,20 @@ SCRIPT_NAME = "cai_bootstrap.preference.pairs"
 
 def _read_instructions(path) -> list[dict]:
     from cai_bootstrap.io_utils import iter_jsonl
+    from cai_bootstrap.screening import text_problems
 
     items = []
     first_line: dict[str, int] = {}
     for line, rec in iter_jsonl(path):
         if not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
             raise ValueError(f"{path}: line {line}: needs a non-empty 'instruction'")
-        item_id = str(rec.get("id", f"line-{line}"))
+        problems = text_problems(rec["instruction"], kind="instruction")
+        if problems:
+            raise ValueError(f"{path}: line {line}: the instruction holds {'; '.join(problems)}")
+        raw_id = rec.get("id", f"line-{line}")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
+            raise ValueError(f"{path}: line {line}: 'id' must be a non-empty string or a whole number, got {raw_id!r:.80}")
+        item_id = str(raw_id)
         if item_id in first_line:  # pair ids derive from it; a repeat would fail only after all the sampling
             raise ValueError(f"{path}: line {line}: id {item_id!r} repeats line {first_line[item_id]}; give each instruction its own id")
         first_line[item_id] = line

@@ -337,6 +337,12 @@ def run_dpo(cfg: DPORunConfig, *, callbacks: Iterable[Any] = (), device_info: Ma
     from cai_bootstrap.run_lock import run_lock
     from cai_bootstrap.safe_paths import publish_dir
 
+    from cai_bootstrap.safe_paths import refuse_overlap, refuse_unknown_entries
+
+    # Before the lock, whose file would otherwise land in an input folder.
+    refuse_overlap(out, {"pairs run": cfg.pairs, "Stage-1 SFT run": cfg.sft_run, "eval set": cfg.eval_set}, option="output_dir")
+    refuse_unknown_entries(out, (SUCCESS_MARKER, MANIFEST_NAME, RUN_CONFIG_NAME, GATE_MANIFEST_NAME, ADAPTER_DIR,
+                                 CHECKPOINT_DIR, REFERENCE_ADAPTER), option="output_dir")
     # OPS-06: one writer per output folder, held from the checks to the success marker.
     with run_lock(out, "train-dpo"):
         pre = check_before_load(cfg, device_info=device_info, validator=validator)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from cai_bootstrap.dedup import KIND_EXACT, KIND_NEAR, KIND_NORMALIZED, KIND_REORDERED, NEAR_DUP_THRESHOLD, DuplicateIndex, best_set_matches
+from cai_bootstrap.screening import record_problems
 
 DATASET_FILE = "dataset.jsonl"
 QC_FILE = "qc_summary.json"
@@ -139,12 +140,14 @@ def _sft_read_qc(path: Path) -> tuple[bool, list[str]]:
 
 
 def _sft_records(records: list[dict]) -> list[str]:
-    return [
+    empty = [
         f"record {i + 1}: {key} must be a non-empty string"
         for i, r in enumerate(records)
         for key in ("instruction", "response")
         if not isinstance(r.get(key), str) or not r[key].strip()
     ]
+    # Before any model loads: markup, invisible or control characters, a second prompt, a huge field.
+    return empty + record_problems(records, {"instruction": "instruction", "response": "response"})
 
 
 def check_dataset_gate(run_dir: str | Path, *, validator: Validator | None = None,

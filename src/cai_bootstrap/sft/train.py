@@ -244,6 +244,18 @@ def _fingerprint(cfg: SFTRunConfig, dataset_sha: str, model_source: str, plan: R
     }
 
 
+# Everything a training run writes into its output_dir.
+OUTPUT_ENTRIES = (SUCCESS_MARKER, MANIFEST_NAME, RUN_CONFIG_NAME, GATE_MANIFEST_NAME, ADAPTER_DIR, CHECKPOINT_DIR)
+
+
+def check_output_dir(cfg) -> None:
+    """output_dir is not the dataset (or inside it, or around it) and holds nothing this command did not write."""
+    from cai_bootstrap.safe_paths import refuse_overlap, refuse_unknown_entries
+
+    refuse_overlap(cfg.output_dir, {"dataset": cfg.dataset, "eval set": cfg.eval_set}, option="output_dir")
+    refuse_unknown_entries(cfg.output_dir, OUTPUT_ENTRIES, option="output_dir")
+
+
 def _check_resumable(out: Path, fingerprint: dict, *, writer: bool = True) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuse a different run in the same folder.
 
@@ -334,6 +346,7 @@ def run_training(
     from cai_bootstrap.run_lock import run_lock
 
     layout = process_layout()
+    check_output_dir(cfg)
     # OPS-06: one writer per output directory; in a data-parallel run that is the main process (OPS-05).
     with run_lock(cfg.output_dir, "train") if layout.is_main else contextlib.nullcontext():
         return _run_training(cfg, callbacks=callbacks, device_info=device_info, validator=validator,
