@@ -25,8 +25,15 @@ class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes in the project's one-line error format (exit 2), with where to look for the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cai-bootstrap", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="cai-bootstrap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -35,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error, already printed in one line (or --help): its exit code
+        return int(e.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -56,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except (IsADirectoryError, NotADirectoryError) as e:
         print(f"cai-bootstrap {args.command}: error: {e.filename}: {e.strerror}; a file was expected where a folder "
               "is, or a folder where a file is: check the path", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The system's own errors (network, disk) name their cause; one line, no traceback.
+        print(f"cai-bootstrap {args.command}: error: {type(e).__name__}: {one_line(e)[:500]}", file=sys.stderr)
         return 2
     except Exception as e:
         # Our own errors (contamination, refused gates, integrity) are meant to be read, not traced.

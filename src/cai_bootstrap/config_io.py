@@ -7,6 +7,7 @@ the file, the dotted field name, what is wrong and the value given.
 from __future__ import annotations
 
 import os
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Mapping
@@ -33,12 +34,14 @@ Seed = Annotated[StrictInt, Field(ge=0)]
 UserPath = Annotated[Path, AfterValidator(absolute_path)]
 
 
-def seed_arg(text: str) -> int:
-    """argparse ``type`` of a ``--seed``: a whole number >= 0."""
-    value = int(text)
-    if value < 0:
-        raise ValueError("a seed is >= 0")
-    return value
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def device_arg(text: str) -> str:
+    """argparse ``type`` of a ``--device``: cpu, cuda, cuda:N or mps."""
+    if not DEVICE_RE.match(text):
+        raise ValueError("not a device")
+    return text
 
 
 def path_arg(text: str) -> str:

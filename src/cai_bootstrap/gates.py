@@ -512,6 +512,10 @@ def run_data_gate(run_dir: str | Path, *, gate: str = PILOT_GATE, thresholds: Da
     missing = [name for name in DATA_GATE_INPUTS.values() if not (run / name).is_file()]
     if missing:
         raise GateInputError(f"{run} lacks {', '.join(missing)}; is it a finished `cai-bootstrap generate` run?")
+    mode = ((_read_json(run / DATA_GATE_INPUTS["qc_summary"], "rerun the generation").get("run") or {}).get("mode"))
+    if gate == SCALE_GATE and mode == "pilot":
+        raise GateInputError(f"{run} is a pilot run (its QC summary says mode 'pilot'); `gate scale` judges the merged "
+                             "scale data: use `gate pilot` for a pilot")
     failures = [r.format() for r in validate_paths([run]) if not r.ok]
     decision = decide_data(run / DATA_GATE_INPUTS["qc_summary"], validation_failures=failures, gate=gate, thresholds=thresholds)
     manifest = Path(out) if out else run / f"{gate}.json"

@@ -21,9 +21,18 @@ from cai_bootstrap.provenance import InputIntegrityError, verify_inputs
 from cai_bootstrap.sft.train import MANIFEST_NAME as TRAINING_MANIFEST_NAME
 
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors",)
+MODEL_WEIGHTS = ("model.safetensors",)
+SHARD_INDEXES = ("model.safetensors.index.json",)
+# Pickle formats run code when loaded; a model folder may hold weights only as safetensors.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# The config fields that size the model, and how large each may sensibly be: a wrong one would
+# otherwise reach transformers as a negative dimension or a terabyte allocation.
+CONFIG_SIZE_LIMITS = {"vocab_size": 4_000_000, "hidden_size": 131_072, "num_hidden_layers": 1_024,
+                      "num_attention_heads": 1_024, "num_key_value_heads": 1_024, "intermediate_size": 1_048_576,
+                      "max_position_embeddings": 16_777_216, "head_dim": 16_384}
+# Any one of these makes a tokenizer transformers can load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 
 class IntegrityError(ValueError):
@@ -139,6 +148,21 @@ def check_model_folder(folder: str | os.PathLike, *, require_weights: bool = Tru
     cfg = read_json_file(folder / "config.json", what="model config (re-download or rebuild the model)")
     if not isinstance(cfg, dict):
         raise IntegrityError(f"{folder / 'config.json'}: not a model config (not a JSON object); re-download or rebuild the model")
+    sizes = [cfg] + [v for v in cfg.values() if isinstance(v, dict)]  # composite models nest a text_config
+    for block in sizes:
+        for key, limit in CONFIG_SIZE_LIMITS.items():
+            v = block.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= limit):
+                raise IntegrityError(f"{folder / 'config.json'}: {key} must be a whole number from 1 to {limit:,}, got "
+                                     f"{v!r:.40}; re-download or rebuild the model")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise IntegrityError(f"{folder}: holds pickle weights ({', '.join(pickles[:3])}), which run code when loaded; "
+                             "only safetensors weights are accepted: convert them (transformers' save_pretrained "
+                             "writes safetensors) and remove the pickle files")
+    if not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        raise IntegrityError(f"{folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); a base model folder "
+                             "needs its tokenizer: copy it from where the model came from")
     index_path = next((folder / n for n in SHARD_INDEXES if (folder / n).is_file()), None)
     if index_path is not None:
         index = read_json_file(index_path, what="shard index")

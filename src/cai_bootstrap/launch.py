@@ -268,9 +268,11 @@ def launch_generate(generate_args: Sequence[str], devices: Sequence[str | None],
     merge_out = Path(merge_out) if merge_out is not None else Path(out_root) / MERGED_DIR
     if status != 0:
         rerun = [o.job.label for o in outcomes if not o.finished]
-        sink.write(f"[launch] shard(s) {', '.join(rerun)} did not finish; the finished shards are complete. "
-                   "Rerun the same command to resume (finished shards are not redone), then it merges.\n")
-        sink.flush()
+        # A failure is reported on stderr too, where scripts and schedulers look for it.
+        err = sys.stderr if sink is sys.stdout else sink
+        err.write(f"[launch] shard(s) {', '.join(rerun)} did not finish; the finished shards are complete. "
+                  "Rerun the same command to resume (finished shards are not redone), then it merges.\n")
+        err.flush()
         return LaunchResult(outcomes, status)
     if not merge:
         sink.write(f"[launch] all shards finished; merge with:\n  {merge_command(jobs, merge_out)}\n")

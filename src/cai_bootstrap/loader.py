@@ -195,6 +195,18 @@ def check_token_ids(
         )
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelUnavailableError(ValueError):
+    """A model named by a hub id cannot be fetched (no network, or no such model)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
 def weights_fingerprint(folder: Path) -> dict:
     """The weights hash a load records (and a consumer of an adapter compares): sha256 per weight file, combined."""
     from cai_bootstrap.io_utils import sha256_file, sha256_text
@@ -662,9 +674,19 @@ def load_base_model(
         raise ValueError("4-bit nf4 quantization needs CUDA; use quantization=None on CPU")
     if dtype is None:
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = getattr(torch, dtype)
 
-    tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
+    except OSError as e:
+        if is_local:
+            raise
+        # A hub id with no network (or a wrong id): say so, not whatever the cache layer tripped over.
+        raise ModelUnavailableError(f"{src}: the model hub could not provide this model ({_first_line(e)}); "
+                                    "check the id and the network, or give a local model folder or a built-in name "
+                                    "(gemma-3-270m, tiny-random)") from None
     chat_template = _disable_templates(tokenizer)  # its text names the markup to forbid (CG-03)
     config = AutoConfig.from_pretrained(src, revision=revision)
     is_test_model = is_local and (Path(src) / "cai_bootstrap_testmodel.json").exists()
@@ -686,7 +708,8 @@ def load_base_model(
     sentinel_texts = [s.prompt for s in SENTINELS]
     delta = delta_check(tokenizer, prof, bos_id, sentinel_texts)
 
-    load_kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
+    # safetensors only: pickle weights run code when loaded (integrity.check_model_folder says so first).
+    load_kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, "use_safetensors": True}
     if quantization == "nf4":
         from transformers import BitsAndBytesConfig
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cai_bootstrap.config_io import path_arg
+from cai_bootstrap.config_io import device_arg, path_arg
 
 
 def register(sub) -> None:
@@ -46,8 +46,8 @@ def register(sub) -> None:
     p.add_argument("--bootstrap-samples", type=int, default=st.DEFAULT_BOOTSTRAP_SAMPLES)
     p.add_argument("--confidence", type=float, default=st.DEFAULT_CONFIDENCE)
     p.add_argument("--fdr", type=float, default=st.DEFAULT_FDR)
-    p.add_argument("--device")
-    p.add_argument("--dtype")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or mps (default: cuda when present)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--quantization", choices=["none", "nf4"], default="none")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
@@ -133,9 +133,9 @@ def _evaluate_locked(args) -> int:
     resolved = resolve_model(args.model, profile=args.profile)
     if Path(resolved.source).is_dir():
         check_model_folder(resolved.source)
+        _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     if args.adapter:
         check_adapter_base(training_manifest_for(args.adapter), resolved.source)
-        _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     load_kwargs = dict(profile=resolved.profile, dtype=args.dtype,
                        quantization=None if args.quantization == "none" else args.quantization, device=args.device)
 

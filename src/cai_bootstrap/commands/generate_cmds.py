@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -80,8 +81,12 @@ def _print_qc(summary: dict) -> int:
     return 0 if summary["thresholds_passed"] else 1
 
 
+# What a full disk, a quota or a read-only volume raise.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+
+
 @contextlib.contextmanager
-def _io_errors(out_dir) -> Iterator[None]:
+def _io_errors(out_dir, then: str = "rerun the same command to resume") -> Iterator[None]:
     """A failed write (full disk, read-only volume) is a user-facing error: say what is safe and what to do."""
     try:
         yield
@@ -90,9 +95,12 @@ def _io_errors(out_dir) -> Iterator[None]:
     except OSError as e:
         from cai_bootstrap.cli import CLIError
 
+        if e.errno not in WRITE_ERRNOS:
+            raise  # not a failed write (a network error, say): reported as itself
+
         raise CLIError(f"could not write under {out_dir}: {e.strerror or e} (errno {e.errno}). Files already "
-                       "written are complete (writes are atomic, work files append whole batches); free space "
-                       "and rerun the same command to resume") from None
+                       f"written are complete (writes are atomic, work files append whole batches); free space "
+                       f"and {then}") from None
 
 
 def config_from_args(args):
@@ -117,7 +125,7 @@ def _generate(args) -> int:
 def _merge(args) -> int:
     from cai_bootstrap.datagen.merge import merge_shards
 
-    with _io_errors(args.out):
+    with _io_errors(args.out, then="rerun the same merge (it starts over; the shards are untouched)"):
         summary = merge_shards(args.shards, args.out)
     print(f"merged into: {args.out}")
     return _print_qc(summary)

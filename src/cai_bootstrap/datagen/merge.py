@@ -12,7 +12,7 @@ from typing import Sequence
 
 from cai_bootstrap.datagen import pipeline as P
 from cai_bootstrap.dedup import DuplicateIndex
-from cai_bootstrap.io_utils import read_jsonl, sha256_file
+from cai_bootstrap.io_utils import atomic_write_json, read_jsonl, sha256_file
 from cai_bootstrap.provenance import utc_now, verify_inputs
 from cai_bootstrap.qc import QCThresholds
 from cai_bootstrap.run_lock import run_lock
@@ -30,6 +30,8 @@ SHARED_SETTINGS = ("model", "profile", "mode", "target", "seed", "instructions",
 REASON_EVAL_OVERLAP = "eval_overlap"
 # The shard label of a merged run: how a merge recognises its own earlier output.
 MERGED = "merged"
+# Written before any output: a merge cut short still says it is a merge's folder.
+MERGE_MARKER = "merge.json"
 
 
 def cross_shard_dedup(verdicts: Sequence[dict], eval_items: Sequence[tuple[str, str]], *,
@@ -79,6 +81,8 @@ def _refuse_foreign_output(out: Path) -> None:
         return
     if not out.is_dir():
         refuse_foreign(out, "is not a directory", option="--out")
+    if (out / P.WORK / MERGE_MARKER).is_file():
+        return  # a merge of ours that stopped before its manifest (a full disk, say): the rerun redoes it
     work = [p.name for p in (out / P.WORK).glob("*")] if (out / P.WORK).is_dir() else []
     if work:
         refuse_foreign(out, f"holds another run's work files ({P.WORK}/{sorted(work)[0]}, ...)", option="--out")
@@ -168,6 +172,7 @@ def _merge_locked(shard_dirs: list[Path], out: Path, thresholds: QCThresholds | 
     summary["run"] = {"mode": "merge", "shards": sorted(seen_shards), "target": configs[0].get("target")}
     out.mkdir(parents=True, exist_ok=True)
     (out / P.WORK).mkdir(exist_ok=True)
+    atomic_write_json(out / P.WORK / MERGE_MARKER, {"merge_of": [str(d) for d in shard_dirs], "started_at": utc_now()})
     P.write_artifacts(out, dataset, rejects, summary, state={"started_at": utc_now()},
                       budgets={"shards": len(shard_dirs)}, config={"merge_of": [str(d) for d in shard_dirs], **configs[0], "shard": MERGED},
                       load_provenance=None, inputs=inputs, notes=[f"merge of {len(shard_dirs)} shards"])

@@ -248,6 +248,8 @@ def adapter_fingerprint(adapter_path: str | Path) -> dict:
 
 def check_adapter_dir(adapter_path: str | Path) -> Path:
     folder = Path(adapter_path)
+    if folder.exists() and not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is a file, not an adapter folder; pass the adapter/ folder a training run wrote")
     if not folder.is_dir():
         raise FileNotFoundError(f"adapter folder {folder} does not exist")
     if not (folder / "adapter_config.json").exists():

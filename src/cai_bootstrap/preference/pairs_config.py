@@ -25,14 +25,14 @@ class PairsConfig(BaseModel):
     device: str | None = None
 
     k: int = DEFAULT_K
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 160
+    temperature: float = Field(0.8, gt=0, le=5, allow_inf_nan=False)
+    top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
+    max_new_tokens: int = Field(160, ge=1, le=8192)
     seed: Seed = 0
-    batch_size: int = 8
-    critic_threshold: float = 0.0
-    relevance_weight: float = DEFAULT_RELEVANCE_WEIGHT
-    min_margin_gap: float = DEFAULT_MIN_MARGIN_GAP
+    batch_size: int = Field(8, ge=1, le=1024)
+    critic_threshold: float = Field(0.0, allow_inf_nan=False)
+    relevance_weight: float = Field(DEFAULT_RELEVANCE_WEIGHT, allow_inf_nan=False)
+    min_margin_gap: float = Field(DEFAULT_MIN_MARGIN_GAP, allow_inf_nan=False)
     negative_types: list[str] = Field(default_factory=lambda: list(HARD_NEGATIVE_TYPES))
     qc: PairQCThresholds = Field(default_factory=PairQCThresholds)
 
