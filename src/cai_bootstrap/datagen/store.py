@@ -37,8 +37,11 @@ class PhaseStore:
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as f:
-                f.truncate(cut)
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)  # never truncate through a link
+            try:
+                os.ftruncate(fd, cut)
+            finally:
+                os.close(fd)
 
     def __contains__(self, item_id) -> bool:
         return item_id in self._records
@@ -58,9 +61,15 @@ class PhaseStore:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
-        if self.path.is_symlink():  # a link put in place of a work file is refused, never written through
-            raise OSError(errno.ELOOP, "work file is a symbolic link; remove it or use a new --out", str(self.path))
-        with open(self.path, "a", encoding="utf-8") as f:
+        # O_NOFOLLOW: a link put in place of a work file is refused by the open itself, with no window
+        # between a check and the write.
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "work file is a symbolic link; remove it or use a new --out", str(self.path)) from None
+            raise
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
