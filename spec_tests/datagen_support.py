@@ -105,23 +105,14 @@ def small_settings(out_dir: Path, model_dir: Path, **overrides) -> dict:
 
 def passed_pilot_gate(folder: Path) -> Path:
     """A real, passed pilot gate manifest (GT-01), decided by the gate over a pilot run whose QC passed."""
-    import json
-
     from cai_bootstrap.gates import run_data_gate
-    from cai_bootstrap.provenance import add_generated_artifact
     from spec_tests.sft_support import make_generation_run
 
     folder = Path(folder)
     manifest = folder / "pilot_gate.json"
     if manifest.exists():
         return manifest
-    run = make_generation_run(folder / "pilot-for-gate")
-    summary = json.loads((run / "qc_summary.json").read_text())
-    summary["run"] = {"mode": "pilot", "target": 100}
-    (run / "qc_summary.json").write_text(json.dumps(summary))
-    session = json.loads((run / "session_manifest.json").read_text())
-    add_generated_artifact(session, run / "qc_summary.json", run)
-    (run / "session_manifest.json").write_text(json.dumps(session))
+    run = make_generation_run(folder / "pilot-for-gate", run_block={"mode": "pilot", "target": 100})
     decision, _ = run_data_gate(run, out=manifest)
     assert decision.passed, decision.reasons
     return manifest

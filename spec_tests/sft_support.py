@@ -38,8 +38,10 @@ def make_records(pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS) -> list[dict]
     return [sft_record(i, r, instruction_critique=_verdict(True), pair_critique=_verdict(True), metadata=md) for i, r in pairs]
 
 
-def make_generation_run(run_dir: str | Path, records: Sequence[dict] | None = None, *, qc_passed: bool = True) -> Path:
-    """dataset.jsonl + qc_summary.json (computed by the QC code) + session_manifest.json pinning both."""
+def make_generation_run(run_dir: str | Path, records: Sequence[dict] | None = None, *, qc_passed: bool = True,
+                        run_block: dict | None = None) -> Path:
+    """dataset.jsonl + qc_summary.json (computed by the QC code) + session_manifest.json pinning both;
+    ``run_block``: the summary's run block (e.g. ``{"mode": "pilot", "target": 100}``)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     records = list(records) if records is not None else make_records()
@@ -58,6 +60,8 @@ def make_generation_run(run_dir: str | Path, records: Sequence[dict] | None = No
         critic_probes=probe_results(INFORMATIVE_PROBES_AUROC),
     )
     assert summary["thresholds_passed"] is qc_passed
+    if run_block is not None:
+        summary["run"] = dict(run_block)
     atomic_write_json(run / "qc_summary.json", summary)
     manifest = new_session_manifest(planned_artifacts=["dataset.jsonl", "qc_summary.json"])
     for name in ("dataset.jsonl", "qc_summary.json"):

@@ -264,18 +264,9 @@ def gate_final_nan_min_lift(tmp, ctx):
 
 
 def gate_scale_on_a_pilot(tmp, ctx):
-    import json as _json
-
-    from cai_bootstrap.provenance import add_generated_artifact
     from spec_tests.sft_support import make_generation_run
 
-    run = make_generation_run(tmp / "pilot")
-    summary = _json.loads((run / "qc_summary.json").read_text())
-    summary["run"] = {"mode": "pilot", "target": 100}
-    (run / "qc_summary.json").write_text(_json.dumps(summary))
-    session = _json.loads((run / "session_manifest.json").read_text())
-    add_generated_artifact(session, run / "qc_summary.json", run)
-    (run / "session_manifest.json").write_text(_json.dumps(session))
+    run = make_generation_run(tmp / "pilot", run_block={"mode": "pilot", "target": 100})
     return ["gate", "scale", str(run)], "pilot run"
 
 
