@@ -249,13 +249,13 @@ def test_every_drop_has_a_stable_reason_counted_and_written(tmp_path):
     ]
     results = [clean_response(r) for r in raws]
     # Frozen values: QC counts and rejects files key on these strings.
-    assert REASONS == ("empty", "delimiter_leak", "evaluator_marker_leak", "runaway", "special_token_emitted")
+    assert REASONS == ("empty", "delimiter_leak", "evaluator_marker_leak", "runaway", "special_token_emitted", "forbidden_text")
     assert all((r.reason is None) == r.kept for r in results)
     assert all(r.reason in REASONS for r in results if not r.kept)
     summary = summarize(results)
     assert summary["generated"] == 7 and summary["kept"] == 2
     assert summary["dropped"] == {"empty": 1, "delimiter_leak": 1, "evaluator_marker_leak": 1, "runaway": 2,
-                                  "special_token_emitted": 0}
+                                  "special_token_emitted": 0, "forbidden_text": 0}
     assert summary["kept"] + sum(summary["dropped"].values()) == summary["generated"]
     assert summary["delimiter_missing"] == 7 and summary["runaway"] == 2
 
@@ -380,3 +380,12 @@ def test_cleaning_and_verifiers_agree_on_where_an_answer_ends(raw, answer, dialo
     else:
         assert r.kept and r.text == answer
         assert r.heuristic_cutoff is (answer != raw.strip())
+
+
+@pytest.mark.spec("CL-06", "CL-05")
+@pytest.mark.parametrize("raw", ["Strike <s>this</s> out.", "Soft\xadhyphen here.", "Zero\u200bwidth.", "Sure <think>ok</think>."])
+def test_an_answer_the_data_gate_would_refuse_is_dropped_with_its_reason(raw):
+    """Generation drops what the training gate's screening refuses, so one such answer costs one row,
+    not the whole run at its gate."""
+    r = clean_response(raw)
+    assert not r.kept and r.reason == "forbidden_text"

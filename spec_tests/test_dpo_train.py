@@ -148,7 +148,8 @@ def test_gate_refuses_changed_pairs_leaks_and_an_unfinished_stage1_before_loadin
         run_dpo(_cfg(tiny_model_dir, sft_run, make_pairs_run(tmp_path / "p2"), tmp_path / "o2", eval_set=str(eval_set)), device_info=CPU)
 
     with pytest.raises(TrainingSetupError, match="not a finished Stage-1 SFT run"):
-        run_dpo(_cfg(tiny_model_dir, tmp_path, make_pairs_run(tmp_path / "p3"), tmp_path / "o3"), device_info=CPU)
+        (tmp_path / "not-a-run").mkdir()
+        run_dpo(_cfg(tiny_model_dir, tmp_path / "not-a-run", make_pairs_run(tmp_path / "p3"), tmp_path / "o3"), device_info=CPU)
 
     # ST-03: the Stage-1 gate named for the lineage must be readable before anything loads.
     with pytest.raises(TrainingSetupError, match="stage1_gate: no gate manifest at"):

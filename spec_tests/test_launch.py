@@ -100,11 +100,12 @@ def test_a_failed_shard_fails_the_launch_with_its_status_and_nothing_is_merged(t
     monkeypatch.setattr(L, "GENERATE_PROGRAM", (sys.executable, "-c", FAKE_SHARD))
     monkeypatch.setattr(L, "validate_generate_args", lambda argv: None)  # the stand-in takes no config
     rc = main(["launch", "generate", "--procs", "2", "--out", str(tmp_path / "run"), "--", "--mode", "scale"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 3
     assert "[shard 0/2] working on 0/2" in out and "[shard 1/2] working on 1/2" in out
     assert "shard 0/2 (CPU): exit 0 finished" in out and "shard 1/2 (CPU): exit 3 FAILED" in out
-    assert "Rerun the same command to resume" in out
+    assert "Rerun the same command to resume" in captured.err  # a failure is reported where scripts look for it
     assert not (tmp_path / "run" / "merged").exists()
 
 

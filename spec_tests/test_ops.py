@@ -365,8 +365,10 @@ def test_full_disk_during_a_work_file_append_loses_no_finished_record(tmp_path, 
     path = tmp_path / "phase.jsonl"
     PhaseStore(path).append_batch([{"id": "a"}, {"id": "b"}])
 
-    def full_open(file, mode="r", *a, **k):
-        f = open(file, mode, *a, **k)
+    real_fdopen = os.fdopen
+
+    def full_fdopen(fd, mode="r", *a, **k):  # the store appends through os.open(O_NOFOLLOW) + os.fdopen
+        f = real_fdopen(fd, mode, *a, **k)
         if "a" in mode:
             real_write = f.write
 
@@ -378,7 +380,7 @@ def test_full_disk_during_a_work_file_append_loses_no_finished_record(tmp_path, 
             f.write = write
         return f
 
-    monkeypatch.setattr(store_mod, "open", full_open, raising=False)
+    monkeypatch.setattr(store_mod.os, "fdopen", full_fdopen)
     with pytest.raises(OSError):
         PhaseStore(path).append_batch([{"id": "c", "text": "x" * 200}, {"id": "d"}])
     monkeypatch.undo()

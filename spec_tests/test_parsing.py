@@ -179,7 +179,7 @@ def test_bad_arguments_are_clear_errors():
 def test_reason_strings_are_stable():
     assert REASONS == (
         "empty_line", "meta_line", "number_only", "unnumbered_line", "too_short", "too_long", "no_verb",
-        "unfinished", "truncated_by_token_limit", "prompt_marker", "forbidden_token",
+        "unfinished", "truncated_by_token_limit", "prompt_marker", "forbidden_token", "forbidden_text",
     )
 
 

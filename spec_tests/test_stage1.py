@@ -137,3 +137,21 @@ def test_report_prints_intervals_and_p_values_readably(tmp_path):
     text = (tmp_path / "report" / "REPORT.md").read_text()
     assert "[0.007, 0.032]" in text and "0.006892291919440893" not in text
     assert "McNemar p = 2.94e-05" in text and "McNemar p = 0.015" in text and "| 0.123 |" in text
+
+
+@pytest.mark.spec("GT-04", "PV-05")
+def test_a_run_recorded_with_relative_paths_still_resumes(tmp_path, monkeypatch):
+    """Phase manifests written before run files were named relative to the run folder recorded them
+    relative to the current directory, and path settings as typed: such a run resumes, not restarts."""
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+    Chain(Stage1Config(run_dir=tmp_path / "runs" / "s1"), cli=lambda argv: 0).run(_fake_phases(calls))
+    for state in (tmp_path / "runs" / "s1" / "stage1").glob("*.json"):
+        m = json.loads(state.read_text())
+        for key in ("inputs", "outputs"):
+            m[key] = {f"runs/s1/{k}": v for k, v in m[key].items()}
+        m["config"]["run_dir"] = "runs/s1"
+        state.write_text(json.dumps(m))
+    calls.clear()
+    Chain(Stage1Config(run_dir="runs/s1"), cli=lambda argv: 0).run(_fake_phases(calls))
+    assert calls == []

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from cai_bootstrap.new_prompt import NEW_PROMPT_LINE_RE, NEW_QUESTION, PROMPT_LINE, first_new_prompt_line
 from cai_bootstrap.prompts import evaluator_markers
+from cai_bootstrap.screening import text_problems
 
 DELIMITER = "###END###"
 # A truncated delimiter (the token limit hit in the middle of it) is still a leak.
@@ -38,7 +39,10 @@ REASON_RUNAWAY = "runaway"
 # The model emitted a token base-model text may not hold (CG-03): decoding erased it, the
 # loader flagged it. Such a response came from a model writing chat markup; it is dropped.
 REASON_SPECIAL_TOKEN = "special_token_emitted"
-REASONS = (REASON_EMPTY, REASON_DELIMITER_LEAK, REASON_MARKER_LEAK, REASON_RUNAWAY, REASON_SPECIAL_TOKEN)
+# A kept answer the training data gate would refuse (screening.py): markup as text, invisible characters.
+REASON_FORBIDDEN_TEXT = "forbidden_text"
+REASONS = (REASON_EMPTY, REASON_DELIMITER_LEAK, REASON_MARKER_LEAK, REASON_RUNAWAY, REASON_SPECIAL_TOKEN,
+           REASON_FORBIDDEN_TEXT)
 
 # CL-02 cut rules: a blank line, or a new-prompt line of the kinds below (the rule shared
 # with the verifiers, in new_prompt.py); the earliest wins. Role lines (User:, System: ...)
@@ -161,6 +165,8 @@ def clean_response(
         reason = REASON_MARKER_LEAK
     elif is_runaway(text, max_chars=config.max_chars):
         reason = REASON_RUNAWAY
+    elif text_problems(text, kind="response"):
+        reason = REASON_FORBIDDEN_TEXT
     else:
         reason = None
     return CleanResult(

@@ -432,7 +432,8 @@ def check_decision_matches_inputs(manifest: Mapping, path: str | Path) -> None:
     if derived is not None and derived.decision != manifest.get("decision"):
         raise GateError(f"{path} says {manifest.get('decision')!r}, but its pinned inputs decide {derived.decision!r} "
                         f"({'; '.join(derived.reasons) or 'all checks pass'}); the manifest was edited after the gate "
-                        "wrote it: rerun the gate")
+                        f"wrote it, or another version decided it (gate at commit {str(manifest.get('git_commit'))[:12]}, "
+                        f"now {_git_commit()[:12]}): rerun the gate")
 
 
 # --------------------------------------------------------------------------------------

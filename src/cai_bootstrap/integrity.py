@@ -155,12 +155,14 @@ def check_model_folder(folder: str | os.PathLike, *, require_weights: bool = Tru
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= limit):
                 raise IntegrityError(f"{folder / 'config.json'}: {key} must be a whole number from 1 to {limit:,}, got "
                                      f"{v!r:.40}; re-download or rebuild the model")
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    # Weight files in pickle form; other pickles some folders ship (training_args.bin) are never loaded.
+    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES
+                     and (p.suffix != ".bin" or p.name.startswith(("pytorch_model", "model", "adapter_model"))))
     if pickles:
         raise IntegrityError(f"{folder}: holds pickle weights ({', '.join(pickles[:3])}), which run code when loaded; "
                              "only safetensors weights are accepted: convert them (transformers' save_pretrained "
                              "writes safetensors) and remove the pickle files")
-    if not any((folder / n).is_file() for n in TOKENIZER_FILES):
+    if require_weights and not any((folder / n).is_file() for n in TOKENIZER_FILES):
         raise IntegrityError(f"{folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); a base model folder "
                              "needs its tokenizer: copy it from where the model came from")
     index_path = next((folder / n for n in SHARD_INDEXES if (folder / n).is_file()), None)

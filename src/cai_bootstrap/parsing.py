@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from cai_bootstrap.prompts import evaluator_markers
+from cai_bootstrap.screening import text_problems
 
 # Stable drop reasons. Never rename one: QC counts and rejects files key on them.
 REASON_EMPTY_LINE = "empty_line"
@@ -31,6 +32,7 @@ REASON_MARKER = "prompt_marker"
 # The item holds a token base-model inputs may not contain (CG-03): emitted by the model
 # or typed as text that encodes to one. It would abort the run at the critic's encode.
 REASON_FORBIDDEN_TOKEN = "forbidden_token"
+REASON_FORBIDDEN_TEXT = "forbidden_text"
 REASONS = (
     REASON_EMPTY_LINE,
     REASON_META,
@@ -43,6 +45,7 @@ REASONS = (
     REASON_TRUNCATED,
     REASON_MARKER,
     REASON_FORBIDDEN_TOKEN,
+    REASON_FORBIDDEN_TEXT,
 )
 
 MIN_CHARS = 12
@@ -123,6 +126,8 @@ def fragment_reason(text: str) -> str | None:
         return REASON_TOO_LONG
     if any(m in text for m in evaluator_markers()) or re.search(r"\b(?:Instruction|Response|Answer)\s*:", text):
         return REASON_MARKER
+    if text_problems(text, kind="instruction"):
+        return REASON_FORBIDDEN_TEXT  # markup as text or invisible characters: the data gate would refuse it
     last = text.rstrip()[-1]
     if last in ",;:-(/&" or words[-1].lower() in _DANGLING_WORDS and last not in _TERMINAL:
         return REASON_UNFINISHED

@@ -33,6 +33,10 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and all(p.name == LOCK_NAME for p in path.iterdir())
 
 
+# Short-lived files of the project's own checks (a preflight's write probe).
+TRANSIENT_PREFIXES = (".preflight-",)
+
+
 def refuse_unknown_entries(out: str | os.PathLike, own: Iterable[str], *, option: str = "output directory") -> None:
     """An output folder may hold only what this command writes there (``own``, by name) and a run lock;
     anything else is someone else's, and the folder is refused untouched (OPS-06)."""
@@ -43,7 +47,8 @@ def refuse_unknown_entries(out: str | os.PathLike, own: Iterable[str], *, option
     allowed = {LOCK_NAME, *own}
     # .NAME.*: a temporary or set-aside sibling of one of ours (publish_dir, replace_dir)
     foreign = sorted(p.name for p in out.iterdir()
-                     if p.name not in allowed and not any(p.name.startswith(f".{o}.") for o in own))
+                     if p.name not in allowed and not any(p.name.startswith(f".{o}.") for o in own)
+                     and not p.name.startswith(TRANSIENT_PREFIXES))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
         refuse_foreign(out, f"holds files this command did not write ({shown})", option=option)
@@ -57,7 +62,8 @@ def refuse_overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike |
         if path is None:
             continue
         i = Path(path).resolve()
-        if o == i or i in o.parents or o in i.parents:
+        # A folder input may not hold, lie in or be the output; a file input may not be in the output.
+        if o == i or o in i.parents or (not i.is_file() and i in o.parents):
             raise ForeignPathError(f"{option} {out} overlaps the {name} {path} this command reads; write to a folder "
                                    "of its own")
 

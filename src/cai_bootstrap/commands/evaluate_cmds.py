@@ -133,9 +133,10 @@ def _evaluate_locked(args) -> int:
     resolved = resolve_model(args.model, profile=args.profile)
     if Path(resolved.source).is_dir():
         check_model_folder(resolved.source)
-        _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     if args.adapter:
         check_adapter_base(training_manifest_for(args.adapter), resolved.source)
+    if Path(resolved.source).is_dir():
+        _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     load_kwargs = dict(profile=resolved.profile, dtype=args.dtype,
                        quantization=None if args.quantization == "none" else args.quantization, device=args.device)
 

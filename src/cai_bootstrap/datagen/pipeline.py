@@ -513,7 +513,8 @@ def write_artifacts(out: Path, dataset, rejects, summary, *, state: dict, budget
 
 # Settings that may differ between a run and its resumption: they change no result (a run
 # directory may be moved or copied and resumed where it now lies).
-RESUMABLE_CHANGES = ("quiet", "out_dir")
+# Where a run or its pilot gate lives may change (a moved folder); the gate itself is checked again.
+RESUMABLE_CHANGES = ("quiet", "out_dir", "pilot_gate")
 
 
 def _read_state(state_path: Path, cfg_dump: dict) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cai_bootstrap.evaluation import statistics as st
-from cai_bootstrap.evaluation.evalset import load_eval_set
+from cai_bootstrap.evaluation.evalset import DEFAULT_EVAL_SET, load_eval_set
 from cai_bootstrap.evaluation.report import COMPARISON_MODE, ITEMS_FILE, MANIFEST_FILE, StatsConfig, paired_comparison
 from cai_bootstrap.evaluation.runner import BASE, SFT
 from cai_bootstrap.evaluation.verifiers import verify
@@ -46,6 +46,8 @@ def _eval_items(folder: Path) -> dict[str, dict]:
     if not isinstance(recorded, Mapping) or not recorded.get("path") or not recorded.get("sha256"):
         raise IntegrityError(f"{folder / MANIFEST_FILE} does not record the eval set it used; rerun `cai-bootstrap evaluate`")
     path = Path(recorded["path"])
+    if not path.is_file() and DEFAULT_EVAL_SET.is_file() and sha256_file(DEFAULT_EVAL_SET) == recorded["sha256"]:
+        path = DEFAULT_EVAL_SET  # the shipped set, now installed elsewhere (a new environment), same content
     if not path.is_file():
         raise IntegrityError(f"the eval set this evaluation used, {path}, is gone, so its results cannot be re-verified; "
                              "restore it or rerun `cai-bootstrap evaluate`")
@@ -70,7 +72,8 @@ def reverified_records(folder: str | Path) -> list[dict]:
         if result.passed != rec.get("success"):
             raise IntegrityError(f"{items_path}:{lineno}: item {rec['id']} ({rec.get('model')}/{rec.get('mode')}) records "
                                  f"success {rec.get('success')!r} but its verifier now says {result.passed} "
-                                 f"({result.reason}); the per-item file was edited, rerun `cai-bootstrap evaluate`")
+                                 f"({result.reason}): the per-item file was edited, or it was judged by other verifiers "
+                                 "than this version's; rerun `cai-bootstrap evaluate`")
         records.append({**rec, "type": item["type"], "category": item["category"]})
     return records
 
@@ -110,5 +113,6 @@ def recomputed_comparison(folder: str | Path, summary: Mapping) -> dict:
                 problems.append(f"by_type.{name}.{key} {got!r} (per-item file: {want!r})")
     if problems:
         raise IntegrityError(f"{Path(folder) / 'eval_summary.json'} disagrees with the per-item results it summarises: "
-                             + "; ".join(problems[:6]) + "; the summary was edited, rerun `cai-bootstrap evaluate`")
+                             + "; ".join(problems[:6]) + "; the summary was edited, or made by another version's statistics: "
+                             "rerun `cai-bootstrap evaluate`")
     return fresh

@@ -31,6 +31,7 @@ REASON_DUPLICATE_PAIR = "duplicate_pair"
 REASON_NOT_APPLICABLE = "negative_not_applicable"
 REASON_NO_CANDIDATE = "no_usable_candidate"
 REASON_SEEN_IN_STAGE1 = "seen_in_stage1"
+REASON_FORBIDDEN_TEXT = "forbidden_text"
 REASON_IN_EVAL = "in_eval_set"
 
 
@@ -130,19 +131,28 @@ def check_negative_kinds(kinds: Sequence[str]) -> list[str]:
 
 def new_instructions(items: Sequence[Mapping[str, Any]], stage1: Sequence[str], eval_items: Sequence[str]
                      ) -> tuple[list[dict], list[dict]]:
-    """Instructions new to Stage 1 and to the eval set (exact, normalized, ROUGE-L > 0.7, via dedup), and the rest as rejects."""
+    """Instructions new to Stage 1 and to the eval set, and the rest as rejects: against Stage 1 by the
+    dedup rule (exact, normalized, ROUGE-L > 0.7), against the eval set by the SFT-06 check the DPO
+    gate applies (that rule plus the order-free word-set test); instructions the data gate would
+    refuse for their content (screening.py) are rejects too."""
     from cai_bootstrap.dedup import DuplicateIndex
+    from cai_bootstrap.screening import text_problems
+    from cai_bootstrap.sft.data_gate import find_leaks
 
     seen = DuplicateIndex()
     for text in stage1:
         seen.add(text)
-    held_out = DuplicateIndex()
-    for text in eval_items:
-        held_out.add(text)
+    leaks = {h.train_index: (h.kind, h.eval_text, h.score)
+             for h in find_leaks([it["instruction"] for it in items], [(str(k), t) for k, t in enumerate(eval_items)])}
     kept, rejects = [], []
-    for it in items:
+    for i, it in enumerate(items):
         text = it["instruction"]
-        hit_eval = held_out.check(text)
+        problems = text_problems(text, kind="instruction")
+        if problems:
+            rejects.append({"stage": "instructions", "reason": REASON_FORBIDDEN_TEXT, "id": it.get("id"),
+                            "instruction": text[:500], "problems": problems})
+            continue
+        hit_eval = leaks.get(i)
         hit = hit_eval or seen.check(text)
         if hit is None:
             kept.append(dict(it))
@@ -161,16 +171,12 @@ SCRIPT_NAME = "cai_bootstrap.preference.pairs"
 
 def _read_instructions(path) -> list[dict]:
     from cai_bootstrap.io_utils import iter_jsonl
-    from cai_bootstrap.screening import text_problems
 
     items = []
     first_line: dict[str, int] = {}
     for line, rec in iter_jsonl(path):
         if not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
             raise ValueError(f"{path}: line {line}: needs a non-empty 'instruction'")
-        problems = text_problems(rec["instruction"], kind="instruction")
-        if problems:
-            raise ValueError(f"{path}: line {line}: the instruction holds {'; '.join(problems)}")
         raw_id = rec.get("id", f"line-{line}")
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
             raise ValueError(f"{path}: line {line}: 'id' must be a non-empty string or a whole number, got {raw_id!r:.80}")

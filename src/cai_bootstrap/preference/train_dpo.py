@@ -340,7 +340,8 @@ def run_dpo(cfg: DPORunConfig, *, callbacks: Iterable[Any] = (), device_info: Ma
     from cai_bootstrap.safe_paths import refuse_overlap, refuse_unknown_entries
 
     # Before the lock, whose file would otherwise land in an input folder.
-    refuse_overlap(out, {"pairs run": cfg.pairs, "Stage-1 SFT run": cfg.sft_run, "eval set": cfg.eval_set}, option="output_dir")
+    pairs = Path(cfg.pairs).parent if Path(cfg.pairs).is_file() else cfg.pairs  # a run's file stands for its run
+    refuse_overlap(out, {"pairs run": pairs, "Stage-1 SFT run": cfg.sft_run, "eval set": cfg.eval_set}, option="output_dir")
     refuse_unknown_entries(out, (SUCCESS_MARKER, MANIFEST_NAME, RUN_CONFIG_NAME, GATE_MANIFEST_NAME, ADAPTER_DIR,
                                  CHECKPOINT_DIR, REFERENCE_ADAPTER), option="output_dir")
     # OPS-06: one writer per output folder, held from the checks to the success marker.

@@ -252,7 +252,8 @@ def check_output_dir(cfg) -> None:
     """output_dir is not the dataset (or inside it, or around it) and holds nothing this command did not write."""
     from cai_bootstrap.safe_paths import refuse_overlap, refuse_unknown_entries
 
-    refuse_overlap(cfg.output_dir, {"dataset": cfg.dataset, "eval set": cfg.eval_set}, option="output_dir")
+    dataset = Path(cfg.dataset).parent if Path(cfg.dataset).is_file() else cfg.dataset  # a run's file stands for its run
+    refuse_overlap(cfg.output_dir, {"dataset": dataset, "eval set": cfg.eval_set}, option="output_dir")
     refuse_unknown_entries(cfg.output_dir, OUTPUT_ENTRIES, option="output_dir")
 
 

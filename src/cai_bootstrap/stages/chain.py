@@ -13,6 +13,7 @@ Nothing here knows what a stage does: a stage is a list of :class:`Phase` and a 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,22 @@ def _hashes(paths: list[Path], run_dir: Path) -> dict[str, str | None]:
     return {_shown(Path(p), run_dir): (sha256_file(p) if Path(p).is_file() else None) for p in paths}
 
 
+def _current_hash(recorded: str, run_dir: Path) -> str | None:
+    """sha256 now of a file a phase manifest names: relative to the run folder, or, as manifests
+    written before run files were named so recorded them, relative to the current directory."""
+    for p in ((Path(recorded),) if Path(recorded).is_absolute() else (run_dir / recorded, Path(recorded))):
+        if p.is_file():
+            return sha256_file(p)
+    return None
+
+
+def _same_setting(now, then) -> bool:
+    """A path setting recorded relative (before paths were made absolute where they enter) equals its absolute form."""
+    if now == then:
+        return True
+    return isinstance(now, str) and isinstance(then, str) and os.path.isabs(now) and os.path.abspath(then) == now
+
+
 def _shown(path: Path, run_dir: Path) -> str:
     try:
         return path.resolve().relative_to(run_dir.resolve()).as_posix()
@@ -117,14 +134,13 @@ class Chain:
         if state.get("status") != "done":
             return False
         recorded = {**state.get("inputs", {}), **state.get("outputs", {})}
-        current = _hashes([self.run_dir / k for k in recorded], self.run_dir)
-        changed = [k for k, v in recorded.items() if current.get(k) != v]
+        changed = [k for k, v in recorded.items() if _current_hash(k, self.run_dir) != v]
         if changed:
             self.say(f"{phase.name}: redo, files changed since it finished: {changed}")
             return False
         now = phase_settings(phase, self.cfg.model_dump(mode="json"))
         then = phase_settings(phase, state.get("config") or {})
-        moved = sorted(k for k in now if now[k] != then.get(k))
+        moved = sorted(k for k in now if not _same_setting(now[k], then.get(k)))
         if moved:
             self.say(f"{phase.name}: redo, settings changed since it finished: {moved}")
             return False
