@@ -295,3 +295,22 @@ def test_instruction_rounds_of_other_settings_are_set_aside_not_reused(tiny_lm, 
     aside = list(tmp_path.glob(f"{WORK}.replaced-*"))
     assert len(aside) == 1 and read_jsonl(aside[0] / RAW_INSTRUCTIONS) == first
     assert json.loads((tmp_path / WORK / "state.json").read_text())["instructions"]["max_new_tokens"] == 40
+
+
+@pytest.mark.spec("PV-07", "GT-02")
+def test_the_preference_rounds_gate_recomputes_its_comparison_from_the_items(chain_run, tmp_path):
+    """A three-way summary edited (p and lift of Stage 2 vs Stage 1) and re-pinned in its manifest is refused."""
+    from cai_bootstrap.integrity import IntegrityError
+    from cai_bootstrap.stages.stage2_gate import run_stage2_final_gate
+
+    folder = tmp_path / "eval"
+    shutil.copytree(chain_run["full"] / "eval", folder)
+    summary = json.loads((folder / "eval_summary.json").read_text())
+    summary["comparisons"][STAGE2_VS_STAGE1]["overall"].update(mcnemar_p=1e-9, lift=0.5)
+    (folder / "eval_summary.json").write_text(json.dumps(summary))
+    manifest = json.loads((folder / "eval_manifest.json").read_text())
+    manifest["outputs"]["summary"]["sha256"] = sha256_file(folder / "eval_summary.json")
+    (folder / "eval_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="disagrees with the per-item results"):
+        run_stage2_final_gate(folder, out=tmp_path / "gate.json")
+    assert not (tmp_path / "gate.json").exists()

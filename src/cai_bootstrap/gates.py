@@ -397,14 +397,16 @@ def rederive_decision(manifest: Mapping) -> GateDecision | None:
             return decide_data(qc, validation_failures=failures, gate=kind, thresholds=limits)
         if kind == FINAL_GATE and manifest.get("clause") != "GT-02":
             # A preference round's final gate (stages/stage2_gate.py) decides on its three-way summary.
-            from cai_bootstrap.stages.stage2_gate import CLAUSE, Stage2GateThresholds, decide_stage2_final
+            from cai_bootstrap.stages.stage2_gate import CLAUSE, Stage2GateThresholds, decide_stage2_final, rechecked_summary
 
             if manifest.get("clause") != CLAUSE:
                 raise GateError(f"gate {kind}: unknown clause {manifest.get('clause')!r}; rerun the gate")
             targets = t.get("target_types")
             thresholds2 = Stage2GateThresholds(float(t["alpha"]), tuple(t.get("guarded_categories") or ()),
                                                tuple(targets) if targets is not None else None)
-            return decide_stage2_final(_read_json(_pinned(manifest, "eval_summary"), "rerun the evaluation"), thresholds2)
+            summary_path = _pinned(manifest, "eval_summary")
+            summary = _read_json(summary_path, "rerun the evaluation")
+            return decide_stage2_final(rechecked_summary(summary_path.parent, summary), thresholds2)
         if kind == FINAL_GATE:
             from cai_bootstrap.evaluation.recheck import recomputed_comparison
 

@@ -32,10 +32,11 @@ def _stats_config(summary: Mapping) -> StatsConfig:
         raise IntegrityError("eval_summary.json has no metadata block; rerun `cai-bootstrap evaluate`")
     try:
         cfg = StatsConfig(confidence=float(meta["confidence_level"]), bootstrap_samples=int(meta["bootstrap_samples"]),
-                          seed=int(meta["seed"]), exact_below=int(meta.get("exact_binomial_below", st.EXACT_BELOW)))
+                          seed=int(meta["seed"]), exact_below=int(meta.get("exact_binomial_below", st.EXACT_BELOW)),
+                          fdr=float(meta.get("fdr", st.DEFAULT_FDR)))
     except (KeyError, TypeError, ValueError) as e:
         raise IntegrityError(f"eval_summary.json metadata lacks a usable statistics setting ({e}); rerun `cai-bootstrap evaluate`") from None
-    if not 0.0 < cfg.confidence < 1.0 or not 1 <= cfg.bootstrap_samples <= 1_000_000 or cfg.exact_below < 0:
+    if not 0.0 < cfg.confidence < 1.0 or not 0.0 < cfg.fdr < 1.0 or not 1 <= cfg.bootstrap_samples <= 1_000_000 or cfg.exact_below < 0:
         raise IntegrityError(f"eval_summary.json metadata holds out-of-range statistics settings {cfg}; rerun `cai-bootstrap evaluate`")
     return cfg
 
@@ -85,16 +86,19 @@ def _differs(a, b) -> bool:
         return a != b
 
 
-def recomputed_comparison(folder: str | Path, summary: Mapping) -> dict:
-    """GT-02's inputs (overall and by-type blocks) recomputed from the per-item file; refuses a summary
-    whose p-value, lift, discordant counts or per-type intervals differ from them."""
+def recomputed_comparison(folder: str | Path, summary: Mapping, *, first: str = BASE, second: str = SFT,
+                          recorded: Mapping | None = None) -> dict:
+    """A final gate's inputs (overall and by-type blocks of ``second`` against ``first``) recomputed from the
+    per-item file; refuses a summary whose p-value, lift, discordant counts or per-type intervals differ.
+    ``recorded``: the summary's block for this comparison (default: the summary's own top level)."""
     records = reverified_records(folder)
-    base = [r for r in records if r.get("model") == BASE and r.get("mode") == COMPARISON_MODE]
-    sft = [r for r in records if r.get("model") == SFT and r.get("mode") == COMPARISON_MODE]
+    base = [r for r in records if r.get("model") == first and r.get("mode") == COMPARISON_MODE]
+    sft = [r for r in records if r.get("model") == second and r.get("mode") == COMPARISON_MODE]
     if not base or [(r["id"], r.get("prompt")) for r in base] != [(r["id"], r.get("prompt")) for r in sft]:
-        raise IntegrityError(f"{Path(folder) / ITEMS_FILE}: base and trained records are not paired; rerun `cai-bootstrap evaluate`")
+        raise IntegrityError(f"{Path(folder) / ITEMS_FILE}: {first} and {second} records are not paired; rerun the evaluation")
     fresh = paired_comparison(base, sft, _stats_config(summary))
     problems = []
+    summary = recorded if recorded is not None else summary
     overall = summary.get("overall") if isinstance(summary.get("overall"), Mapping) else {}
     for key in ("n", "mcnemar_p", "lift", "base_rate", "sft_rate"):
         if _differs(overall.get(key), fresh["overall"][key]):

@@ -123,8 +123,23 @@ def run_stage2_final_gate(eval_dir: str | Path, thresholds: Stage2GateThresholds
     from cai_bootstrap.evaluation.report import SUMMARY_FILE
     from cai_bootstrap.gates import write_gate_manifest
 
+    from cai_bootstrap.integrity import verify_eval_output
+
     path = Path(eval_dir) / SUMMARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run the Stage-2 evaluation first")
-    decision = decide_stage2_final(json.loads(path.read_text(encoding="utf-8")), thresholds)
+    verify_eval_output(eval_dir, SUMMARY_FILE)  # PV-07: an output its manifest pinned
+    decision = decide_stage2_final(rechecked_summary(eval_dir, json.loads(path.read_text(encoding="utf-8"))), thresholds)
     return decision, write_gate_manifest(decision, out, inputs={"eval_summary": path})
+
+
+def rechecked_summary(eval_dir: str | Path, summary: Mapping) -> dict:
+    """The summary with the judged comparison (Stage 2 vs Stage 1) recomputed from the per-item file
+    (evaluation/recheck.py): an edited summary is refused, however its hashes were re-pinned."""
+    from cai_bootstrap.evaluation.recheck import recomputed_comparison
+    from cai_bootstrap.stages.stage2_eval import PAIRS
+
+    first, second = PAIRS[STAGE2_VS_STAGE1]
+    block = _block(_block(summary, "comparisons", "evaluation summary"), STAGE2_VS_STAGE1, "comparisons")
+    fresh = recomputed_comparison(eval_dir, summary, first=first, second=second, recorded=block)
+    return {**summary, "comparisons": {**summary["comparisons"], STAGE2_VS_STAGE1: {**block, **fresh}}}
