@@ -9,7 +9,7 @@ from cai_bootstrap.io_utils import atomic_write_json, atomic_write_jsonl
 from cai_bootstrap.provenance import add_generated_artifact, new_session_manifest, record_metadata, sft_record, write_manifest
 from cai_bootstrap.qc import QCThresholds, compute_qc_summary
 
-from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, probe_results
+from spec_tests.probe_support import INFORMATIVE_PROBES_AUROC, probe_results
 
 DEFAULT_PAIRS = (
     ("Name a fruit that is yellow.", "A banana is yellow."),

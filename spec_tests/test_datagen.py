@@ -24,7 +24,8 @@ from cai_bootstrap.datagen.store import PhaseStore
 from cai_bootstrap.dedup import DuplicateIndex, normalize, rouge_l
 from cai_bootstrap.io_utils import read_jsonl, sha256_file
 from cai_bootstrap.provenance import CRITIQUE_FIELDS, GENERATION_FIELDS, RECORD_METADATA_FIELDS, SFT_RECORDS
-from spec_tests.datagen_support import flowing_lm, probe_results, small_config
+from spec_tests.datagen_support import flowing_lm, small_config
+from spec_tests.probe_support import probe_results
 from spec_tests.scripted_lm import ScriptedLM
 
 

@@ -10,7 +10,7 @@ from cai_bootstrap.gates import PILOT_GATE, SCALE_GATE, DataGateThresholds, deci
 from cai_bootstrap.io_utils import atomic_write_json
 from cai_bootstrap.qc import QCThresholds, compute_qc_summary
 
-from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, probe_results
+from spec_tests.probe_support import INFORMATIVE_PROBES_AUROC, probe_results
 
 GOOD = {"is_good": True, "predicted_label": "A", "logp_a": -0.1, "logp_b": -3.0, "margin": 2.9, "confident": True}
 BAD = {"is_good": False, "predicted_label": "B", "logp_a": -3.0, "logp_b": -0.1, "margin": 2.9, "confident": True}

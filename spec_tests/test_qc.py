@@ -9,7 +9,8 @@ import pytest
 from cai_bootstrap.datagen import pipeline as P
 from cai_bootstrap.datagen.config import ConfigError, load_config
 from cai_bootstrap.qc import QCSummaryError, QCThresholds, compute_qc_summary, read_qc_decision
-from spec_tests.datagen_support import INFORMATIVE_PROBES_AUROC, flowing_lm, probe_results, small_config
+from spec_tests.datagen_support import flowing_lm, small_config
+from spec_tests.probe_support import INFORMATIVE_PROBES_AUROC, probe_results
 from spec_tests.scripted_lm import ScriptedLM
 
 

@@ -323,12 +323,12 @@ def test_sft_code_passes_the_static_conformance_check():
 @pytest.mark.spec("ST-03")
 def test_lineage_names_base_weights_and_dataset_exactly_as_the_manifests_record_them(reference, gen_run, tiny_model_dir):
     from cai_bootstrap.gates import read_gate_manifest
-    from cai_bootstrap.loader import weights_fingerprint as _hash_weights
+    from cai_bootstrap.weights import weights_fingerprint
     from cai_bootstrap.stages.lineage import adapter_digest, build_lineage
 
     m = _manifest(reference)
     base, dataset, gate, model = m["lineage"]["steps"]
-    assert base["weights"]["combined"] == m["loader_provenance"]["weights"]["combined"] == _hash_weights(tiny_model_dir)["combined"]
+    assert base["weights"]["combined"] == m["loader_provenance"]["weights"]["combined"] == weights_fingerprint(tiny_model_dir)["combined"]
     session = json.loads((gen_run / "session_manifest.json").read_text())
     recorded = {e["path"]: e["sha256"] for e in session["generated_artifacts"]}
     assert dataset["sha256"] == m["dataset"]["sha256"] == recorded["dataset.jsonl"] == sha256_file(gen_run / "dataset.jsonl")

@@ -115,7 +115,7 @@ def _stage1(root: Path, model_dir: Path) -> Path:
                             "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64,
                             "logging_steps": 1, "run_sentinels": False})
     run_training(cfg, device_info={"cuda_available": False}, validator=no_expectation_failures)
-    from cai_bootstrap.gates import run_final_gate
+    from cai_bootstrap.evaluation.final_gate import run_final_gate
     from spec_tests.integrity_support import make_eval_folder
 
     folder = make_eval_folder(root / "eval", {"arithmetic": [(False, True)] * 20, "refusal": [(True, True)] * 4}, models={
@@ -213,7 +213,7 @@ def test_chain_refuses_a_failed_stage1_gate_unless_overridden(tmp_path, capsys, 
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
     atomic_write_json(s1 / "sft" / "training_manifest.json", {"dataset": {"run_dir": str(s1 / "merged")}})
-    from cai_bootstrap.gates import run_final_gate
+    from cai_bootstrap.evaluation.final_gate import run_final_gate
     from spec_tests.integrity_support import make_eval_folder
 
     folder = make_eval_folder(s1 / "eval", {"arithmetic": [(False, True), (True, False)] * 6}, models={

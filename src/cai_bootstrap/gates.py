@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cai_bootstrap.io_utils import atomic_write_json, sha256_file
 from cai_bootstrap.provenance import git_info, utc_now
@@ -286,7 +286,7 @@ FINAL_GATE_FILE = "gate_final.json"  # default manifest names inside the evaluat
 GAP_GATE_FILE = "gate_gap.json"
 
 
-def _read_json(path: Path, hint: str) -> dict:
+def read_json(path: Path, hint: str) -> dict:
     from cai_bootstrap.io_utils import read_text_file
 
     if not path.exists():
@@ -307,29 +307,15 @@ def _verified_eval_file(eval_dir: str | Path, name: str, hint: str) -> Path:
     return verify_eval_output(folder, name)
 
 
-def _eval_gate(eval_dir, name: str, input_name: str, hint: str, out, default_out: str, decide) -> tuple[GateDecision, Path]:
+def eval_gate(eval_dir, name: str, input_name: str, hint: str, out, default_out: str, decide) -> tuple[GateDecision, Path]:
+    """A gate over one pinned output of an evaluation folder: verify it, decide, write the manifest (GT-05)."""
     from cai_bootstrap.integrity import EVAL_MANIFEST_NAME, check_output_file
 
     path = _verified_eval_file(eval_dir, name, hint)
     manifest = check_output_file(out or Path(eval_dir) / default_out, [path, Path(eval_dir) / EVAL_MANIFEST_NAME])
-    decision = decide(_read_json(path, hint))
+    decision = decide(read_json(path, hint))
     write_gate_manifest(decision, manifest, inputs={input_name: path})
     return decision, Path(manifest)
-
-
-def run_final_gate(eval_dir: str | Path, thresholds: FinalGateThresholds = FinalGateThresholds(), *,
-                   out: str | Path | None = None) -> tuple[GateDecision, Path]:
-    """GT-02 on a paired evaluation folder; writes the manifest (default ``EVAL/gate_final.json``)."""
-    from cai_bootstrap.evaluation.recheck import recomputed_comparison
-    from cai_bootstrap.evaluation.report import SUMMARY_FILE
-
-    def decide(summary: dict) -> GateDecision:
-        # PV-07: the numbers decided on are recomputed from the pinned per-item results, never
-        # taken from the summary alone (a summary edited with re-pinned hashes is self-consistent).
-        return decide_final({**summary, **recomputed_comparison(eval_dir, summary)}, thresholds)
-
-    return _eval_gate(eval_dir, SUMMARY_FILE, "eval_summary", "run `cai-bootstrap evaluate --adapter ...` (a paired evaluation) first",
-                      out, FINAL_GATE_FILE, decide)
 
 
 def run_gap_gate(eval_dir: str | Path, thresholds: GapGateThresholds = GapGateThresholds(), *,
@@ -337,7 +323,7 @@ def run_gap_gate(eval_dir: str | Path, thresholds: GapGateThresholds = GapGateTh
     """GT-03 on a base-only evaluation in both modes; writes the manifest (default ``EVAL/gate_gap.json``)."""
     from cai_bootstrap.evaluation.report import RATES_FILE
 
-    return _eval_gate(eval_dir, RATES_FILE, "rates", "run `cai-bootstrap evaluate --base-only --mode both` first",
+    return eval_gate(eval_dir, RATES_FILE, "rates", "run `cai-bootstrap evaluate --base-only --mode both` first",
                       out, GAP_GATE_FILE, lambda rates: decide_gap(rates, thresholds))
 
 
@@ -373,7 +359,7 @@ def require_gate_passed(path: str | Path, *, gate: str | None = None) -> dict:
     return manifest
 
 
-def _pinned(manifest: Mapping, name: str) -> Path:
+def pinned_input(manifest: Mapping, name: str) -> Path:
     for inp in manifest.get("inputs") or []:
         if isinstance(inp, Mapping) and inp.get("name") == name:
             return Path(str(inp.get("path")))
@@ -381,56 +367,37 @@ def _pinned(manifest: Mapping, name: str) -> Path:
 
 
 def rederive_decision(manifest: Mapping) -> GateDecision | None:
-    """The decision a gate manifest's pinned inputs give under its recorded thresholds, decided again
-    by the gate's own code; None for a gate kind this module does not decide."""
+    """The decision a data or gap gate manifest's pinned inputs give under its recorded thresholds, decided
+    again by the gate's own code; None for a gate kind decided elsewhere (the final gates decide again in
+    ``evaluation.final_gate`` and ``stages.stage2_gate``, which the stage registry passes to the check)."""
     kind = manifest.get("gate")
     t = manifest.get("thresholds") if isinstance(manifest.get("thresholds"), Mapping) else {}
-    try:
-        if kind in (PILOT_GATE, SCALE_GATE):
-            from cai_bootstrap.validation import validate_paths
+    if kind in (PILOT_GATE, SCALE_GATE):
+        from cai_bootstrap.validation import validate_paths
 
-            qc = _pinned(manifest, "qc_summary")
-            run = _pinned(manifest, "dataset").parent  # a data gate pins the run's three files (DATA_GATE_INPUTS)
-            _pinned(manifest, "session_manifest")
-            failures = [r.format() for r in validate_paths([run]) if not r.ok]
-            limits = DataGateThresholds(int(t.get("min_items", PILOT_MIN_ITEMS)), int(t.get("max_items", PILOT_MAX_ITEMS)))
-            return decide_data(qc, validation_failures=failures, gate=kind, thresholds=limits)
-        if kind == FINAL_GATE and manifest.get("clause") != "GT-02":
-            # A preference round's final gate (stages/stage2_gate.py) decides on its three-way summary.
-            from cai_bootstrap.stages.stage2_gate import CLAUSE, Stage2GateThresholds, decide_stage2_final, rechecked_summary
-
-            if manifest.get("clause") != CLAUSE:
-                raise GateError(f"gate {kind}: unknown clause {manifest.get('clause')!r}; rerun the gate")
-            targets = t.get("target_types")
-            thresholds2 = Stage2GateThresholds(float(t["alpha"]), tuple(t.get("guarded_categories") or ()),
-                                               tuple(targets) if targets is not None else None)
-            summary_path = _pinned(manifest, "eval_summary")
-            summary = _read_json(summary_path, "rerun the evaluation")
-            return decide_stage2_final(rechecked_summary(summary_path.parent, summary), thresholds2)
-        if kind == FINAL_GATE:
-            from cai_bootstrap.evaluation.recheck import recomputed_comparison
-
-            thresholds = FinalGateThresholds(float(t["alpha"]), float(t["min_lift"]),
-                                             tuple(t.get("guarded_categories") or FinalGateThresholds().guarded_categories))
-            if not 0.0 < thresholds.alpha < 1.0 or not thresholds.min_lift >= 0.0:
-                raise GateError(f"gate {kind}: recorded thresholds out of range ({thresholds.to_dict()})")
-            summary_path = _pinned(manifest, "eval_summary")
-            summary = _read_json(summary_path, "rerun the evaluation")
-            return decide_final({**summary, **recomputed_comparison(summary_path.parent, summary)}, thresholds)
-        if kind == "gap_check":
-            targets = t.get("target_types")
-            thresholds = GapGateThresholds(float(t["max_base_rate"]), tuple(targets) if targets is not None else None,
-                                           bool(t.get("per_type", False)), tuple(t.get("modes") or ("framed", "raw")))
-            return decide_gap(_read_json(_pinned(manifest, "rates"), "rerun the evaluation"), thresholds)
-    except (KeyError, TypeError, ValueError) as e:
-        raise GateError(f"gate {kind}: its manifest or inputs cannot be decided again ({type(e).__name__}: {e}); "
-                        "rerun the gate") from None
+        qc = pinned_input(manifest, "qc_summary")
+        run = pinned_input(manifest, "dataset").parent  # a data gate pins the run's three files (DATA_GATE_INPUTS)
+        pinned_input(manifest, "session_manifest")
+        failures = [r.format() for r in validate_paths([run]) if not r.ok]
+        limits = DataGateThresholds(int(t.get("min_items", PILOT_MIN_ITEMS)), int(t.get("max_items", PILOT_MAX_ITEMS)))
+        return decide_data(qc, validation_failures=failures, gate=kind, thresholds=limits)
+    if kind == "gap_check":
+        targets = t.get("target_types")
+        thresholds = GapGateThresholds(float(t["max_base_rate"]), tuple(targets) if targets is not None else None,
+                                       bool(t.get("per_type", False)), tuple(t.get("modes") or ("framed", "raw")))
+        return decide_gap(read_json(pinned_input(manifest, "rates"), "rerun the evaluation"), thresholds)
     return None
 
 
-def check_decision_matches_inputs(manifest: Mapping, path: str | Path) -> None:
-    """Refuses a gate manifest whose recorded decision its own inputs do not give (an edited manifest)."""
-    derived = rederive_decision(manifest)
+def check_decision_matches_inputs(manifest: Mapping, path: str | Path,
+                                  decide_again: Callable[[Mapping], GateDecision | None] = rederive_decision) -> None:
+    """Refuses a gate manifest whose recorded decision its own inputs do not give (an edited manifest);
+    ``decide_again`` re-derives a decision from a manifest (None: a kind it does not decide)."""
+    try:
+        derived = decide_again(manifest)
+    except (KeyError, TypeError, ValueError) as e:
+        raise GateError(f"gate {manifest.get('gate')}: its manifest or inputs cannot be decided again "
+                        f"({type(e).__name__}: {e}); rerun the gate") from None
     if derived is not None and derived.decision != manifest.get("decision"):
         raise GateError(f"{path} says {manifest.get('decision')!r}, but its pinned inputs decide {derived.decision!r} "
                         f"({'; '.join(derived.reasons) or 'all checks pass'}); the manifest was edited after the gate "
@@ -515,7 +482,7 @@ def run_data_gate(run_dir: str | Path, *, gate: str = PILOT_GATE, thresholds: Da
     missing = [name for name in DATA_GATE_INPUTS.values() if not (run / name).is_file()]
     if missing:
         raise GateInputError(f"{run} lacks {', '.join(missing)}; is it a finished `cai-bootstrap generate` run?")
-    mode = ((_read_json(run / DATA_GATE_INPUTS["qc_summary"], "rerun the generation").get("run") or {}).get("mode"))
+    mode = ((read_json(run / DATA_GATE_INPUTS["qc_summary"], "rerun the generation").get("run") or {}).get("mode"))
     if gate == SCALE_GATE and mode == "pilot":
         raise GateInputError(f"{run} is a pilot run (its QC summary says mode 'pilot'); `gate scale` judges the merged "
                              "scale data: use `gate pilot` for a pilot")

@@ -19,6 +19,7 @@ from cai_bootstrap.evaluation.report import MANIFEST_FILE as EVAL_MANIFEST_NAME
 from cai_bootstrap.io_utils import read_text_file, sha256_file
 from cai_bootstrap.provenance import InputIntegrityError, verify_inputs
 from cai_bootstrap.sft.train import MANIFEST_NAME as TRAINING_MANIFEST_NAME
+from cai_bootstrap.weights import weights_fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors",)
@@ -217,8 +218,6 @@ def check_adapter_base(training_manifest: str | os.PathLike, model_source: str |
     folder = Path(model_source)
     if not recorded.get("combined") or not folder.is_dir():
         return
-    from cai_bootstrap.loader import weights_fingerprint
-
     now = weights_fingerprint(folder)
     if (now["mode"], now["combined"]) != (recorded.get("mode"), recorded["combined"]):
         raise IntegrityError(f"the adapter of {training_manifest} was trained on other base weights (recorded "

@@ -290,7 +290,8 @@ def _evaluate(ch: Chain) -> PhaseResult:
 
 
 def _final(ch: Chain) -> PhaseResult:
-    from cai_bootstrap.gates import FinalGateThresholds, run_final_gate
+    from cai_bootstrap.evaluation.final_gate import run_final_gate
+    from cai_bootstrap.gates import FinalGateThresholds
 
     decision, manifest = run_final_gate(ch.p("eval"), FinalGateThresholds(alpha=ch.cfg.final_alpha),
                                         out=ch.p(GATES_DIR, FINAL_GATE_MANIFEST))

@@ -131,11 +131,10 @@ def _evaluate_locked(args) -> int:
     if out.resolve() == eval_path.resolve().parent and eval_path.name in OUTPUT_FILES:
         raise CLIError(f"--out {out} would overwrite the eval set {eval_path}; choose another --out")
     resolved = resolve_model(args.model, profile=args.profile)
-    if Path(resolved.source).is_dir():
-        check_model_folder(resolved.source)
     if args.adapter:
         check_adapter_base(training_manifest_for(args.adapter), resolved.source)
     if Path(resolved.source).is_dir():
+        check_model_folder(resolved.source)
         _check_prompt_lengths(items, modes, resolved, args, decoding, eval_path)
     load_kwargs = dict(profile=resolved.profile, dtype=args.dtype,
                        quantization=None if args.quantization == "none" else args.quantization, device=args.device)
@@ -207,7 +206,8 @@ def _print_gate(decision, manifest_path: Path) -> int:
 
 
 def _gate_final(args) -> int:
-    from cai_bootstrap.gates import FinalGateThresholds, run_final_gate
+    from cai_bootstrap.evaluation.final_gate import run_final_gate
+    from cai_bootstrap.gates import FinalGateThresholds
     from cai_bootstrap.integrity import check_non_negative, check_open_unit_interval
 
     check_open_unit_interval("--alpha", args.alpha)

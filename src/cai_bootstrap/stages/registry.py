@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cai_bootstrap.gates import FINAL_GATE, GateError, check_decision_matches_inputs
+from cai_bootstrap.evaluation.final_gate import rederive_final_gate
+from cai_bootstrap.gates import FINAL_GATE, GateError, check_decision_matches_inputs, rederive_decision
+from cai_bootstrap.stages.stage2_gate import CLAUSE as PREFERENCE_GATE_CLAUSE
+from cai_bootstrap.stages.stage2_gate import rederive_stage2_final
 
 BASE = "base"  # the input model of stage 1
 TRAINING_METHODS = ("sft", "dpo")
@@ -107,7 +110,7 @@ STAGES: dict[int, Stage] = {s.id: s for s in (
                  Step("merge", "cai_bootstrap.datagen.merge:merge_shards"),
                  Step("train", "cai_bootstrap.sft.train:run_training"),
                  Step("evaluate", "cai_bootstrap.evaluation.runner:evaluate_models"),
-                 Step("final_gate", "cai_bootstrap.gates:run_final_gate")),
+                 Step("final_gate", "cai_bootstrap.evaluation.final_gate:run_final_gate")),
           command="cai_bootstrap.stage1"),
     Stage(2, "preference optimization", input_of(2),
           data_recipe="Best-of-N pairs: k answers per instruction new to Stage 1 sampled with the Stage-1 model, "
@@ -212,6 +215,17 @@ def _trained_model(summary: Mapping, where: str) -> tuple[str, str, dict]:
     return str(sft["model_name"]), str(adapter["path"]), dict(adapter["files"])
 
 
+def decide_again(manifest: Mapping):
+    """A stage's final gate decided again on its pinned inputs, by the decider of its kind."""
+    if manifest.get("gate") != FINAL_GATE:
+        return rederive_decision(manifest)
+    if manifest.get("clause") == PREFERENCE_GATE_CLAUSE:
+        return rederive_stage2_final(manifest)
+    if manifest.get("clause") == "GT-02":
+        return rederive_final_gate(manifest)
+    raise GateError(f"gate {manifest.get('gate')}: unknown clause {manifest.get('clause')!r}; rerun the gate")
+
+
 def resolve_input_model(stage_id: int, *, gate_manifest: str | Path | None = None, base_model: str | None = None,
                         override: str | None = None) -> InputModel:
     """The model stage ``stage_id`` starts from; see the module docstring for the rule.
@@ -248,7 +262,7 @@ def resolve_input_model(stage_id: int, *, gate_manifest: str | Path | None = Non
         raise StageInputError(f"{path}: its inputs are missing or changed since the decision: {', '.join(changed)}; "
                               "rerun the evaluation and the gate")
     try:
-        check_decision_matches_inputs(m, path)  # the decision, not only the hashes, must follow from the inputs
+        check_decision_matches_inputs(m, path, decide_again)  # the decision, not only the hashes, must follow from the inputs
     except GateError as e:
         raise StageInputError(str(e)) from None
     base, adapter, files = _trained_model(_read_json(Path(inputs["eval_summary"]["path"]), "evaluation summary"),

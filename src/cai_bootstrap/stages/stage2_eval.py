@@ -29,14 +29,12 @@ from cai_bootstrap.evaluation.report import (
     build_rates,
 )
 from cai_bootstrap.evaluation.runner import BASE, FRAMED, SFT, EvalDecoding, EvalRun, evaluate_models
-from cai_bootstrap.stages.stage2_gate import STAGE1_VS_BASE, STAGE2_VS_BASE, STAGE2_VS_STAGE1
+from cai_bootstrap.stages.stage2_gate import JUDGED, STAGE1, STAGE1_VS_BASE, STAGE2, STAGE2_VS_BASE, STAGE2_VS_STAGE1
 
-STAGE1 = "stage1"
-STAGE2 = "stage2"
 MODELS = (BASE, STAGE1, STAGE2)  # the order they load in, and the arms' order in reports
 SCHEMA = "cai_bootstrap.stage2_eval_summary/v1"
 # comparison -> (first model, second model): lift = second - first
-PAIRS = {STAGE2_VS_STAGE1: (STAGE1, STAGE2), STAGE2_VS_BASE: (BASE, STAGE2), STAGE1_VS_BASE: (BASE, STAGE1)}
+PAIRS = {STAGE2_VS_STAGE1: JUDGED, STAGE2_VS_BASE: (BASE, STAGE2), STAGE1_VS_BASE: (BASE, STAGE1)}
 
 
 def paired_records(run: EvalRun, labels: Sequence[str] = MODELS, mode: str = FRAMED) -> dict[str, list[dict]]:

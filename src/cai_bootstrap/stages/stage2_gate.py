@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cai_bootstrap.gates import (DEFAULT_ALPHA, FINAL_GATE, Check, FinalGateThresholds, GateDecision, GateInputError,
-                                 describe_regression, guarded_regressions)
+from cai_bootstrap.evaluation.recheck import recomputed_comparison
+from cai_bootstrap.evaluation.report import SUMMARY_FILE
+from cai_bootstrap.gates import (DEFAULT_ALPHA, FINAL_GATE, FINAL_GATE_FILE, Check, FinalGateThresholds, GateDecision,
+                                 GateInputError, describe_regression, eval_gate, guarded_regressions, pinned_input, read_json)
 
 CLAUSE = "GT-02/ST-01"
 # The comparison the gate judges, and the other two the report shows (keys of the summary's comparisons).
@@ -33,6 +35,10 @@ STAGE2_VS_STAGE1 = "stage2_vs_stage1"
 STAGE2_VS_BASE = "stage2_vs_base"
 STAGE1_VS_BASE = "stage1_vs_base"
 COMPARISONS = (STAGE2_VS_STAGE1, STAGE2_VS_BASE, STAGE1_VS_BASE)
+# The models' labels in the three-way evaluation, and the pair the gate judges (lift = second - first).
+STAGE1 = "stage1"
+STAGE2 = "stage2"
+JUDGED = (STAGE1, STAGE2)
 GUARDED_CATEGORIES = FinalGateThresholds().guarded_categories  # the same types Stage 1's gate guards
 
 
@@ -118,28 +124,24 @@ def decide_stage2_final(summary: Mapping, thresholds: Stage2GateThresholds = Sta
 def run_stage2_final_gate(eval_dir: str | Path, thresholds: Stage2GateThresholds = Stage2GateThresholds(), *,
                           out: str | Path) -> tuple[GateDecision, Path]:
     """The gate on a Stage-2 evaluation folder; writes its manifest (GT-05) with the summary's hash."""
-    import json
-
-    from cai_bootstrap.evaluation.report import SUMMARY_FILE
-    from cai_bootstrap.gates import write_gate_manifest
-
-    from cai_bootstrap.integrity import verify_eval_output
-
-    path = Path(eval_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the Stage-2 evaluation first")
-    verify_eval_output(eval_dir, SUMMARY_FILE)  # PV-07: an output its manifest pinned
-    decision = decide_stage2_final(rechecked_summary(eval_dir, json.loads(path.read_text(encoding="utf-8"))), thresholds)
-    return decision, write_gate_manifest(decision, out, inputs={"eval_summary": path})
+    return eval_gate(eval_dir, SUMMARY_FILE, "eval_summary", "run the Stage-2 evaluation first", out, FINAL_GATE_FILE,
+                     lambda summary: decide_stage2_final(rechecked_summary(eval_dir, summary), thresholds))
 
 
 def rechecked_summary(eval_dir: str | Path, summary: Mapping) -> dict:
     """The summary with the judged comparison (Stage 2 vs Stage 1) recomputed from the per-item file
     (evaluation/recheck.py): an edited summary is refused, however its hashes were re-pinned."""
-    from cai_bootstrap.evaluation.recheck import recomputed_comparison
-    from cai_bootstrap.stages.stage2_eval import PAIRS
-
-    first, second = PAIRS[STAGE2_VS_STAGE1]
+    first, second = JUDGED
     block = _block(_block(summary, "comparisons", "evaluation summary"), STAGE2_VS_STAGE1, "comparisons")
     fresh = recomputed_comparison(eval_dir, summary, first=first, second=second, recorded=block)
     return {**summary, "comparisons": {**summary["comparisons"], STAGE2_VS_STAGE1: {**block, **fresh}}}
+
+
+def rederive_stage2_final(manifest: Mapping) -> GateDecision:
+    """The decision a preference round's final gate manifest's pinned evaluation gives under its recorded thresholds."""
+    t = manifest["thresholds"]
+    targets = t.get("target_types")
+    thresholds = Stage2GateThresholds(float(t["alpha"]), tuple(t.get("guarded_categories") or ()),
+                                      tuple(targets) if targets is not None else None)
+    path = pinned_input(manifest, "eval_summary")
+    return decide_stage2_final(rechecked_summary(path.parent, read_json(path, "rerun the evaluation")), thresholds)
