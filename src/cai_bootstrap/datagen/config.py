@@ -12,7 +12,7 @@ from cai_bootstrap import critic
 from cai_bootstrap.critic import CALIBRATE_FOR_FILTERING
 
 RELEVANCE_THRESHOLD_FROM_PROBES = "probes"
-from cai_bootstrap.config_io import Seed, UserPath, apply_overrides, format_validation_errors, read_yaml_section
+from cai_bootstrap.config_io import DEVICE_RE, Seed, UserPath, apply_overrides, format_validation_errors, read_yaml_section
 from cai_bootstrap.decode_backends import DEFAULT_DECODE_BACKEND, GENERATION_DECODE_BACKENDS
 from cai_bootstrap.decoding import InstructionDecoding, ResponseDecoding
 from cai_bootstrap.gates import DEFAULT_PILOT_TARGET
@@ -21,7 +21,6 @@ from cai_bootstrap.prompts import DEFAULT_N_DEMONSTRATIONS, MAX_DEMONSTRATIONS, 
 from cai_bootstrap.qc import QCThresholds
 
 _SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
-_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -136,7 +135,7 @@ class GenerateConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str | None) -> str | None:
-        if v is not None and not _DEVICE_RE.match(v):
+        if v is not None and not DEVICE_RE.match(v):
             raise ValueError("device must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return v
 
